@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny random ViT checkpoint (fast), and sample images built on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("USE_TF", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_UTKFACE = REPO.parent / "shared" / "data" / "utkface"
+needs_utkface = pytest.mark.skipif(
+    not SHARED_UTKFACE.is_dir(),
+    reason=f"UTKFace data not found at {SHARED_UTKFACE} (it ships beside the repo in CI, not in a fresh clone)",
+)
+
+
+def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed: int = 0) -> Path:
+    """A random ViTForImageClassification (patch 8, 2 layers) in HF format with SHA256SUMS."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from vitgender.checkpoint import write_manifest
+    from vitgender.preprocess import PreprocessConfig
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, id2label={0: "female", 1: "male"}, label2id={"female": 0, "male": 1},
+        architectures=["ViTForImageClassification"],
+    )
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():  # make the logits spread, so ranking and flips are meaningful
+        model.classifier.weight.mul_(20)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    pre = PreprocessConfig(height=image_size, width=image_size, image_mean=tuple(mean), image_std=tuple(std))
+    (directory / "preprocessor_config.json").write_text(json.dumps(pre.to_dict()))
+    write_manifest(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny") / "tiny-vit")
+
+
+def random_image(seed: int, size=(48, 40), mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}[mode]
+    array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode)
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        random_image(i).save(folder / f"img{i}.jpg", quality=95)
+    random_image(9, mode="RGBA").save(folder / "alpha.png")
+    return folder

@@ -1,0 +1,147 @@
+"""Batch classification: inputs -> preprocess -> Runner -> HF-pipeline-shaped predictions.
+
+`Classifier` is the Python API (`vitgender.load_classifier(model).classify(images)`) and the
+engine behind `vitgender classify`. Results follow `transformers.pipeline("image-classification")`:
+a list of `{"label", "score"}` per image, sorted by score, softmax by default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vitgender.errors import ImageError, UsageError, VitgenderError
+from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
+from vitgender.runtimes import Runner, open_runner
+
+FUNCTIONS = ("softmax", "sigmoid", "none")
+
+
+def apply_function(logits: np.ndarray, function: str) -> np.ndarray:
+    """Scores from logits, as the transformers pipeline computes them (float32 numpy)."""
+    if function == "softmax":
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    if function == "none":
+        return logits
+    raise UsageError(function, f"function_to_apply must be one of {', '.join(FUNCTIONS)}")
+
+
+def rank(scores: np.ndarray, labels: Sequence[str], top_k: int | None) -> list[dict]:
+    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
+    k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
+    return [{"label": labels[i], "score": float(scores[i])} for i in order[:k]]
+
+
+@dataclass
+class Result:
+    """One input's outcome: predictions, or an error that says why."""
+
+    image: str
+    predictions: list[dict] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "predictions": self.predictions}
+
+
+def auto_batch_size(runner: Runner, ceiling: int = 64) -> int:
+    """Largest power of two whose activations fit in a quarter of the available memory."""
+    cfg = runner.info.preprocess
+    tokens = (cfg.height // 14 + 1) * (cfg.width // 14 + 1)
+    per_image = 4 * tokens * (tokens * 12 + 384 * 16)  # attention maps + MLP/qkv activations, fp32
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        available = 2 * 2**30
+    size = 1
+    while size * 2 <= ceiling and size * 2 * per_image <= available // 4:
+        size *= 2
+    return size
+
+
+class Classifier:
+    def __init__(self, runner: Runner, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.runner = runner
+        self.labels = runner.info.labels
+        self.preprocessor = Preprocessor(runner.info.preprocess)
+        self.max_pixels = max_pixels
+
+    def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
+        decoded = [decode_image(image, max_pixels=self.max_pixels) for image in images]
+        return self.runner.run(self.preprocessor(decoded))
+
+    def classify(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        *,
+        batch_size: int = 8,
+        top_k: int | None = None,
+        function_to_apply: str = "softmax",
+    ) -> list[list[dict]]:
+        """Predictions per image; raises ImageError on the first undecodable image."""
+        if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+            images = [images]
+        out = []
+        for start in range(0, len(images), batch_size):
+            scores = apply_function(self.logits(images[start : start + batch_size]), function_to_apply)
+            out.extend(rank(row, self.labels, top_k) for row in scores)
+        return out
+
+    def stream(
+        self,
+        paths: Iterable[str | tuple[str, str]],
+        *,
+        batch_size: int = 8,
+        top_k: int | None = None,
+        function_to_apply: str = "softmax",
+    ) -> Iterator[Result]:
+        """Results in input order, one batch in memory at a time; bad inputs become error results.
+
+        `paths` may also carry `(name, error)` pairs for inputs that failed before decoding.
+        """
+        pending: list[tuple[str, object]] = []  # (name, decoded image | Result)
+
+        def flush() -> Iterator[Result]:
+            good = [(i, image) for i, (_, image) in enumerate(pending) if not isinstance(image, Result)]
+            scores = {}
+            if good:
+                logits = self.runner.run(self.preprocessor([image for _, image in good]))
+                scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply)))
+            for i, (name, image) in enumerate(pending):
+                yield image if isinstance(image, Result) else Result(name, rank(scores[i], self.labels, top_k))
+            pending.clear()
+
+        for item in paths:
+            if isinstance(item, tuple):
+                pending.append((item[0], Result(item[0], error=item[1])))
+            else:
+                try:
+                    pending.append((item, decode_image(item, max_pixels=self.max_pixels)))
+                except ImageError as exc:
+                    pending.append((item, Result(item, error=exc.why)))
+            if len(pending) >= batch_size:
+                yield from flush()
+        yield from flush()
+
+
+def load_classifier(
+    model: str | os.PathLike | None = None,
+    *,
+    runtime: str = "torch",
+    allow_pickle: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Classifier:
+    """A Classifier over `model` (None = the embedded default model) on the given runtime."""
+    options = {"allow_pickle": allow_pickle} if runtime == "torch" else {}
+    return Classifier(open_runner(runtime, model, **options), max_pixels=max_pixels)
+
+
+__all__ = ["Classifier", "Result", "VitgenderError", "load_classifier"]

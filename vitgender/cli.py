@@ -1,0 +1,268 @@
+"""The `vitgender` command. Each subcommand is a thin layer over the Python API.
+
+Every user-caused failure is a `VitgenderError`: one line `vitgender: <what>: <why>` on stderr
+and exit code 2 (1 is reserved for "ran fine, but a gate failed"), never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import IO, Iterator, Optional
+
+import typer
+
+from vitgender import __version__
+from vitgender.errors import UsageError, VitgenderError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Classify, verify, export and parity-check ViT image classifiers (default: the embedded female/male model).",
+)
+
+MODEL_HELP = "Checkpoint directory or hub id owner/name[@revision]; default: the embedded model."
+
+
+def _error(message: str) -> None:
+    typer.echo(f"vitgender: {message}", err=True)
+
+
+def show_progress() -> bool:
+    """Progress bars on an interactive terminal only; CI logs stay clean."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator:
+    """Yields `advance(n)`; a rich progress bar on a terminal, a no-op elsewhere."""
+    if not show_progress():
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vitgender {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """vitgender: ViT classifiers from checkpoint to phone, browser and server, with proof of parity."""
+
+
+class OutputFormat(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    json = "json"
+
+
+class _Writer:
+    """Streams results in the chosen format; a file target is renamed into place at the end."""
+
+    def __init__(self, fmt: OutputFormat, handle: IO[str]) -> None:
+        self.fmt, self.handle, self.count = fmt, handle, 0
+        if fmt is OutputFormat.csv:
+            self.csv = csv.writer(handle)
+            self.csv.writerow(["image", "rank", "label", "score", "error"])
+        elif fmt is OutputFormat.json:
+            handle.write("[")
+
+    def write(self, record: dict) -> None:
+        if self.fmt is OutputFormat.jsonl:
+            self.handle.write(json.dumps(record) + "\n")
+        elif self.fmt is OutputFormat.json:
+            self.handle.write(("," if self.count else "") + "\n  " + json.dumps(record))
+        elif "error" in record:
+            self.csv.writerow([record["image"], "", "", "", record["error"]])
+        else:
+            for rank, prediction in enumerate(record.get("predictions", []), 1):
+                self.csv.writerow([record["image"], rank, prediction["label"], f"{prediction['score']:.6f}", ""])
+        self.count += 1
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.fmt is OutputFormat.json:
+            self.handle.write("\n]\n" if self.count else "]\n")
+
+
+@contextmanager
+def _output(path: Optional[Path]) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    if path.parent and not path.parent.exists():
+        raise UsageError(str(path), "output folder does not exist")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w") as handle:
+            yield handle
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter("a positive integer or 'auto'")
+    return int(value)
+
+
+@app.command()
+def classify(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    runtime: str = typer.Option("torch", help="Runtime: torch, or onnx with --model pointing at a .onnx file."),
+    batch_size: str = typer.Option("8", "--batch-size", "-b", help="Images per forward pass, or 'auto' (from free memory)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, help="Keep the K best labels (default: all)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.jsonl, "--format", "-f", help="jsonl (one object per input), csv or json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (atomically)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights (loaded weights_only)."),
+) -> None:
+    """Classify images in batches, streaming one result per input.
+
+    A bad input never aborts the run: it gets an error record and a stderr line, and the exit
+    code is 2 if any input failed, 0 otherwise.
+    """
+    from vitgender.classify import auto_batch_size, load_classifier
+    from vitgender.inputs import expand_inputs
+
+    size = _batch_size(batch_size)
+    classifier = load_classifier(model, runtime=runtime, allow_pickle=allow_pickle)
+    if size == "auto":
+        size = auto_batch_size(classifier.runner)
+    failures = 0
+    with _output(output) as handle, progress_bar("classifying") as advance:
+        writer = _Writer(fmt, handle)
+        for result in classifier.stream(expand_inputs(paths), batch_size=size, top_k=top_k):
+            if result.error is not None:
+                failures += 1
+                _error(f"{result.image}: {result.error}")
+            writer.write(result.to_dict())
+            advance()
+        writer.close()
+    if failures:
+        raise typer.Exit(2)
+
+
+@app.command()
+def verify(
+    directory: Path = typer.Argument(..., help="Checkpoint directory."),
+    write: bool = typer.Option(False, "--write", help="Create or refresh SHA256SUMS instead of checking it."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights."),
+) -> None:
+    """Check a checkpoint: SHA256SUMS, safetensors headers, config. Exit 0 only if all pass."""
+    from vitgender import checkpoint
+
+    if not directory.is_dir():
+        raise UsageError(str(directory), "not a directory")
+    if write:
+        target = checkpoint.write_manifest(directory)
+        typer.echo(f"wrote {target} ({len(checkpoint.read_manifest(directory))} files)")
+        return
+    if not (directory / checkpoint.MANIFEST).is_file():
+        raise UsageError(str(directory), f"no {checkpoint.MANIFEST}; create one with 'vitgender verify --write'")
+    files, config = checkpoint.check(directory, allow_pickle=allow_pickle)
+    names = checkpoint.read_manifest(directory)
+    typer.echo(f"OK {directory}: {len(names)} files match {checkpoint.MANIFEST}; "
+               f"{len(files.weights)} weight file(s) valid; model_type={config['model_type']}, "
+               f"labels={list(config['id2label'].values())}")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="UTKFace-named folder, ImageFolder tree, CSV (path,label) or a pack .zip."),
+    out: Path = typer.Option(..., "--out", help="Where to write the fine-tuned checkpoint directory."),
+    image_size: int = typer.Option(140, help="Input resolution (multiple of 14); the model ships at it."),
+    epochs: int = typer.Option(30, min=1),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(1e-4, help="Peak learning rate of the last block (earlier blocks decay by 0.75 per block)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    init: Optional[Path] = typer.Option(None, help="Start from this checkpoint instead of the imported DINOv2 backbone."),
+    resume: bool = typer.Option(True, help="Continue from OUT.run/checkpoint.pt if present."),
+    pack: Optional[Path] = typer.Option(None, help="Also write the resized data as a compact pack .zip (for another machine)."),
+) -> None:
+    """Fine-tune a ViT gender classifier (the recipe that built the default model)."""
+    from vitgender.training.finetune import TrainConfig
+    from vitgender.training.recipe import run_training
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+
+    def rich_iter(items):
+        with progress_bar("decoding", total=len(items)) as advance:
+            for item in items:
+                yield item
+                advance()
+
+    written = run_training(data, out, image_size=image_size, init=init, cfg=cfg, device=device,
+                           resume=resume, pack=pack, progress=rich_iter, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"wrote {written}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default artifacts/<model-name>/)."),
+    formats: str = typer.Option("onnx", "--formats", help="Comma list of formats, or all / onnx-all / tf. "
+                                "Formats: onnx, onnx-fp16, onnx-int8-dynamic, onnx-int8-static, savedmodel, tflite, "
+                                "tflite-fp16, tflite-int8-dynamic, tflite-int8."),
+    calibration: Optional[Path] = typer.Option(None, help="Image folder for int8 calibration (default: the bundled "
+                                               "64 UTKFace training-split faces)."),
+    calibration_method: str = typer.Option("minmax", help="ORT static int8 calibration: minmax, entropy or percentile."),
+    quant_preset: str = typer.Option("safe", help="ORT static int8: 'safe' keeps LayerNorm/Softmax/GELU/residual "
+                                     "adds in float, 'full' quantizes every op ORT can."),
+    opset: int = typer.Option(20, min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
+    tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
+) -> None:
+    """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite artifacts with a manifest."""
+    from vitgender.exporters import ExportOptions, main_export
+    from vitgender.exporters.quantize import CALIBRATION_METHODS, PRESETS
+
+    if calibration_method not in CALIBRATION_METHODS:
+        raise UsageError(calibration_method, f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+    if quant_preset not in PRESETS:
+        raise UsageError(quant_preset, f"quant preset must be one of {', '.join(PRESETS)}")
+    options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
+                            tflite_int8_io=tflite_int8_io)
+    if calibration is not None:
+        options.calibration = calibration
+    written = main_export(model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True))
+    from vitgender.exporters.manifest import read_manifest
+
+    for entry in read_manifest(written)["artifacts"]:
+        typer.echo(f"{entry['name']:<20} {entry['precision']:<13} {entry['bytes'] / 2**20:8.1f} MiB "
+                   f"{entry['seconds']:7.1f} s  {entry['path']}")
+    typer.echo(f"wrote {written}/manifest.json")
+
+
+def main() -> None:
+    os.environ.setdefault("USE_TF", "0")  # transformers imports TensorFlow otherwise (slow, unused)
+    try:
+        app()
+    except VitgenderError as exc:
+        _error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

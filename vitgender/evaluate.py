@@ -1,0 +1,79 @@
+"""`vitgender evaluate`: accuracy, calibration and per-group fairness of a model or artifact.
+
+Streams a labelled set through any Runner (PyTorch checkpoint or exported artifact) keeping
+only a small record per image, so memory stays flat; unreadable images and unlabelled names
+are counted and listed in the report, never silently dropped from the denominator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.classify import apply_function
+from vitgender.errors import ImageError, UsageError
+from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.runtimes import Runner
+from vitgender.training.datasets import Sample, load_labelled, split_samples
+from vitgender.validators.fairness import Prediction, summarize
+
+SPLITS = ("all", "train", "val")
+
+
+def select(source: Path, split: str) -> tuple[list[Sample], list[str]]:
+    if split not in SPLITS:
+        raise UsageError(split, f"split must be one of {', '.join(SPLITS)}")
+    samples, skipped = load_labelled(source)
+    if split != "all":
+        samples = split_samples(samples)[split]
+    return samples, skipped
+
+
+def predict_samples(
+    runner: Runner,
+    samples: list[Sample],
+    *,
+    batch_size: int = 16,
+    advance: Callable[[int], None] = lambda n: None,
+) -> tuple[list[Prediction], list[dict]]:
+    labels = runner.info.labels
+    unknown = sorted({s.label for s in samples} - set(labels))
+    if unknown:
+        raise UsageError(", ".join(unknown), f"labels in the data are not model labels {list(labels)}")
+    pre = Preprocessor(runner.info.preprocess)
+    predictions, errors = [], []
+    for start in range(0, len(samples), batch_size):
+        batch, pixels = [], []
+        for sample in samples[start : start + batch_size]:
+            try:
+                pixels.append(pre.resize(decode_image(sample.path)))
+                batch.append(sample)
+            except ImageError as exc:
+                errors.append({"image": str(sample.path), "error": exc.why})
+        if batch:
+            probs = apply_function(runner.run(pre.normalize(np.stack(pixels))), "softmax")
+            for sample, row in zip(batch, probs):
+                top = int(row.argmax())
+                predictions.append(Prediction(str(sample.path), sample.label, labels[top], float(row[top]), sample.groups))
+        advance(len(samples[start : start + batch_size]))
+    return predictions, errors
+
+
+def evaluate(
+    runner: Runner,
+    source: Path,
+    *,
+    split: str = "all",
+    min_confidence: float | None = None,
+    batch_size: int = 16,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+) -> dict:
+    samples, skipped = select(source, split)
+    advance = progress(len(samples)) if progress else (lambda n: None)
+    predictions, errors = predict_samples(runner, samples, batch_size=batch_size, advance=advance)
+    report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence)
+    report["data"] = {"source": str(source), "split": split, "images": len(samples)}
+    report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
+    return report

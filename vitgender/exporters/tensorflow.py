@@ -1,0 +1,120 @@
+"""fp32 ONNX -> TF SavedModel (onnx2tf, once) -> every TFLite variant (TFLite converter).
+
+Measured on the default model (2 cores): onnx2tf's own CLI takes 3 min 35 s and 5.6 GB,
+most of it spent converting its in-memory Keras model to fp32 and fp16 TFLite *with Flex ops
+allowed*; converting its SavedModel with `tf.lite.TFLiteConverter` takes ~7 s per variant and
+admits built-in ops only (what LiteRT runs). So onnx2tf is stopped right after it has written
+the SavedModel, and all four TFLite variants are derived from it.
+
+All of it runs in a child process (`python -m vitgender.exporters.tensorflow job.json`):
+TensorFlow's memory is returned when the child exits, and a crash cannot take the caller down.
+onnx2tf also needs: a copy of the ONNX (it rewrites its input), a fixed input shape (a dynamic
+batch fails at the position-embedding Add, so artifacts have batch 1), the venv's bin on PATH
+(it shells out to onnxsim) and a calibration sample in its working directory (it tries to
+download one otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+TFLITE_MODES = {"tflite": "fp32", "tflite-fp16": "fp16", "tflite-int8-dynamic": "int8-dynamic", "tflite-int8": "int8"}
+
+
+class _SavedModelWritten(Exception):
+    """Raised from onnx2tf's first TFLite converter call: the SavedModel is on disk by then."""
+
+
+def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list[int]) -> None:
+    import onnx2tf
+    import tensorflow as tf
+
+    def stop(*args, **kwargs):
+        raise _SavedModelWritten
+
+    tf.lite.TFLiteConverter.from_keras_model = stop
+    tf.lite.TFLiteConverter.from_concrete_functions = stop
+    try:
+        onnx2tf.convert(
+            input_onnx_file_path=str(onnx_path), output_folder_path=str(savedmodel),
+            overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"],
+            output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True, non_verbose=True,
+        )
+    except _SavedModelWritten:
+        pass
+    if not (savedmodel / "saved_model.pb").is_file():
+        raise RuntimeError("onnx2tf did not write a SavedModel")
+
+
+def _to_tflite(savedmodel: Path, target: Path, mode: str, representative: np.ndarray | None, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8-dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([representative[i : i + 1]] for i in range(len(representative)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    target.write_bytes(converter.convert())
+
+
+def _worker(job_path: Path) -> None:
+    """The child process: do the job described in job.json, write result.json beside it."""
+    job = json.loads(job_path.read_text())
+    workdir = Path(job["workdir"])
+    os.chdir(workdir)
+    results = {}
+    began = time.perf_counter()
+    _run_onnx2tf(Path(job["onnx"]), Path(job["savedmodel"]), job["input_name"], job["shape"])
+    results["savedmodel"] = round(time.perf_counter() - began, 2)
+    representative = np.load(job["representative"]) if job.get("representative") else None
+    for key, target in job["tflite"].items():
+        began = time.perf_counter()
+        _to_tflite(Path(job["savedmodel"]), Path(target), TFLITE_MODES[key], representative, job["int8_io"])
+        results[key] = round(time.perf_counter() - began, 2)
+    (workdir / "result.json").write_text(json.dumps(results))
+
+
+def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, Path], *, input_name: str,
+            shape: tuple[int, int, int], onnx2tf_sample: np.ndarray, representative: np.ndarray | None,
+            int8_io: bool = False) -> dict[str, float]:
+    """SavedModel + the requested TFLite variants; returns seconds per artifact."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = workdir / "model.onnx"
+    shutil.copy2(onnx_path, model)
+    np.save(workdir / ONNX2TF_SAMPLE, onnx2tf_sample.astype(np.float32))
+    job = {"workdir": str(workdir), "onnx": str(model), "savedmodel": str(savedmodel), "input_name": input_name,
+           "shape": [1, *shape], "tflite": {k: str(v) for k, v in tflite.items()}, "int8_io": int8_io}
+    if representative is not None:
+        np.save(workdir / "representative.npy", representative.astype(np.float32))
+        job["representative"] = str(workdir / "representative.npy")
+    (workdir / "job.json").write_text(json.dumps(job))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-m", "vitgender.exporters.tensorflow", str(workdir / "job.json")],
+                            cwd=workdir, env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not (workdir / "result.json").is_file():
+        lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
+        raise RuntimeError(" | ".join(lines[-3:])[:400] or f"exit code {result.returncode}")
+    return json.loads((workdir / "result.json").read_text())
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))

@@ -1,0 +1,32 @@
+"""PyTorch eager runtime: the parity reference every exported artifact is compared with."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from vitgender import checkpoint
+from vitgender.runtimes.base import RunnerInfo
+
+
+class TorchRunner:
+    def __init__(self, model: torch.nn.Module, info: RunnerInfo, threads: int | None = None) -> None:
+        self.model = model
+        self.info = info
+        if threads:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def open(cls, source: str | os.PathLike | None, *, allow_pickle: bool = False, threads: int | None = None) -> TorchRunner:
+        directory = checkpoint.resolve(source)
+        model = checkpoint.load_model(directory, allow_pickle=allow_pickle)
+        labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+        info = RunnerInfo("torch", labels, checkpoint.preprocess_config(directory), str(directory))
+        return cls(model, info, threads)
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = self.model(pixel_values=torch.from_numpy(np.ascontiguousarray(pixel_values))).logits
+        return logits.float().numpy()

@@ -1,0 +1,1 @@
+"""Parity metrics, tolerance budgets, fairness tables and reports (pure data; reporting separate)."""
