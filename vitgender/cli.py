@@ -252,8 +252,83 @@ def export_cmd(
     typer.echo(f"wrote {written}/manifest.json")
 
 
+@app.command()
+def validate(
+    artifact_dir: Path = typer.Argument(..., help="A directory written by 'vitgender export' (has manifest.json)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="PyTorch reference (default: the manifest's model)."),
+    images: Optional[Path] = typer.Option(None, help="Reference image folder (default: the bundled reference set)."),
+    reference: Optional[str] = typer.Option(None, help="Name of a bundled reference set (default utkface-val-50)."),
+    labels: str = typer.Option("auto", help="auto (UTKFace names / class folders), none, or a CSV path,label file."),
+    budget: Optional[Path] = typer.Option(None, help="TOML/JSON overriding tolerance budgets per precision or artifact."),
+    baseline: Optional[Path] = typer.Option(None, help="An earlier report.json: fail on drift beyond a margin."),
+    write_baseline: Optional[Path] = typer.Option(None, help="Also save this run's report.json here as a baseline."),
+    report_dir: Optional[Path] = typer.Option(None, help="Where report.json/.md/.html go (default ARTIFACT_DIR/validation)."),
+    junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one testcase per artifact x check)."),
+    only: Optional[str] = typer.Option(None, help="Comma list of artifact names to validate (default: all)."),
+) -> None:
+    """Prove every artifact matches PyTorch on the same images. Exit 0 pass, 1 parity regression, 2 usage error."""
+    import json
+
+    from vitgender.validators import parity, report as reports
+
+    result = parity.validate(artifact_dir, model=model, images=images, reference=reference, labels=labels,
+                             budget_file=budget, only=only.split(",") if only else None,
+                             on_artifact=lambda name: typer.echo(f"[validate] {name}", err=True))
+    if baseline is not None:
+        try:
+            parity.compare_baseline(result, json.loads(baseline.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(str(baseline), f"cannot read baseline ({exc})") from None
+    written = reports.write_reports(result, report_dir or artifact_dir / "validation")
+    if write_baseline is not None:
+        write_baseline.parent.mkdir(parents=True, exist_ok=True)
+        write_baseline.write_text(written["json"].read_text())
+    if junit is not None:
+        junit.write_text(reports.junit(result))
+    typer.echo(reports.markdown(result))
+    typer.echo(f"reports: {written['md']} {written['html']} {written['json']}", err=True)
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    model: Optional[str] = typer.Argument(None, help="Checkpoint, hub id, or an artifact (.onnx, .tflite, SavedModel dir)."),
+    data: Path = typer.Option(..., "--data", help="Labelled images: UTKFace-named folder, ImageFolder tree or CSV."),
+    runtime: Optional[str] = typer.Option(None, help="Force a runtime (torch, onnx, tflite, savedmodel); default: by file type."),
+    split: str = typer.Option("all", help="all, or the project's fixed content-hash split: train or val."),
+    min_age: Optional[int] = typer.Option(None, help="Only images whose age label is at least this."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                                   help="Also report coverage/accuracy when answering only above this."),
+    batch_size: int = typer.Option(16, min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page with charts."),
+) -> None:
+    """Accuracy with 95% CIs, calibration and per-group fairness on a labelled set."""
+    import json
+
+    from rich.console import Console
+
+    from vitgender.evaluate import evaluate_samples, select
+    from vitgender.runtimes import open_runner, runtime_for
+    from vitgender.validators import fairness_report
+
+    runner = open_runner(runtime or runtime_for(model), model)
+    samples, skipped = select(data, split, min_age)
+    with progress_bar("evaluating", total=len(samples)) as advance:
+        report = evaluate_samples(runner, samples, skipped, min_confidence=min_confidence, batch_size=batch_size,
+                                  advance=advance)
+    report["data"] = {"source": str(data), "split": split, "min_age": min_age, "images": len(samples)}
+    fairness_report.terminal(report, Console(stderr=False))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    if html_out is not None:
+        html_out.write_text(fairness_report.html(report, f"vitgender evaluation: {runner.info.source}"))
+
+
 def main() -> None:
     os.environ.setdefault("USE_TF", "0")  # transformers imports TensorFlow otherwise (slow, unused)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log noise on every import
     try:
         app()
     except VitgenderError as exc:

@@ -22,12 +22,17 @@ from vitgender.validators.fairness import Prediction, summarize
 SPLITS = ("all", "train", "val")
 
 
-def select(source: Path, split: str) -> tuple[list[Sample], list[str]]:
+def select(source: Path, split: str = "all", min_age: int | None = None) -> tuple[list[Sample], list[str]]:
+    """The labelled samples to evaluate, and the names skipped as unlabelled."""
     if split not in SPLITS:
         raise UsageError(split, f"split must be one of {', '.join(SPLITS)}")
     samples, skipped = load_labelled(source)
     if split != "all":
         samples = split_samples(samples)[split]
+    if min_age is not None:
+        if not any("age" in s.groups for s in samples):
+            raise UsageError(str(source), "--min-age needs age labels (UTKFace names or an age column)")
+        samples = [s for s in samples if "age" in s.groups and int(s.groups["age"]) >= min_age]
     return samples, skipped
 
 
@@ -61,19 +66,16 @@ def predict_samples(
     return predictions, errors
 
 
-def evaluate(
+def evaluate_samples(
     runner: Runner,
-    source: Path,
+    samples: list[Sample],
+    skipped: list[str],
     *,
-    split: str = "all",
     min_confidence: float | None = None,
     batch_size: int = 16,
-    progress: Callable[[int], Callable[[int], None]] | None = None,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> dict:
-    samples, skipped = select(source, split)
-    advance = progress(len(samples)) if progress else (lambda n: None)
     predictions, errors = predict_samples(runner, samples, batch_size=batch_size, advance=advance)
     report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence)
-    report["data"] = {"source": str(source), "split": split, "images": len(samples)}
     report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
     return report

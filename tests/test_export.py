@@ -1,0 +1,109 @@
+"""Exporters: every format from a tiny ViT, the manifest, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
+
+from vitgender.exporters import FORMATS, ExportError, main_export, parse_formats  # noqa: E402
+from vitgender.exporters.manifest import read_manifest, verify_artifact  # noqa: E402
+from vitgender.runtimes import open_runner  # noqa: E402
+
+CLI = [sys.executable, "-m", "vitgender.cli"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory) -> Path:
+    return main_export(tiny_model, tmp_path_factory.mktemp("export") / "tiny", "all")
+
+
+def test_manifest_lists_every_format_with_checksums(exported):
+    manifest = read_manifest(exported)
+    assert manifest["schema"] == 1
+    assert [a["name"] for a in manifest["artifacts"]] == list(FORMATS)
+    for entry in manifest["artifacts"]:
+        path = verify_artifact(exported, entry)
+        assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
+        assert {"name", "layout", "dtype", "shape"} <= set(entry["input"])
+        sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+        assert sidecar["labels"] == ["female", "male"] and sidecar["precision"] == entry["precision"]
+    static = next(a for a in manifest["artifacts"] if a["name"] == "onnx-int8-static")
+    assert static["calibration"]["count"] == 64 and static["calibration"]["normalisation"]["image_mean"]
+    assert manifest["created_by"]["onnxruntime"] and manifest["model"]["labels"] == ["female", "male"]
+    assert not [p for p in exported.parent.iterdir() if "partial" in p.name]
+
+
+def test_onnx_has_dynamic_batch_and_matches_torch(exported, tiny_model):
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(exported / "model.onnx")), full_check=True)
+    pixels = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    reference = open_runner("torch", tiny_model).run(pixels)
+    for name in ("model.onnx", "model_float32.tflite", "saved_model"):
+        runtime = {"onnx": "onnx", "tflite": "tflite", "": "savedmodel"}[Path(name).suffix.lstrip(".")]
+        assert np.abs(open_runner(runtime, exported / name).run(pixels) - reference).max() < 1e-4
+
+
+def test_tflite_uses_builtin_ops_only(exported):
+    from vitgender.validators.inventory import tflite_inventory
+
+    for name in ("model_float32", "model_float16", "model_int8_dynamic", "model_int8"):
+        ops = tflite_inventory(exported / f"{name}.tflite")["op_counts"]
+        assert not any("CUSTOM" in op or "FLEX" in op.upper() for op in ops), ops
+
+
+def test_parse_formats_groups_and_errors():
+    assert parse_formats("onnx,tflite") == ["onnx", "tflite"]
+    assert parse_formats("all") == list(FORMATS)
+    from vitgender.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown format"):
+        parse_formats("onnx,coreml")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--formats", "coreml"], "unknown format"),
+        (["--formats", "onnx-int8-static", "--calibration", "EMPTY"], "contains no images"),
+        (["--formats", "onnx", "--out", "/proc/forbidden/out"], "cannot write there"),
+    ],
+)
+def test_bad_export_requests_exit_2_and_write_nothing(tiny_model, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    result = run_cli("export", str(tiny_model), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_exit_2(tmp_path):
+    result = run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "no such directory" in result.stderr
+
+
+def test_failed_step_leaves_nothing_and_names_the_step(tiny_model, tmp_path, monkeypatch):
+    from vitgender.exporters import quantize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated converter crash")
+
+    monkeypatch.setattr(quantize, "to_int8_dynamic", broken)
+    with pytest.raises(ExportError) as info:
+        main_export(tiny_model, tmp_path / "out", "onnx,onnx-int8-dynamic")
+    assert info.value.what == "onnx-int8-dynamic" and "simulated converter crash" in info.value.why
+    assert list(tmp_path.iterdir()) == []

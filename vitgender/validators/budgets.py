@@ -1,0 +1,77 @@
+"""Tolerance budgets per precision, and the check of metrics against them.
+
+Defaults come from the default model's artifacts on the bundled 50-image reference set
+(`vitgender validate` on a fresh `vitgender export --formats all`), with headroom:
+
+| precision    | measured max abs logit diff          | default budget                                  |
+|--------------|--------------------------------------|-------------------------------------------------|
+| fp32         | 6e-6 .. 8e-6 (ONNX, SavedModel, TFLite) | 1e-4, agreement 100%, no accuracy change       |
+| fp16         | 4e-5 (TFLite) .. 2.4e-3 (ORT)        | 1e-2, agreement >= 98%, no confident flip       |
+| int8-dynamic | 0.058 (TFLite) .. 0.066 (ORT)        | 0.25, agreement >= 98%, no confident flip, drop <= 2 pt |
+| int8 (static/full integer) | 0.40 (ORT QDQ) .. 1.15 (TFLite) | 1.5, agreement >= 96%, <= 1 confident flip, drop <= 4 pt |
+
+Logit cosine is reported but not budgeted by default: with two classes the logits are nearly
+antisymmetric and cosine collapses to +-1, i.e. it only restates top-1 agreement.
+Override any of them with `--budget FILE` (TOML or JSON: `[fp16] max_abs_logit_diff = 0.05`,
+or a table named after one artifact, e.g. `[tflite-int8]`).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from vitgender.errors import UsageError
+
+# metric -> threshold; KINDS says whether it is an upper ("max") or lower ("min") bound.
+DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_logit_diff": 1e-4, "top1_agreement": 1.0, "accuracy_drop": 0.0},
+    "fp16": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.98, "flips_far_from_boundary": 0, "accuracy_drop": 0.02},
+    "int8-dynamic": {"max_abs_logit_diff": 0.25, "top1_agreement": 0.98, "flips_far_from_boundary": 0,
+                     "accuracy_drop": 0.02},
+    "int8": {"max_abs_logit_diff": 1.5, "top1_agreement": 0.96, "flips_far_from_boundary": 1, "accuracy_drop": 0.04},
+}
+KINDS = {"max_abs_logit_diff": "max", "mean_abs_logit_diff": "max", "p99_abs_logit_diff": "max",
+         "max_abs_prob_diff": "max", "cosine_min": "min", "cosine_mean": "min", "top1_agreement": "min",
+         "accuracy_drop": "max", "flips_far_from_boundary": "max"}
+
+
+def load_budgets(path: Path | None) -> dict[str, dict[str, float]]:
+    """Defaults, overlaid by the user's file (keys: a precision or an artifact name)."""
+    budgets = {k: dict(v) for k, v in DEFAULT_BUDGETS.items()}
+    if path is None:
+        return budgets
+    try:
+        text = Path(path).read_text()
+        data = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise UsageError(str(path), "budget file not found") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(str(path), f"invalid budget file ({exc})") from None
+    for key, values in data.items():
+        unknown = set(values) - set(KINDS)
+        if not isinstance(values, dict) or unknown:
+            raise UsageError(str(path), f"[{key}]: unknown metric(s) {sorted(unknown)}; known: {sorted(KINDS)}")
+        budgets.setdefault(key, {}).update({k: float(v) for k, v in values.items()})
+    return budgets
+
+
+def budget_for(budgets: dict[str, dict[str, float]], name: str, precision: str) -> dict[str, float]:
+    return {**budgets.get(precision, budgets["fp32"]), **budgets.get(name, {})}
+
+
+def check(metrics: dict, budget: dict[str, float]) -> list[str]:
+    """Human-readable failures; empty means within budget."""
+    failures = []
+    if not metrics.get("finite", True):
+        failures.append(f"non-finite logits ({metrics.get('nonfinite_count')} values are NaN/Inf)")
+    for metric, limit in budget.items():
+        value = metrics.get(metric)
+        if value is None:
+            continue
+        if KINDS[metric] == "max" and value > limit:
+            failures.append(f"{metric} {value:.6g} > budget {limit:.6g}")
+        if KINDS[metric] == "min" and value < limit:
+            failures.append(f"{metric} {value:.6g} < budget {limit:.6g}")
+    return failures

@@ -1,0 +1,94 @@
+"""Quantization proof: what an artifact really contains, read from the file itself.
+
+An "int8" artifact whose weights are secretly float (or an "fp16" one still in fp32) passes
+every accuracy check while shipping the wrong thing; this inventory catches it. For ONNX the
+initializer dtypes and quantization ops; for TFLite the tensor dtypes of constant tensors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+             "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+
+
+def _weight_bytes_share(bytes_by_dtype: Counter) -> dict[str, float]:
+    total = sum(bytes_by_dtype.values()) or 1
+    return {dtype: round(n / total, 4) for dtype, n in bytes_by_dtype.most_common()}
+
+
+def onnx_inventory(path: Path) -> dict:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights: Counter = Counter()
+    for init in model.graph.initializer:
+        dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        weights[str(dtype)] += count * dtype.itemsize
+    ops = Counter(node.op_type for node in model.graph.node)
+    return {"weight_bytes_by_dtype": dict(weights), "weight_share_by_dtype": _weight_bytes_share(weights),
+            "quantization_ops": {op: n for op, n in ops.items() if op in QUANT_OPS},
+            "op_counts": dict(ops.most_common())}
+
+
+# TFLite TensorType enum values (tensorflow/lite/schema/schema.fbs).
+_TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
+                 10: "float64"}
+
+
+def tflite_inventory(path: Path) -> dict:
+    """Constant tensors (weights) are those backed by a non-empty flatbuffer buffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
+    weights: Counter = Counter()
+    ops: Counter = Counter()
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if data is not None and len(data):
+                weights[_TFLITE_TYPES.get(tensor.type, str(tensor.type))] += len(data)
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            ops[max(code.builtinCode, code.deprecatedBuiltinCode)] += 1
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    op_counts = {names.get(code, str(code)): n for code, n in ops.most_common()}
+    return {"weight_bytes_by_dtype": dict(weights), "weight_share_by_dtype": _weight_bytes_share(weights),
+            "quantization_ops": {k: v for k, v in op_counts.items() if k in ("QUANTIZE", "DEQUANTIZE")},
+            "op_counts": op_counts}
+
+
+def inventory(path: Path, fmt: str) -> dict | None:
+    if fmt == "onnx":
+        return onnx_inventory(path)
+    if fmt == "tflite":
+        return tflite_inventory(path)
+    return None
+
+
+def check_precision(inv: dict | None, precision: str, minimum_share: float = 0.25) -> list[str]:
+    """Failures if the file's contents contradict its declared precision.
+
+    The share is of weight *bytes*; a quarter leaves room for small models whose embeddings
+    and norms (kept in float by design) are a large part of the file, while a secretly-float
+    "int8" file has none at all.
+    """
+    if inv is None:
+        return []
+    share = inv["weight_share_by_dtype"]
+    int8 = share.get("int8", 0) + share.get("uint8", 0)
+    fp16 = share.get("float16", 0)
+    if precision.startswith("int8") and int8 < minimum_share:
+        return [f"declared {precision} but only {int8:.0%} of weight bytes are 8-bit integers "
+                f"(by dtype: {share})"]
+    if precision == "fp16" and fp16 < minimum_share:
+        return [f"declared fp16 but only {fp16:.0%} of weight bytes are float16 (by dtype: {share})"]
+    if precision == "fp32" and int8 + fp16 > 0.5:
+        return [f"declared fp32 but {int8 + fp16:.0%} of weight bytes are reduced precision"]
+    return []

@@ -1,0 +1,203 @@
+"""`vitgender validate`: run PyTorch and every exported artifact on the same images, judge parity.
+
+Images are decoded and preprocessed once, by the project's own preprocessing, and the same
+float32 batch goes to every Runner, so any difference is the conversion's. Every artifact's
+sha256 is checked against the manifest before anything runs (a tampered file is a usage
+error, exit 2, not a parity result).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.classify import apply_function
+from vitgender.errors import UsageError
+from vitgender.exporters.manifest import read_manifest, verify_artifact
+from vitgender.inputs import IMAGE_SUFFIXES
+from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.runtimes import open_runner
+from vitgender.training.datasets import Sample, load_labelled
+from vitgender.validators import budgets as budgets_mod
+from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
+from vitgender.validators.inventory import check_precision, inventory
+from vitgender.validators.metrics import compare_logits, logit_diff_histogram
+
+REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
+DEFAULT_REFERENCE = "utkface-val-50"
+RUNTIME_BY_FORMAT = {"onnx": "onnx", "tflite": "tflite", "savedmodel": "savedmodel"}
+SCHEMA = 1
+
+
+def reference_sets() -> list[str]:
+    return sorted(p.name for p in REFERENCE_ROOT.iterdir() if p.is_dir())
+
+
+def resolve_images(images: Path | None, reference: str | None) -> Path:
+    if images is not None and reference is not None:
+        raise UsageError("--images/--reference", "give one of them, not both")
+    if images is not None:
+        return images
+    name = reference or DEFAULT_REFERENCE
+    if name not in reference_sets():
+        raise UsageError(name, f"unknown reference set (bundled: {', '.join(reference_sets())})")
+    return REFERENCE_ROOT / name
+
+
+def load_images(folder: Path, labels: str) -> tuple[list[Path], list[Sample] | None]:
+    """Image paths, plus labelled samples when `labels` is auto (names/folders) or a CSV."""
+    if not folder.is_dir():
+        raise UsageError(str(folder), "image folder does not exist")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise UsageError(str(folder), "no images in the folder")
+    if labels == "none":
+        return paths, None
+    source = folder if labels == "auto" else Path(labels)
+    try:
+        samples, _ = load_labelled(source)
+    except UsageError:
+        if labels == "auto":
+            return paths, None
+        raise
+    by_path = {s.path.resolve(): s for s in samples}
+    labelled = [by_path[p.resolve()] for p in paths if p.resolve() in by_path]
+    return paths, labelled or None
+
+
+def _predictions(logits: np.ndarray, labels: tuple[str, ...], samples: list[Sample], index: dict[Path, int]) -> list[Prediction]:
+    probs = apply_function(logits, "softmax")
+    out = []
+    for s in samples:
+        row = probs[index[s.path.resolve()]]
+        top = int(row.argmax())
+        out.append(Prediction(str(s.path), s.label, labels[top], float(row[top]), s.groups))
+    return out
+
+
+def group_deltas(reference: list[Prediction], candidate: list[Prediction]) -> list[dict]:
+    """Per group: accuracy of PyTorch vs the artifact, with n, for every grouping the data has."""
+    rows = []
+    for keys in GROUPINGS[:4]:
+        ref_rows = {tuple(r["group"].items()): r for r in group_table(reference, keys)}
+        for row in group_table(candidate, keys):
+            ref = ref_rows[tuple(row["group"].items())]
+            rows.append({"group": row["group"], "n": row["n"], "torch_accuracy": ref["accuracy"],
+                         "artifact_accuracy": row["accuracy"], "delta": row["accuracy"] - ref["accuracy"]})
+    return rows
+
+
+def validate(
+    artifact_dir: Path,
+    *,
+    model: str | None = None,
+    images: Path | None = None,
+    reference: str | None = None,
+    labels: str = "auto",
+    budget_file: Path | None = None,
+    only: list[str] | None = None,
+    on_artifact: Callable[[str], None] = lambda name: None,
+) -> dict:
+    manifest = read_manifest(artifact_dir)
+    entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
+    if only and len(entries) != len(set(only)):
+        missing = sorted(set(only) - {e["name"] for e in entries})
+        raise UsageError(", ".join(missing), "not in the manifest")
+    if not entries:
+        raise UsageError(str(artifact_dir), "the manifest lists no artifacts")
+    paths = {e["name"]: verify_artifact(artifact_dir, e) for e in entries}  # sha256 first, before any inference
+    folder = resolve_images(images, reference)
+    image_paths, samples = load_images(folder, labels)
+    budgets = budgets_mod.load_budgets(budget_file)
+
+    on_artifact("torch (reference)")
+    torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"])
+    pre = Preprocessor(torch_runner.info.preprocess)
+    decoded = []
+    for path in image_paths:
+        decoded.append(decode_image(path))  # an unreadable reference image is a usage error
+    pixels = pre(decoded)
+    names = [str(p.relative_to(folder)) for p in image_paths]
+    began = time.perf_counter()
+    ref_logits = torch_runner.run(pixels)
+    torch_ms = (time.perf_counter() - began) * 1000 / len(pixels)
+    labels_t = torch_runner.info.labels
+    index = {p.resolve(): i for i, p in enumerate(image_paths)}
+    ref_preds = _predictions(ref_logits, labels_t, samples, index) if samples else None
+
+    results = []
+    for entry in entries:
+        on_artifact(entry["name"])
+        runner = open_runner(RUNTIME_BY_FORMAT[entry["format"]], paths[entry["name"]])
+        if tuple(runner.info.labels) != tuple(labels_t):
+            raise UsageError(entry["name"], f"artifact labels {runner.info.labels} differ from the model's {labels_t}")
+        began = time.perf_counter()
+        logits = runner.run(pixels)
+        latency = (time.perf_counter() - began) * 1000 / len(pixels)
+        metrics = compare_logits(ref_logits, logits, labels_t, names)
+        metrics["latency_ms_per_image"] = round(latency, 3)
+        result = {"name": entry["name"], "format": entry["format"], "precision": entry["precision"],
+                  "path": entry["path"], "sha256": entry["sha256"], "metrics": metrics,
+                  "histogram": logit_diff_histogram(ref_logits, logits),
+                  "probabilities": {"torch": apply_function(ref_logits, "softmax")[:, 0].tolist(),
+                                    "artifact": apply_function(np.nan_to_num(logits), "softmax")[:, 0].tolist()}}
+        if ref_preds:
+            art_preds = _predictions(logits, labels_t, samples, index)
+            torch_acc, art_acc = accuracy_cell(ref_preds), accuracy_cell(art_preds)
+            metrics["accuracy_drop"] = torch_acc["accuracy"] - art_acc["accuracy"]
+            result["accuracy"] = {"torch": torch_acc, "artifact": art_acc}
+            result["group_deltas"] = group_deltas(ref_preds, art_preds)
+        inv = inventory(paths[entry["name"]], entry["format"])
+        result["inventory"] = inv
+        if "calibration" in entry:
+            result["calibration"] = entry["calibration"]
+        budget = budgets_mod.budget_for(budgets, entry["name"], entry["precision"])
+        result["budget"] = budget
+        result["failures"] = budgets_mod.check(metrics, budget) + check_precision(inv, entry["precision"])
+        result["passed"] = not result["failures"]
+        results.append(result)
+    return {
+        "schema": SCHEMA,
+        "passed": all(r["passed"] for r in results),
+        "artifact_dir": str(artifact_dir),
+        "model": manifest["model"],
+        "images": {"folder": str(folder), "count": len(image_paths), "labelled": len(samples) if samples else 0},
+        "torch": {"latency_ms_per_image": round(torch_ms, 3),
+                  "accuracy": accuracy_cell(ref_preds) if ref_preds else None},
+        "artifacts": results,
+    }
+
+
+def compare_baseline(report: dict, baseline: dict, margin: dict[str, float] | None = None) -> None:
+    """Mark artifacts that regressed against a stored report beyond `margin`, even within budget.
+
+    Drift is judged per metric: error metrics may grow by at most max(2x, +abs margin) and
+    agreement/accuracy may fall by at most the margin, so noise passes and a trend does not.
+    """
+    margin = margin or {"top1_agreement": 0.02, "accuracy_drop": 0.02, "cosine_min": 0.001}
+    previous = {a["name"]: a for a in baseline.get("artifacts", [])}
+    for result in report["artifacts"]:
+        old = previous.get(result["name"])
+        if old is None:
+            continue
+        regressions = []
+        new_m, old_m = result["metrics"], old["metrics"]
+        for metric in ("max_abs_logit_diff", "mean_abs_logit_diff"):
+            if metric in old_m and new_m[metric] > max(2 * old_m[metric], old_m[metric] + 1e-6):
+                regressions.append(f"{metric} {new_m[metric]:.3g} vs baseline {old_m[metric]:.3g} (more than 2x)")
+        for metric, allowed in margin.items():
+            if metric not in old_m or metric not in new_m:
+                continue
+            worse = new_m[metric] - old_m[metric] if metric == "accuracy_drop" else old_m[metric] - new_m[metric]
+            if worse > allowed:
+                regressions.append(f"{metric} {new_m[metric]:.4g} vs baseline {old_m[metric]:.4g} (margin {allowed})")
+        if old.get("sha256") and old["sha256"] != result["sha256"]:
+            result.setdefault("notes", []).append("artifact bytes differ from the baseline's (re-exported)")
+        if regressions:
+            result["failures"] = result["failures"] + [f"baseline regression: {r}" for r in regressions]
+            result["passed"] = False
+        result["baseline_checked"] = True
+    report["passed"] = all(r["passed"] for r in report["artifacts"])
