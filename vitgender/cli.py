@@ -326,7 +326,65 @@ def evaluate(
         html_out.write_text(fairness_report.html(report, f"vitgender evaluation: {runner.info.source}"))
 
 
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Or an artifact file."),
+    runtime: Optional[str] = typer.Option(None, help="torch, onnx, tflite or savedmodel (default: by --model's type)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8080, min=1, max=65535),
+    max_batch_size: int = typer.Option(16, min=1, help="Most images per Runner call."),
+    max_wait_ms: float = typer.Option(5.0, min=0, help="How long the first request of a batch waits for company."),
+    max_queue: int = typer.Option(256, min=1, help="Images allowed to wait; beyond it requests get 429."),
+    max_body_mb: float = typer.Option(2.0, min=0.01, help="Largest accepted request body (413 above)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads for the runtime."),
+    ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve with autoscaling instead of one process."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto' to join a running cluster)."),
+    min_replicas: int = typer.Option(1, min=0),
+    max_replicas: int = typer.Option(4, min=1),
+    target_ongoing_requests: float = typer.Option(4.0, min=0.1, help="Autoscaling target per replica."),
+) -> None:
+    """Serve the model over an HTTP API compatible with the HF Inference API (image-classification)."""
+    from vitgender.runtimes import runtime_for
+
+    chosen = runtime or runtime_for(model)
+    if ray:
+        import time
+
+        import ray as ray_module
+        from ray import serve as ray_serve
+
+        from vitgender.serving.ray_app import RayServeOptions, build_app
+
+        ray_module.init(address=ray_address, ignore_reinit_error=True)
+        ray_serve.start(http_options={"host": host, "port": port})
+        options = RayServeOptions(min_replicas=min_replicas, max_replicas=max_replicas,
+                                  target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
+                                  batch_wait_timeout_s=max_wait_ms / 1000)
+        ray_serve.run(build_app(model, chosen, options, int(max_body_mb * 1024 * 1024)), route_prefix="/")
+        typer.echo(f"Ray Serve deployment running on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            ray_serve.shutdown()
+        return
+    import uvicorn
+
+    from vitgender.serving.app import ServeSettings, create_app
+
+    settings = ServeSettings(model=model, runtime=chosen, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024), threads=threads)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _error(f"warning: {message}")
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     os.environ.setdefault("USE_TF", "0")  # transformers imports TensorFlow otherwise (slow, unused)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log noise on every import
     try:

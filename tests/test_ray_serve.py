@@ -1,0 +1,70 @@
+"""Ray Serve scale-out: the same contract, and autoscaling that rises under load and falls back."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray Serve needs the serve extra: pip install .[serve]")
+from ray import serve  # noqa: E402
+
+from vitgender.serving.ray_app import RayServeOptions, build_app  # noqa: E402
+
+EXAMPLE = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))[0]
+
+
+def _running_replicas() -> int:
+    status = serve.status()
+    deployment = next(iter(status.applications["default"].deployments.values()))
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+@pytest.mark.slow
+def test_ray_serve_autoscales_up_and_down(tiny_model):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        options = RayServeOptions(min_replicas=1, max_replicas=3, target_ongoing_requests=1, max_batch_size=4,
+                                  upscale_delay_s=1, downscale_delay_s=4, num_cpus_per_replica=0.5)
+        serve.run(build_app(str(tiny_model), "torch", options), route_prefix="/", name="default")
+        url = f"http://127.0.0.1:{port}/"
+        first = httpx.post(url, content=EXAMPLE.read_bytes(), timeout=30)
+        assert first.status_code == 200 and {p["label"] for p in first.json()} == {"female", "male"}
+        assert httpx.post(url, content=b"nope", timeout=30).status_code == 400
+        assert _running_replicas() == 1
+
+        stop = threading.Event()
+        peak = [1]
+
+        def load():
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    client.post(url, content=EXAMPLE.read_bytes())
+
+        workers = [threading.Thread(target=load) for _ in range(12)]
+        for worker in workers:
+            worker.start()
+        deadline = time.time() + 90
+        while time.time() < deadline and peak[0] <= 1:
+            time.sleep(1)
+            peak[0] = max(peak[0], _running_replicas())
+        stop.set()
+        for worker in workers:
+            worker.join()
+        assert peak[0] > 1, "replicas never rose above min_replicas under load"
+
+        deadline = time.time() + 90
+        while time.time() < deadline and _running_replicas() > 1:
+            time.sleep(1)
+        assert _running_replicas() == 1, "replicas did not fall back to min_replicas after the load stopped"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,227 @@
+"""The HF-compatible server: contract, errors, batching, backpressure, metrics, demo page."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="serving needs the serve extra: pip install .[serve]")
+
+from vitgender.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = sorted((REPO / "examples").glob("*.jpg"))[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitgender.cli", "serve", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read())
+        time.sleep(0.3)
+    proc.kill()
+    raise TimeoutError("server did not become ready")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    proc, url = start_server("--model", str(tiny_model), "--max-body-mb", "0.05")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_raw_bytes_and_base64_json_agree_with_classify(server, tiny_model):
+    import vitgender
+
+    expected = vitgender.load_classifier(tiny_model).classify(str(EXAMPLE))[0]
+    raw = httpx.post(server, content=EXAMPLE.read_bytes())
+    assert raw.status_code == 200 and float(raw.headers["x-compute-time"]) >= 0
+    payload = {"inputs": base64.b64encode(EXAMPLE.read_bytes()).decode(), "parameters": {"top_k": 1}}
+    one = httpx.post(f"{server}/models/acme/tiny", json=payload).json()
+    assert [p["label"] for p in raw.json()] == [p["label"] for p in expected]
+    assert np.allclose([p["score"] for p in raw.json()], [p["score"] for p in expected], atol=1e-6)
+    assert one == raw.json()[:1]
+    sigmoid = httpx.post(server, json={**payload, "parameters": {"function_to_apply": "none"}}).json()
+    assert len(sigmoid) == 2 and not np.isclose(sum(p["score"] for p in sigmoid), 1.0)
+
+
+def test_huggingface_inference_client(server, tiny_model):
+    from huggingface_hub import InferenceClient
+
+    import vitgender
+
+    expected = vitgender.load_classifier(tiny_model).classify(str(EXAMPLE))[0]
+    got = InferenceClient(model=server).image_classification(str(EXAMPLE))
+    assert [(e.label, round(e.score, 5)) for e in got] == [(p["label"], round(p["score"], 5)) for p in expected]
+    top = InferenceClient(model=server).image_classification(str(EXAMPLE), top_k=1)
+    assert len(top) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,status,message",
+    [
+        ({"content": b"definitely not an image"}, 400, "cannot decode image"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"json": {"inputs": "/etc/passwd"}}, 400, "base64"),
+        ({"json": {"inputs": 42}}, 400, "base64-encoded"),
+        ({"json": {"inputs": "aGVsbG8=", "parameters": {"top_k": 0}}}, 422, "top_k"),
+        ({"json": {"inputs": "aGVsbG8=", "parameters": {"function_to_apply": "relu"}}}, 422, "function_to_apply"),
+        ({"content": b"x" * 60_000}, 413, "limit"),
+        ({"content": b""}, 400, "empty"),
+    ],
+)
+def test_errors_follow_the_hf_contract(server, kwargs, status, message):
+    response = httpx.post(server, **kwargs)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_health_metrics_and_demo_page(server):
+    assert httpx.get(f"{server}/health/live").json() == {"status": "alive"}
+    assert httpx.get(f"{server}/health/ready").json()["labels"] == ["female", "male"]
+    httpx.post(server, content=b"bad")
+    text = httpx.get(f"{server}/metrics").text
+    for name in ("vitgender_requests_total", "vitgender_request_seconds_bucket", "vitgender_batch_size_bucket",
+                 "vitgender_queue_depth", 'vitgender_requests_total{status="400"}'):
+        assert name in text
+    assert "perceived binary gender" in httpx.get(server).text
+
+
+def test_batcher_groups_concurrent_requests_and_rejects_when_full():
+    sizes = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return batch.reshape(len(batch), -1)[:, :2]
+
+    async def scenario():
+        batcher = DynamicBatcher(run, max_batch_size=8, max_wait_ms=20, max_queue=4,
+                                 on_batch=lambda size, seconds: sizes.append(size))
+        batcher.start()
+        first = await asyncio.gather(*(batcher.submit(np.full((2,), i, np.float32)) for i in range(4)))
+        # Now flood: 4 queued is the limit; the rest must be refused immediately, not queued.
+        tasks = [asyncio.ensure_future(batcher.submit(np.zeros((2,), np.float32))) for _ in range(20)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.drain()
+        return first, results
+
+    first, results = asyncio.run(scenario())
+    assert [row[0] for row in first] == [0, 1, 2, 3]
+    assert sizes[0] == 4  # four concurrent requests, one Runner call
+    refused = sum(isinstance(r, QueueFull) for r in results)
+    assert refused > 0 and refused + sum(isinstance(r, np.ndarray) for r in results) == 20
+
+
+def test_overload_gives_429_with_retry_after_then_recovers(tiny_model):
+    proc, url = start_server("--model", str(tiny_model), "--max-queue", "2", "--max-batch-size", "1")
+
+    async def flood():
+        async with httpx.AsyncClient(timeout=30) as client:
+            data = EXAMPLE.read_bytes()
+            return await asyncio.gather(*(client.post(url, content=data) for _ in range(60)))
+
+    try:
+        responses = asyncio.run(flood())
+        codes = [r.status_code for r in responses]
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 429)
+        assert httpx.post(url, content=EXAMPLE.read_bytes()).status_code == 200  # recovered
+        assert 'vitgender_rejections_total{reason="queue_full"}' in httpx.get(f"{url}/metrics").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_loading_state_answers_503_with_estimated_time(tiny_model):
+    from fastapi.testclient import TestClient
+
+    from vitgender.runtimes import open_runner
+    from vitgender.serving.app import ServeSettings, create_app
+
+    def slow_open():
+        time.sleep(2)
+        return open_runner("torch", tiny_model)
+
+    with TestClient(create_app(ServeSettings(), open_runner=slow_open)) as client:
+        response = client.post("/", content=EXAMPLE.read_bytes())
+        assert response.status_code == 503
+        assert "loading" in response.json()["error"] and response.json()["estimated_time"] > 0
+        assert client.get("/health/ready").status_code == 503
+        assert client.get("/health/live").status_code == 200
+        deadline = time.time() + 30
+        while client.get("/health/ready").status_code != 200 and time.time() < deadline:
+            time.sleep(0.2)
+        assert client.post("/", content=EXAMPLE.read_bytes()).status_code == 200
+
+
+def test_graceful_shutdown_drains_in_flight_requests(tiny_model):
+    proc, url = start_server("--model", str(tiny_model), "--max-batch-size", "1")
+
+    async def fire():
+        async with httpx.AsyncClient(timeout=60) as client:
+            data = EXAMPLE.read_bytes()
+            tasks = [asyncio.ensure_future(client.post(url, content=data)) for _ in range(12)]
+            await asyncio.sleep(0.3)
+            proc.terminate()  # SIGTERM while requests are queued
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(fire())
+    proc.wait(timeout=60)
+    completed = [r for r in results if isinstance(r, httpx.Response)]
+    assert completed and all(r.status_code == 200 for r in completed)
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="Debian chromium + chromium-driver not installed (.ci/run installs them)")
+def test_demo_page_in_headless_chromium(server, tmp_path):
+    pytest.importorskip("selenium", reason="selenium not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}/chrome"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(server)
+        driver.find_element(By.ID, "file").send_keys(str(EXAMPLE))
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "result").get_attribute("data-status") == "done")
+        shown = {e.get_attribute("data-label"): float(e.text) for e in driver.find_elements(By.CSS_SELECTOR, ".score")}
+        api = {p["label"]: p["score"] for p in httpx.post(server, content=EXAMPLE.read_bytes()).json()}
+        assert shown.keys() == api.keys()
+        assert all(abs(shown[k] - api[k]) < 1e-4 for k in api)
+        driver.save_screenshot(str(tmp_path / "demo.png"))
+    finally:
+        driver.quit()

@@ -1,0 +1,1 @@
+"""HTTP serving: HF-Inference-API-compatible app, dynamic batcher, Ray Serve deployment."""

@@ -1,0 +1,243 @@
+"""An HTTP endpoint with the HuggingFace Inference API's image-classification contract.
+
+`POST /` or `POST /models/{model_id}` with raw image bytes, or JSON
+`{"inputs": "<base64>", "parameters": {"top_k": int, "function_to_apply": ...}}`, answers
+`[{"label", "score"}, ...]` sorted by score, so `huggingface_hub.InferenceClient` works
+unchanged. Errors are `{"error": ...}` with HF's status codes (400, 413, 422, 429 + Retry-After,
+503 + estimated_time while loading). Requests go through the dynamic batcher; decoding and
+preprocessing run in the thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from vitgender.classify import FUNCTIONS, apply_function, rank
+from vitgender.errors import ImageError, VitgenderError
+from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.serving.batcher import DynamicBatcher, QueueFull
+
+DEMO_PAGE = Path(__file__).with_name("demo.html")
+
+
+@dataclass
+class ServeSettings:
+    model: str | None = None
+    runtime: str = "torch"
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_body_bytes: int = 2 * 1024 * 1024
+    threads: int | None = None
+    expected_load_seconds: float = 10.0
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vitgender_requests", "Inference requests by HTTP status", ["status"], registry=self.registry)
+        self.latency = Histogram("vitgender_request_seconds", "End-to-end request latency", registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_size = Histogram("vitgender_batch_size", "Images per Runner call", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.batch_seconds = Histogram("vitgender_batch_seconds", "Runner call duration", registry=self.registry)
+        self.queue_depth = Gauge("vitgender_queue_depth", "Images waiting for a batch", registry=self.registry)
+        self.rejections = Counter("vitgender_rejections", "Requests refused before inference", ["reason"],
+                                  registry=self.registry)
+
+
+class _State:
+    """The model is loaded in a background thread so the server answers 503 + estimated_time meanwhile."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.runner = None
+        self.preprocessor: Preprocessor | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.load_error: str | None = None
+        self.started = time.monotonic()
+        self.ready = asyncio.Event()
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _parse_parameters(raw: object, labels: int) -> tuple[int | None, str] | JSONResponse:
+    if raw is None:
+        return None, "softmax"
+    if not isinstance(raw, dict):
+        return _error(422, "parameters must be an object")
+    unknown = set(raw) - {"top_k", "function_to_apply"}
+    if unknown:
+        return _error(422, f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    top_k = raw.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        return _error(422, "top_k must be a positive integer")
+    function = raw.get("function_to_apply") or "softmax"
+    if function not in FUNCTIONS:
+        return _error(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}")
+    return (min(top_k, labels) if top_k else None), function
+
+
+def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
+    """`open_runner()` builds the Runner (injected by tests; default: vitgender.runtimes)."""
+    metrics = _Metrics()
+    state = _State(settings)
+
+    def load() -> None:
+        try:
+            if open_runner is not None:
+                runner = open_runner()
+            else:
+                from vitgender.runtimes import open_runner as opener
+
+                options = {"threads": settings.threads} if settings.threads else {}
+                runner = opener(settings.runtime, settings.model, **options)
+            state.preprocessor = Preprocessor(runner.info.preprocess)
+            state.runner = runner
+        except VitgenderError as exc:
+            state.load_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported on /health/ready and in 503s
+            state.load_error = f"{type(exc).__name__}: {exc}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+
+        def load_then_signal() -> None:
+            load()
+            loop.call_soon_threadsafe(state.ready.set)
+
+        threading.Thread(target=load_then_signal, name="vitgender-load", daemon=True).start()
+        watcher = asyncio.create_task(_start_batcher_when_ready())
+        yield
+        watcher.cancel()
+        if state.batcher is not None:
+            await state.batcher.drain()
+
+    async def _start_batcher_when_ready() -> None:
+        await state.ready.wait()
+        if state.runner is None:
+            return
+
+        def observe(size: int, seconds: float) -> None:
+            metrics.batch_size.observe(size)
+            metrics.batch_seconds.observe(seconds)
+
+        batcher = DynamicBatcher(state.runner.run, max_batch_size=settings.max_batch_size,
+                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, on_batch=observe)
+        batcher.start()
+        state.batcher = batcher
+
+    app = FastAPI(title="vitgender", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.vitgender = state
+
+    async def read_body(request: Request) -> bytes | JSONResponse:
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"payload is {int(declared)} bytes, over the limit of {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return _error(413, f"payload is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def infer(request: Request) -> Response:
+        began = time.perf_counter()
+        response = await _infer(request)
+        metrics.requests.labels(str(response.status_code)).inc()
+        metrics.latency.observe(time.perf_counter() - began)
+        response.headers["x-compute-time"] = f"{time.perf_counter() - began:.6f}"
+        return response
+
+    async def _infer(request: Request) -> Response:
+        if state.batcher is None:
+            if state.load_error:
+                return _error(500, f"model failed to load: {state.load_error}")
+            remaining = max(settings.expected_load_seconds - (time.monotonic() - state.started), 1.0)
+            return _error(503, f"Model {settings.model or 'vitgender-default'} is currently loading",
+                          estimated_time=round(remaining, 1))
+        body = await read_body(request)
+        if isinstance(body, JSONResponse):
+            metrics.rejections.labels("payload_too_large").inc()
+            return body
+        if not body:
+            return _error(400, "empty request body: send image bytes or {\"inputs\": \"<base64>\"}")
+        top_k, function = None, "softmax"
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/json") or body.lstrip()[:1] == b"{":
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return _error(400, "body is not valid JSON")
+            inputs = payload.get("inputs") if isinstance(payload, dict) else None
+            if not isinstance(inputs, str) or not inputs:
+                return _error(400, "'inputs' must be a base64-encoded image string")
+            try:
+                body = base64.b64decode(inputs, validate=True)
+            except (binascii.Error, ValueError):
+                return _error(400, "'inputs' is not valid base64 (paths and URLs are not accepted)")
+            parsed = _parse_parameters(payload.get("parameters"), len(state.runner.info.labels))
+            if isinstance(parsed, JSONResponse):
+                return parsed
+            top_k, function = parsed
+        try:
+            pixels = await run_in_threadpool(lambda: state.preprocessor([decode_image(body)])[0])
+        except ImageError as exc:
+            return _error(400, f"cannot decode image: {exc.why}")
+        try:
+            metrics.queue_depth.set(state.batcher.depth)
+            logits = await state.batcher.submit(pixels)
+        except QueueFull:
+            metrics.rejections.labels("queue_full").inc()
+            return JSONResponse({"error": "server is overloaded: the request queue is full"}, status_code=429,
+                                headers={"Retry-After": "1"})
+        finally:
+            metrics.queue_depth.set(state.batcher.depth)
+        scores = apply_function(logits[None].astype("float32"), function)[0]
+        return JSONResponse(rank(scores, state.runner.info.labels, top_k))
+
+    app.add_api_route("/", infer, methods=["POST"])
+    app.add_api_route("/models/{model_id:path}", infer, methods=["POST"])
+
+    @app.get("/", response_class=HTMLResponse)
+    async def demo() -> HTMLResponse:
+        return HTMLResponse(DEMO_PAGE.read_text())
+
+    @app.get("/health/live")
+    async def live() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        if state.batcher is not None:
+            return JSONResponse({"status": "ready", "model": state.runner.info.source,
+                                 "runtime": state.runner.info.runtime, "labels": list(state.runner.info.labels)})
+        if state.load_error:
+            return _error(500, f"model failed to load: {state.load_error}")
+        return _error(503, "loading", estimated_time=settings.expected_load_seconds)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        if state.batcher is not None:
+            metrics.queue_depth.set(state.batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
