@@ -36,11 +36,16 @@ FORMATS: dict[str, tuple[str, str, str, bool]] = {
     "tflite-fp16": ("tflite", "fp16", "model_float16.tflite", False),
     "tflite-int8-dynamic": ("tflite", "int8-dynamic", "model_int8_dynamic.tflite", False),
     "tflite-int8": ("tflite", "int8", "model_int8.tflite", True),
+    # transformers.js / optimum layout: web/{config,preprocessor_config}.json + web/onnx/*.onnx
+    "web-onnx": ("onnx", "fp32", "web/onnx/model.onnx", False),
+    "web-onnx-quantized": ("onnx", "int8-dynamic", "web/onnx/model_quantized.onnx", False),
+    "web-onnx-fp16": ("onnx", "fp16", "web/onnx/model_fp16.onnx", False),
 }
 GROUPS = {
     "all": list(FORMATS),
     "onnx-all": [f for f in FORMATS if f.startswith("onnx")],
-    "tf": [f for f in FORMATS if not f.startswith("onnx")],
+    "tf": [f for f in FORMATS if FORMATS[f][0] in ("savedmodel", "tflite")],
+    "web": [f for f in FORMATS if f.startswith("web-")],
 }
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
 
@@ -155,17 +160,25 @@ def main_export(
         if "onnx" in wanted:
             record("onnx", path, seconds, spec, opset=options.opset)
         fp32_onnx = scratch / FORMATS["onnx"][2]
-        for key, fn, args in (
-            ("onnx-fp16", quantize.to_fp16, ()),
-            ("onnx-int8-dynamic", quantize.to_int8_dynamic, ()),
-            ("onnx-int8-static", quantize.to_int8_static, (export_config.input_name, calib_pixels)),
-        ):
+        static_args = (export_config.input_name, calib_pixels)
+        static_kwargs = {"method": options.calibration_method, "preset": options.quant_preset}
+        ort_variants = {
+            "web-onnx": (shutil.copyfile, (), {}),
+            "onnx-fp16": (quantize.to_fp16, (), {}),
+            "web-onnx-fp16": (quantize.to_fp16, (), {}),
+            "onnx-int8-dynamic": (quantize.to_int8_dynamic, (), {}),
+            "web-onnx-quantized": (quantize.to_int8_dynamic, (), {}),
+            "onnx-int8-static": (quantize.to_int8_static, static_args, static_kwargs),
+        }
+        if any(k.startswith("web-") for k in wanted):
+            (scratch / "web" / "onnx").mkdir(parents=True)
+            for name in ("config.json", "preprocessor_config.json"):
+                shutil.copyfile(directory / name, scratch / "web" / name)
+        for key, (fn, args, kwargs) in ort_variants.items():
             if key in wanted:
                 on_step(f"{key}: onnxruntime")
-                kwargs = ({"method": options.calibration_method, "preset": options.quant_preset}
-                          if key == "onnx-int8-static" else {})
                 path, seconds = _step(key, fn, fp32_onnx, scratch / FORMATS[key][2], *args, **kwargs)
-                record(key, path, seconds, spec, opset=options.opset,
+                record(key, Path(path), seconds, spec, opset=options.opset,
                        **({"calibration": provenance} if key == "onnx-int8-static" else {}))
         tf_wanted = [k for k in wanted if FORMATS[k][0] in ("savedmodel", "tflite")]
         if tf_wanted:

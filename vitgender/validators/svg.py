@@ -77,3 +77,44 @@ def reliability(bins: Sequence[dict], title: str) -> str:
                         f'fill="#4c78a8" fill-opacity="0.8"><title>conf {b["low"]:.1f}-{b["high"]:.1f}: '
                         f'acc {b["accuracy"]:.3f} (n={b["n"]})</title></rect>')
     return _frame("".join(body), title, "confidence", "accuracy")
+
+
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+           "#bab0ac", "#1f77b4")
+
+
+def lines(series: dict[str, Sequence[tuple[float, float]]], title: str, x_label: str, y_label: str) -> str:
+    xs = [x for pts in series.values() for x, _ in pts] or [0, 1]
+    ys = [y for pts in series.values() for _, y in pts] or [0, 1]
+    x_lo, x_hi, y_hi = min(xs), max(xs), max(ys) * 1.05
+    body = []
+    for i, (name, pts) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        path = " ".join(f"{_x(x, x_lo, x_hi):.1f},{_y(y, 0, y_hi):.1f}" for x, y in sorted(pts))
+        body.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        body.append(f'<text x="{WIDTH - 12}" y="{22 + 11 * i}" font-size="9" text-anchor="end" fill="{color}">'
+                    f'{escape(name)}</text>')
+    body.append(f'<text x="{PAD - 3}" y="14" font-size="9" text-anchor="end">{y_hi:.0f}</text>')
+    return _frame("".join(body), title, x_label, y_label)
+
+
+def labelled_scatter(points: Sequence[tuple[float, float, str]], title: str, x_label: str, y_label: str) -> str:
+    if not points:
+        return _frame("", title, x_label, y_label)
+    x_hi = max(p[0] for p in points) * 1.1
+    y_lo = min(min(p[1] for p in points) - 0.01, 0.95)
+    body = []
+    for i, (x, y, name) in enumerate(points):
+        color = PALETTE[i % len(PALETTE)]
+        cx, cy = _x(x, 0, x_hi), _y(y, y_lo, 1.0)
+        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{color}"/>'
+                    f'<text x="{cx + 5:.1f}" y="{cy - 4:.1f}" font-size="8">{escape(name)}</text>')
+    body.append(f'<text x="{PAD - 3}" y="{HEIGHT - PAD}" font-size="9" text-anchor="end">{y_lo:.2f}</text>')
+    return _frame("".join(body), title, x_label, y_label)
+
+
+def page(charts: Sequence[str]) -> str:
+    """Several charts side by side in one standalone SVG file."""
+    inner = "".join(f'<g transform="translate({i * (WIDTH + 10)},0)">{c}</g>' for i, c in enumerate(charts))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{len(charts) * (WIDTH + 10)}" height="{HEIGHT}">'
+            f'<rect width="100%" height="100%" fill="white"/>{inner}</svg>')

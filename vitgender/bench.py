@@ -1,0 +1,203 @@
+"""`vitgender bench`: throughput, latency, memory and size of every runtime, as ratios to PyTorch.
+
+Each candidate runs in its own child process (so peak RSS and load time are its own), with the
+same thread count, on the same random pixel batches; every number is measured in one run on
+this machine. Achieved GFLOP/s is compared with the machine's fp32 peak, estimated from the
+detected ISA (FMA width), core count and clock, and stated as an estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.errors import UsageError
+
+SCHEMA = 1
+
+
+def vit_flops(config: dict, height: int, width: int) -> float:
+    """Forward FLOPs of one image (multiply-add = 2 FLOPs) from a ViT config."""
+    p, h, m = config["patch_size"], config["hidden_size"], config["intermediate_size"]
+    patches = (height // p) * (width // p)
+    tokens = patches + 1
+    embed = 2 * patches * (config.get("num_channels", 3) * p * p) * h
+    attention = 2 * tokens * h * 3 * h + 2 * 2 * tokens * tokens * h + 2 * tokens * h * h
+    mlp = 2 * 2 * tokens * h * m
+    head = 2 * h * len(config["id2label"])
+    return float(embed + config["num_hidden_layers"] * (attention + mlp) + head)
+
+
+def machine() -> dict:
+    info = {"cpu": platform.processor() or "unknown", "cores": len(os.sched_getaffinity(0)), "isa": [],
+            "mhz": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
+        mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M)
+        info["cpu"] = model[1].strip() if model else info["cpu"]
+        info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+                       if f in flags]
+        info["mhz"] = float(mhz[1]) if mhz else None
+    except OSError:
+        pass
+    lanes = 16 if "avx512f" in info["isa"] else 8 if "avx2" in info["isa"] else 4
+    # Two FMA pipes per core (true of the Xeon/EPYC server cores this runs on); a vCPU counts as a core.
+    flops_per_cycle = lanes * 2 * 2
+    if info["mhz"]:
+        info["peak_gflops"] = round(info["cores"] * info["mhz"] / 1000 * flops_per_cycle, 1)
+    else:
+        info["peak_gflops"] = None
+    info["peak_assumption"] = (f"{info['cores']} cores x {info['mhz']} MHz x {flops_per_cycle} fp32 FLOP/cycle "
+                               f"({lanes}-lane FMA, 2 pipes)")
+    return info
+
+
+def _rss_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _open(candidate: dict, threads: int):
+    """(run(pixels) -> Any, bytes on disk) for one candidate."""
+    from vitgender.runtimes import open_runner
+
+    if candidate["runtime"] == "pipeline":
+        import torch
+        from PIL import Image
+        from transformers import pipeline
+
+        torch.set_num_threads(threads)
+        pipe = pipeline("image-classification", model=candidate["path"], device="cpu")
+        images = {}
+
+        def run(pixels: np.ndarray):
+            batch = len(pixels)
+            if batch not in images:  # the pipeline decodes/preprocesses itself: feed it PIL images
+                images[batch] = [Image.fromarray((np.random.default_rng(i).random((200, 200, 3)) * 255).astype("uint8"))
+                                 for i in range(batch)]
+            return pipe(images[batch], batch_size=batch)
+
+        return run, _size(Path(candidate["path"]) / "model.safetensors")
+    runner = open_runner(candidate["runtime"], candidate["path"], threads=threads)
+    return runner.run, _size(Path(candidate["path"])) if candidate["runtime"] != "torch" else \
+        _size(Path(candidate["path"]) / "model.safetensors")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _worker(job: dict) -> dict:
+    """Child process: load one candidate, time it at each batch size."""
+    began = time.perf_counter()
+    run, size = _open(job["candidate"], job["threads"])
+    load_seconds = time.perf_counter() - began
+    shape = job["shape"]
+    rows = []
+    for batch in job["batch_sizes"]:
+        pixels = np.random.default_rng(batch).normal(size=(batch, *shape)).astype(np.float32)
+        for _ in range(job["warmup"]):
+            run(pixels)
+        latencies = []
+        stop = time.perf_counter() + job["seconds"]
+        while time.perf_counter() < stop or len(latencies) < 3:
+            t = time.perf_counter()
+            run(pixels)
+            latencies.append(time.perf_counter() - t)
+        p50, p90 = float(np.median(latencies)), float(np.percentile(latencies, 90))
+        rows.append({"batch_size": batch, "p50_ms": round(p50 * 1000, 2), "p90_ms": round(p90 * 1000, 2),
+                     "images_per_s": round(batch / p50, 2), "runs": len(latencies)})
+    return {"load_seconds": round(load_seconds, 2), "bytes": size, "peak_rss_mb": round(_rss_peak_mb(), 1),
+            "rows": rows}
+
+
+def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
+    found = [{"name": "torch-eager", "runtime": "torch", "precision": "fp32", "path": str(model_dir)},
+             {"name": "transformers-pipeline", "runtime": "pipeline", "precision": "fp32", "path": str(model_dir)}]
+    if artifacts is not None:
+        from vitgender.exporters.manifest import read_manifest, verify_artifact
+        from vitgender.validators.parity import RUNTIME_BY_FORMAT
+
+        for entry in read_manifest(artifacts)["artifacts"]:
+            found.append({"name": entry["name"], "runtime": RUNTIME_BY_FORMAT[entry["format"]],
+                          "precision": entry["precision"], "path": str(verify_artifact(artifacts, entry))})
+    return found
+
+
+def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[int], threads: int,
+                  seconds: float, on_candidate=lambda name: None) -> dict:
+    from vitgender import checkpoint
+
+    model_dir = checkpoint.resolve(model)
+    _, config = checkpoint.check(model_dir)
+    pre = checkpoint.preprocess_config(model_dir)
+    flops = vit_flops(config, pre.height, pre.width)
+    info = machine()
+    agreement = {}
+    report_path = artifacts / "validation" / "report.json" if artifacts else None
+    if report_path and report_path.is_file():
+        agreement = {a["name"]: a["metrics"]["top1_agreement"] for a in json.loads(report_path.read_text())["artifacts"]}
+    results = []
+    for candidate in candidates(model_dir, artifacts):
+        on_candidate(candidate["name"])
+        job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
+               "warmup": 2, "shape": [3, pre.height, pre.width]}
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="3", USE_TF="0",
+                   CUDA_VISIBLE_DEVICES="")
+        proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
+                              text=True, env=env)
+        if proc.returncode != 0:
+            raise UsageError(candidate["name"], f"benchmark worker failed: {proc.stderr.strip().splitlines()[-1:]}")
+        measured = json.loads(proc.stdout.strip().splitlines()[-1])
+        for row in measured["rows"]:
+            results.append({"name": candidate["name"], "runtime": candidate["runtime"],
+                            "precision": candidate["precision"], **row, "peak_rss_mb": measured["peak_rss_mb"],
+                            "load_seconds": measured["load_seconds"], "bytes": measured["bytes"],
+                            "gflops": round(row["images_per_s"] * flops / 1e9, 2),
+                            "top1_agreement": agreement.get(candidate["name"], 1.0 if candidate["runtime"] in
+                                                            ("torch", "pipeline") else None)})
+    baseline = {r["batch_size"]: r["images_per_s"] for r in results if r["name"] == "torch-eager"}
+    for r in results:
+        r["ratio_vs_torch"] = round(r["images_per_s"] / baseline[r["batch_size"]], 3)
+        r["pct_of_peak"] = round(100 * r["gflops"] / info["peak_gflops"], 1) if info.get("peak_gflops") else None
+    return {"schema": SCHEMA, "machine": info, "threads": threads, "model": str(model_dir),
+            "gflop_per_image": round(flops / 1e9, 3), "results": results}
+
+
+def table(report: dict) -> str:
+    lines = ["| artifact | precision | batch | images/s | p50 ms | p90 ms | × PyTorch | GFLOP/s | % peak | RSS MB | MB on disk | load s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['name']} | {r['precision']} | {r['batch_size']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                     f"{r['p90_ms']:.1f} | {r['ratio_vs_torch']:.2f} | {r['gflops']:.0f} | "
+                     f"{r['pct_of_peak'] if r['pct_of_peak'] is not None else '-'} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['bytes'] / 2**20:.1f} | {r['load_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_svg(report: dict) -> str:
+    from vitgender.validators import svg
+
+    names = sorted({r["name"] for r in report["results"]})
+    series = {n: [(r["batch_size"], r["images_per_s"]) for r in report["results"] if r["name"] == n] for n in names}
+    largest = max(r["batch_size"] for r in report["results"])
+    points = [(r["images_per_s"], r["top1_agreement"], r["name"]) for r in report["results"]
+              if r["batch_size"] == largest and r["top1_agreement"] is not None]
+    return svg.page([svg.lines(series, "images/s vs batch size", "batch size", "images/s"),
+                     svg.labelled_scatter(points, f"top-1 agreement vs images/s (batch {largest})", "images/s",
+                                          "top-1 agreement")])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))
