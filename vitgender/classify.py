@@ -40,16 +40,28 @@ def rank(scores: np.ndarray, labels: Sequence[str], top_k: int | None) -> list[d
 
 @dataclass
 class Result:
-    """One input's outcome: predictions, or an error that says why."""
+    """One input's outcome: predictions (or faces, in face-first mode), or an error that says why."""
 
     image: str
     predictions: list[dict] | None = None
     error: str | None = None
+    faces: list[dict] | None = None
+    uncertain: bool | None = None
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {"image": self.image, "predictions": self.predictions}
+        if self.faces is not None:
+            return {"image": self.image, "faces": self.faces}
+        out = {"image": self.image, "predictions": self.predictions}
+        if self.uncertain is not None:
+            out["uncertain"] = self.uncertain
+        return out
+
+
+def is_uncertain(predictions: list[dict], min_confidence: float | None) -> bool | None:
+    """With `min_confidence`, whether the top answer falls below it (an "uncertain" answer)."""
+    return None if min_confidence is None else predictions[0]["score"] < min_confidence
 
 
 def auto_batch_size(runner: Runner, ceiling: int = 64) -> int:
@@ -95,6 +107,29 @@ class Classifier:
             out.extend(rank(row, self.labels, top_k) for row in scores)
         return out
 
+    def classify_faces(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        detector,
+        *,
+        max_faces: int = 20,
+        top_k: int | None = None,
+        function_to_apply: str = "softmax",
+    ) -> list[list[dict]]:
+        """Per image, one `{"box", "detector_score", "predictions"}` per detected face (maybe none)."""
+        from vitgender.faces import face_records, faces_and_crops
+
+        if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+            images = [images]
+        out = []
+        for image in images:
+            decoded = decode_image(image, max_pixels=self.max_pixels)
+            faces, crops = faces_and_crops(detector, decoded, max_faces)
+            predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
+                                        function_to_apply=function_to_apply) if crops else []
+            out.append(face_records(faces, predictions))
+        return out
+
     def stream(
         self,
         paths: Iterable[str | tuple[str, str]],
@@ -102,11 +137,32 @@ class Classifier:
         batch_size: int = 8,
         top_k: int | None = None,
         function_to_apply: str = "softmax",
+        min_confidence: float | None = None,
+        detector=None,
+        max_faces: int = 20,
     ) -> Iterator[Result]:
         """Results in input order, one batch in memory at a time; bad inputs become error results.
 
-        `paths` may also carry `(name, error)` pairs for inputs that failed before decoding.
+        `paths` may also carry `(name, error)` pairs for inputs that failed before decoding. With a
+        `detector`, each image yields its faces (face-first mode) instead of whole-frame predictions.
         """
+        if detector is not None:
+            for item in paths:
+                if isinstance(item, tuple):
+                    yield Result(item[0], error=item[1])
+                    continue
+                try:
+                    faces = self.classify_faces(item, detector, max_faces=max_faces, top_k=top_k,
+                                                function_to_apply=function_to_apply)[0]
+                except ImageError as exc:
+                    yield Result(item, error=exc.why)
+                    continue
+                for face in faces:
+                    uncertain = is_uncertain(face["predictions"], min_confidence)
+                    if uncertain is not None:
+                        face["uncertain"] = uncertain
+                yield Result(item, faces=faces)
+            return
         pending: list[tuple[str, object]] = []  # (name, decoded image | Result)
 
         def flush() -> Iterator[Result]:
@@ -116,7 +172,11 @@ class Classifier:
                 logits = self.runner.run(self.preprocessor([image for _, image in good]))
                 scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply)))
             for i, (name, image) in enumerate(pending):
-                yield image if isinstance(image, Result) else Result(name, rank(scores[i], self.labels, top_k))
+                if isinstance(image, Result):
+                    yield image
+                else:
+                    predictions = rank(scores[i], self.labels, top_k)
+                    yield Result(name, predictions, uncertain=is_uncertain(predictions, min_confidence))
             pending.clear()
 
         for item in paths:

@@ -79,7 +79,7 @@ class _Writer:
         self.fmt, self.handle, self.count = fmt, handle, 0
         if fmt is OutputFormat.csv:
             self.csv = csv.writer(handle)
-            self.csv.writerow(["image", "rank", "label", "score", "error"])
+            self.csv.writerow(["image", "face", "box", "rank", "label", "score", "uncertain", "error"])
         elif fmt is OutputFormat.json:
             handle.write("[")
 
@@ -89,10 +89,14 @@ class _Writer:
         elif self.fmt is OutputFormat.json:
             self.handle.write(("," if self.count else "") + "\n  " + json.dumps(record))
         elif "error" in record:
-            self.csv.writerow([record["image"], "", "", "", record["error"]])
+            self.csv.writerow([record["image"], "", "", "", "", "", "", record["error"]])
         else:
-            for rank, prediction in enumerate(record.get("predictions", []), 1):
-                self.csv.writerow([record["image"], rank, prediction["label"], f"{prediction['score']:.6f}", ""])
+            groups = ([(i, " ".join(map(str, f["box"])), f) for i, f in enumerate(record["faces"])]
+                      if "faces" in record else [("", "", record)])
+            for face, box, item in groups:
+                for rank, prediction in enumerate(item["predictions"], 1):
+                    self.csv.writerow([record["image"], face, box, rank, prediction["label"],
+                                       f"{prediction['score']:.6f}", item.get("uncertain", ""), ""])
         self.count += 1
         self.handle.flush()
 
@@ -135,6 +139,11 @@ def classify(
     fmt: OutputFormat = typer.Option(OutputFormat.jsonl, "--format", "-f", help="jsonl (one object per input), csv or json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (atomically)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights (loaded weights_only)."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Mark answers whose top score is "
+                                                   "below this as \"uncertain\": true instead of trusting the guess."),
+    faces: bool = typer.Option(False, "--faces", help="Face-first: detect faces, classify each crop, return boxes."),
+    detector: str = typer.Option("blazeface", help="Face detector for --faces: blazeface or haar."),
+    max_faces: int = typer.Option(20, min=1, help="With --faces, classify at most this many faces per image."),
 ) -> None:
     """Classify images in batches, streaming one result per input.
 
@@ -146,12 +155,18 @@ def classify(
 
     size = _batch_size(batch_size)
     classifier = load_classifier(model, runtime=runtime, allow_pickle=allow_pickle)
+    face_detector = None
+    if faces:
+        from vitgender.faces import open_detector
+
+        face_detector = open_detector(detector)
     if size == "auto":
         size = auto_batch_size(classifier.runner)
     failures = 0
     with _output(output) as handle, progress_bar("classifying") as advance:
         writer = _Writer(fmt, handle)
-        for result in classifier.stream(expand_inputs(paths), batch_size=size, top_k=top_k):
+        for result in classifier.stream(expand_inputs(paths), batch_size=size, top_k=top_k,
+                                        min_confidence=min_confidence, detector=face_detector, max_faces=max_faces):
             if result.error is not None:
                 failures += 1
                 _error(f"{result.image}: {result.error}")
@@ -337,6 +352,8 @@ def serve(
     max_queue: int = typer.Option(256, min=1, help="Images allowed to wait; beyond it requests get 429."),
     max_body_mb: float = typer.Option(2.0, min=0.01, help="Largest accepted request body (413 above)."),
     threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads for the runtime."),
+    detector: str = typer.Option("blazeface", help="Face detector for requests with parameters.faces = true."),
+    max_faces: int = typer.Option(20, min=1, help="Most faces classified per image in face-first requests."),
     ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve with autoscaling instead of one process."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto' to join a running cluster)."),
     min_replicas: int = typer.Option(1, min=0),
@@ -373,7 +390,8 @@ def serve(
     from vitgender.serving.app import ServeSettings, create_app
 
     settings = ServeSettings(model=model, runtime=chosen, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                             max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024), threads=threads)
+                             max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024), threads=threads,
+                             detector=detector, max_faces=max_faces)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 

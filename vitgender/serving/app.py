@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vitgender.classify import FUNCTIONS, apply_function, rank
 from vitgender.errors import ImageError, VitgenderError
+from vitgender.faces import face_records, faces_and_crops
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.serving.batcher import DynamicBatcher, QueueFull
 
@@ -43,6 +44,8 @@ class ServeSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     threads: int | None = None
     expected_load_seconds: float = 10.0
+    detector: str = "blazeface"
+    max_faces: int = 20
 
 
 class _Metrics:
@@ -70,18 +73,37 @@ class _State:
         self.load_error: str | None = None
         self.started = time.monotonic()
         self.ready = asyncio.Event()
+        self._detector = None
+        self._detector_lock = threading.Lock()
+
+    def detector(self):
+        """The face detector, loaded on the first face-first request (most deployments never use it)."""
+        with self._detector_lock:
+            if self._detector is None:
+                from vitgender.faces import open_detector
+
+                self._detector = open_detector(self.settings.detector)
+            return self._detector
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-def _parse_parameters(raw: object, labels: int) -> tuple[int | None, str] | JSONResponse:
+@dataclass
+class Parameters:
+    top_k: int | None = None
+    function_to_apply: str = "softmax"
+    faces: bool = False  # vitgender extension: face-first mode
+    min_confidence: float | None = None  # vitgender extension: answer "uncertain" below it
+
+
+def _parse_parameters(raw: object, labels: int) -> Parameters | JSONResponse:
     if raw is None:
-        return None, "softmax"
+        return Parameters()
     if not isinstance(raw, dict):
         return _error(422, "parameters must be an object")
-    unknown = set(raw) - {"top_k", "function_to_apply"}
+    unknown = set(raw) - {"top_k", "function_to_apply", "faces", "min_confidence"}
     if unknown:
         return _error(422, f"unknown parameter(s): {', '.join(sorted(unknown))}")
     top_k = raw.get("top_k")
@@ -90,7 +112,14 @@ def _parse_parameters(raw: object, labels: int) -> tuple[int | None, str] | JSON
     function = raw.get("function_to_apply") or "softmax"
     if function not in FUNCTIONS:
         return _error(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}")
-    return (min(top_k, labels) if top_k else None), function
+    faces = raw.get("faces", False)
+    if not isinstance(faces, bool):
+        return _error(422, "faces must be true or false")
+    threshold = raw.get("min_confidence")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        return _error(422, "min_confidence must be a number between 0 and 1")
+    return Parameters(min(top_k, labels) if top_k else None, function, faces, threshold)
 
 
 def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
@@ -180,7 +209,7 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
             return body
         if not body:
             return _error(400, "empty request body: send image bytes or {\"inputs\": \"<base64>\"}")
-        top_k, function = None, "softmax"
+        params = Parameters()
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json") or body.lstrip()[:1] == b"{":
             try:
@@ -197,22 +226,39 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
             parsed = _parse_parameters(payload.get("parameters"), len(state.runner.info.labels))
             if isinstance(parsed, JSONResponse):
                 return parsed
-            top_k, function = parsed
+            params = parsed
         try:
-            pixels = await run_in_threadpool(lambda: state.preprocessor([decode_image(body)])[0])
+            image = await run_in_threadpool(decode_image, body)
+            if params.faces:
+                faces, crops = await run_in_threadpool(faces_and_crops, state.detector(), image, settings.max_faces)
+                if not faces:
+                    return _error(422, "no face detected")
+            else:
+                faces, crops = [], [image]
+            pixels = await run_in_threadpool(state.preprocessor, crops)
         except ImageError as exc:
             return _error(400, f"cannot decode image: {exc.why}")
+        except VitgenderError as exc:
+            return _error(500, str(exc))
         try:
             metrics.queue_depth.set(state.batcher.depth)
-            logits = await state.batcher.submit(pixels)
+            logits = await asyncio.gather(*(state.batcher.submit(row) for row in pixels))
         except QueueFull:
             metrics.rejections.labels("queue_full").inc()
             return JSONResponse({"error": "server is overloaded: the request queue is full"}, status_code=429,
                                 headers={"Retry-After": "1"})
         finally:
             metrics.queue_depth.set(state.batcher.depth)
-        scores = apply_function(logits[None].astype("float32"), function)[0]
-        return JSONResponse(rank(scores, state.runner.info.labels, top_k))
+        answers = []
+        for row in logits:
+            ranked = rank(apply_function(row[None].astype("float32"), params.function_to_apply)[0],
+                          state.runner.info.labels, params.top_k)
+            if params.min_confidence is not None and ranked[0]["score"] < params.min_confidence:
+                ranked = [{"label": "uncertain", "score": ranked[0]["score"]}]
+            answers.append(ranked)
+        if params.faces:
+            return JSONResponse(face_records(faces, answers))
+        return JSONResponse(answers[0])
 
     app.add_api_route("/", infer, methods=["POST"])
     app.add_api_route("/models/{model_id:path}", infer, methods=["POST"])

@@ -61,24 +61,27 @@ class VitGenderDeployment:
         body = await request.body()
         if len(body) > self.max_body_bytes:
             return JSONResponse({"error": f"payload is over the limit of {self.max_body_bytes} bytes"}, status_code=413)
-        top_k, function = None, "softmax"
+        params = None
         if body.lstrip()[:1] == b"{":
             try:
                 payload = json.loads(body)
                 body = base64.b64decode(payload["inputs"], validate=True)
             except (json.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError):
                 return JSONResponse({"error": "expected {\"inputs\": \"<base64>\"}"}, status_code=400)
-            parsed = _parse_parameters(payload.get("parameters"), len(self.runner.info.labels))
-            if isinstance(parsed, JSONResponse):
-                return parsed
-            top_k, function = parsed
+            params = _parse_parameters(payload.get("parameters"), len(self.runner.info.labels))
+            if isinstance(params, JSONResponse):
+                return params
+            if params.faces or params.min_confidence is not None:
+                return JSONResponse({"error": "faces/min_confidence are served by 'vitgender serve' without --ray"},
+                                    status_code=422)
         try:
             pixels = self.preprocessor([decode_image(body)])[0]
         except ImageError as exc:
             return JSONResponse({"error": f"cannot decode image: {exc.why}"}, status_code=400)
         logits = await self._logits(pixels)
+        function = params.function_to_apply if params else "softmax"
         scores = apply_function(logits[None].astype("float32"), function)[0]
-        return JSONResponse(rank(scores, self.runner.info.labels, top_k))
+        return JSONResponse(rank(scores, self.runner.info.labels, params.top_k if params else None))
 
 
 def build_app(model: str | None, runtime: str, options: RayServeOptions, max_body_bytes: int = 2 * 1024 * 1024):

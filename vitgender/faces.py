@@ -1,0 +1,110 @@
+"""Face-first classification for full-body and group photos: detect, crop with a margin, classify.
+
+The default model was trained on aligned face crops; on a wide photo it sees a small face in a
+large frame. A detector behind one small interface (like the Runner's) finds the faces; each
+crop goes through the usual preprocessing and Runner, so the CLI, the Python API and the server
+share this path. Detectors whose weights ship inside a registry package, so they run offline:
+- `blazeface`: MediaPipe's BlazeFace full-range model (mediapipe 0.10.21 wheel), the default;
+- `haar`: OpenCV's bundled frontal-face Haar cascade (opencv 4.x wheels).
+`benchmarks/faces.py` measures both (recall per race group, speed): see the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from vitgender.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[int, int, int, int]  # x, y, width, height in pixels of the decoded image
+    score: float
+
+
+class FaceDetector(Protocol):
+    name: str
+
+    def detect(self, image: Image.Image) -> list[Face]:
+        """Faces in an RGB image, best first."""
+
+
+def _clip(x: float, y: float, w: float, h: float, width: int, height: int) -> tuple[int, int, int, int]:
+    x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+    x1, y1 = min(width, int(round(x + w))), min(height, int(round(y + h)))
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+
+class BlazeFaceDetector:
+    name = "blazeface"
+
+    def __init__(self, min_score: float = 0.5, full_range: bool = True) -> None:
+        try:
+            from mediapipe.python.solutions.face_detection import FaceDetection
+        except ImportError:
+            raise UsageError("blazeface", "needs mediapipe (pip install .[faces])") from None
+        self._detector = FaceDetection(model_selection=1 if full_range else 0, min_detection_confidence=min_score)
+
+    def detect(self, image: Image.Image) -> list[Face]:
+        width, height = image.size
+        result = self._detector.process(np.asarray(image.convert("RGB")))
+        faces = []
+        for detection in result.detections or []:
+            box = detection.location_data.relative_bounding_box
+            faces.append(Face(_clip(box.xmin * width, box.ymin * height, box.width * width, box.height * height,
+                                    width, height), float(detection.score[0])))
+        return sorted((f for f in faces if f.box[2] and f.box[3]), key=lambda f: -f.score)
+
+
+class HaarDetector:
+    name = "haar"
+
+    def __init__(self, min_neighbors: int = 5) -> None:
+        try:
+            import cv2
+        except ImportError:
+            raise UsageError("haar", "needs OpenCV (pip install .[faces])") from None
+        self._cv2 = cv2
+        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self._min_neighbors = min_neighbors
+
+    def detect(self, image: Image.Image) -> list[Face]:
+        gray = np.asarray(image.convert("L"))
+        boxes, _, weights = self._cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=self._min_neighbors,
+                                                            minSize=(20, 20), outputRejectLevels=True)
+        faces = [Face(tuple(int(v) for v in box), float(1 / (1 + np.exp(-weight))))  # squash levelWeight to (0, 1)
+                 for box, weight in zip(boxes, np.ravel(weights))]
+        return sorted(faces, key=lambda f: -f.score)
+
+
+DETECTORS: dict[str, Callable[[], FaceDetector]] = {"blazeface": BlazeFaceDetector, "haar": HaarDetector}
+
+
+def open_detector(name: str = "blazeface") -> FaceDetector:
+    if name not in DETECTORS:
+        raise UsageError(name, f"unknown face detector (choose from {', '.join(DETECTORS)})")
+    return DETECTORS[name]()
+
+
+def crop(image: Image.Image, face: Face, margin: float = 0.4) -> Image.Image:
+    """A square crop around the face, grown by `margin` on each side, like UTKFace's aligned crops."""
+    x, y, w, h = face.box
+    side = max(w, h) * (1 + 2 * margin)
+    cx, cy = x + w / 2, y + h / 2
+    return image.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
+
+
+def faces_and_crops(detector: FaceDetector, image: Image.Image, max_faces: int,
+                    margin: float = 0.4) -> tuple[list[Face], list[Image.Image]]:
+    faces = detector.detect(image)[:max_faces]
+    return faces, [crop(image, face, margin) for face in faces]
+
+
+def face_records(faces: Sequence[Face], predictions: Sequence[list[dict]]) -> list[dict]:
+    return [{"box": list(face.box), "detector_score": round(face.score, 4), "predictions": preds}
+            for face, preds in zip(faces, predictions)]
