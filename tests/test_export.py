@@ -51,6 +51,22 @@ def test_onnx_has_dynamic_batch_and_matches_torch(exported, tiny_model):
         assert np.abs(open_runner(runtime, exported / name).run(pixels) - reference).max() < 1e-4
 
 
+def test_baked_preprocessing_takes_raw_pixels_end_to_end(exported, tiny_model, image_dir):
+    """decoded image -> resize -> uint8 -> artifact  ==  decoded image -> ViTImageProcessor -> PyTorch."""
+    from transformers import ViTImageProcessor
+
+    from vitgender.preprocess import Preprocessor, decode_image
+
+    baked = open_runner("onnx", exported / "model_uint8_nhwc.onnx")
+    assert baked.info.raw_input
+    images = [decode_image(p) for p in sorted(image_dir.iterdir())]
+    raw = np.stack([Preprocessor(baked.info.preprocess).resize(i) for i in images])
+    assert raw.dtype == np.uint8 and raw.shape[1:] == (32, 32, 3)
+    processor = ViTImageProcessor.from_pretrained(tiny_model)
+    reference = open_runner("torch", tiny_model).run(processor(images=images, return_tensors="np")["pixel_values"])
+    assert np.abs(baked.run(raw) - reference).max() < 1e-4
+
+
 def test_tflite_uses_builtin_ops_only(exported):
     from vitgender.validators.inventory import tflite_inventory
 

@@ -69,7 +69,7 @@ def _rss_peak_mb() -> float:
 
 
 def _open(candidate: dict, threads: int):
-    """(run(pixels) -> Any, bytes on disk) for one candidate."""
+    """(run(pixels) -> Any, bytes on disk, takes raw uint8 NHWC) for one candidate."""
     from vitgender.runtimes import open_runner
 
     if candidate["runtime"] == "pipeline":
@@ -88,10 +88,10 @@ def _open(candidate: dict, threads: int):
                                  for i in range(batch)]
             return pipe(images[batch], batch_size=batch)
 
-        return run, _size(Path(candidate["path"]) / "model.safetensors")
+        return run, _size(Path(candidate["path"]) / "model.safetensors"), False
     runner = open_runner(candidate["runtime"], candidate["path"], threads=threads)
-    return runner.run, _size(Path(candidate["path"])) if candidate["runtime"] != "torch" else \
-        _size(Path(candidate["path"]) / "model.safetensors")
+    weights = Path(candidate["path"]) / "model.safetensors" if candidate["runtime"] == "torch" else Path(candidate["path"])
+    return runner.run, _size(weights), runner.info.raw_input
 
 
 def _size(path: Path) -> int:
@@ -101,12 +101,14 @@ def _size(path: Path) -> int:
 def _worker(job: dict) -> dict:
     """Child process: load one candidate, time it at each batch size."""
     began = time.perf_counter()
-    run, size = _open(job["candidate"], job["threads"])
+    run, size, raw = _open(job["candidate"], job["threads"])
     load_seconds = time.perf_counter() - began
     shape = job["shape"]
     rows = []
     for batch in job["batch_sizes"]:
-        pixels = np.random.default_rng(batch).normal(size=(batch, *shape)).astype(np.float32)
+        rng = np.random.default_rng(batch)
+        pixels = (rng.integers(0, 256, (batch, shape[1], shape[2], shape[0]), dtype=np.uint8) if raw
+                  else rng.normal(size=(batch, *shape)).astype(np.float32))
         for _ in range(job["warmup"]):
             run(pixels)
         latencies = []

@@ -15,7 +15,7 @@ import numpy as np
 
 from vitgender.errors import ImageError, UsageError, VitgenderError
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
-from vitgender.runtimes import Runner, open_runner
+from vitgender.runtimes import Runner, open_runner, runner_input
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 
@@ -79,6 +79,13 @@ def auto_batch_size(runner: Runner, ceiling: int = 64) -> int:
     return size
 
 
+def _as_list(images: ImageSource | Sequence[ImageSource]) -> Sequence[ImageSource]:
+    """One image (path, bytes, PIL image) or a sequence of them -> a sequence."""
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        return [images]
+    return images
+
+
 class Classifier:
     def __init__(self, runner: Runner, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.runner = runner
@@ -87,8 +94,8 @@ class Classifier:
         self.max_pixels = max_pixels
 
     def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
-        decoded = [decode_image(image, max_pixels=self.max_pixels) for image in images]
-        return self.runner.run(self.preprocessor(decoded))
+        resized = np.stack([self.preprocessor.resize(decode_image(image, max_pixels=self.max_pixels)) for image in images])
+        return self.runner.run(runner_input(self.runner, resized))
 
     def classify(
         self,
@@ -99,8 +106,7 @@ class Classifier:
         function_to_apply: str = "softmax",
     ) -> list[list[dict]]:
         """Predictions per image; raises ImageError on the first undecodable image."""
-        if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
-            images = [images]
+        images = _as_list(images)
         out = []
         for start in range(0, len(images), batch_size):
             scores = apply_function(self.logits(images[start : start + batch_size]), function_to_apply)
@@ -119,10 +125,8 @@ class Classifier:
         """Per image, one `{"box", "detector_score", "predictions"}` per detected face (maybe none)."""
         from vitgender.faces import face_records, faces_and_crops
 
-        if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
-            images = [images]
         out = []
-        for image in images:
+        for image in _as_list(images):
             decoded = decode_image(image, max_pixels=self.max_pixels)
             faces, crops = faces_and_crops(detector, decoded, max_faces)
             predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
@@ -169,7 +173,8 @@ class Classifier:
             good = [(i, image) for i, (_, image) in enumerate(pending) if not isinstance(image, Result)]
             scores = {}
             if good:
-                logits = self.runner.run(self.preprocessor([image for _, image in good]))
+                resized = np.stack([self.preprocessor.resize(image) for _, image in good])
+                logits = self.runner.run(runner_input(self.runner, resized))
                 scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply)))
             for i, (name, image) in enumerate(pending):
                 if isinstance(image, Result):

@@ -15,7 +15,7 @@ import numpy as np
 from vitgender.classify import apply_function
 from vitgender.errors import ImageError, UsageError
 from vitgender.preprocess import Preprocessor, decode_image
-from vitgender.runtimes import Runner
+from vitgender.runtimes import Runner, runner_input
 from vitgender.training.datasets import Sample, load_labelled, split_samples
 from vitgender.validators.fairness import Prediction, summarize
 
@@ -58,7 +58,7 @@ def predict_samples(
             except ImageError as exc:
                 errors.append({"image": str(sample.path), "error": exc.why})
         if batch:
-            probs = apply_function(runner.run(pre.normalize(np.stack(pixels))), "softmax")
+            probs = apply_function(runner.run(runner_input(runner, np.stack(pixels))), "softmax")
             for sample, row in zip(batch, probs):
                 top = int(row.argmax())
                 predictions.append(Prediction(str(sample.path), sample.label, labels[top], float(row[top]), sample.groups))

@@ -31,6 +31,8 @@ FORMATS: dict[str, tuple[str, str, str, bool]] = {
     "onnx-fp16": ("onnx", "fp16", "model_fp16.onnx", False),
     "onnx-int8-dynamic": ("onnx", "int8-dynamic", "model_int8_dynamic.onnx", False),
     "onnx-int8-static": ("onnx", "int8", "model_int8_static.onnx", True),
+    # raw uint8 RGB pixels in (NHWC, resized to the model's size), preprocessing inside the graph
+    "onnx-uint8-nhwc": ("onnx", "fp32", "model_uint8_nhwc.onnx", False),
     "savedmodel": ("savedmodel", "fp32", "saved_model", False),
     "tflite": ("tflite", "fp32", "model_float32.tflite", False),
     "tflite-fp16": ("tflite", "fp16", "model_float16.tflite", False),
@@ -152,7 +154,7 @@ def main_export(
         artifacts.append(describe(scratch, key, fmt, precision, path, input_spec, seconds=seconds, **extra))
 
     try:
-        from vitgender.exporters import onnx_export, quantize
+        from vitgender.exporters import baked, onnx_export, quantize
 
         on_step("onnx: torch.onnx.export (dynamo)")  # every other format derives from it
         path, seconds = _step("onnx", onnx_export.export_onnx, torch_model, export_config, pre_cfg.height,
@@ -169,6 +171,7 @@ def main_export(
             "onnx-int8-dynamic": (quantize.to_int8_dynamic, (), {}),
             "web-onnx-quantized": (quantize.to_int8_dynamic, (), {}),
             "onnx-int8-static": (quantize.to_int8_static, static_args, static_kwargs),
+            "onnx-uint8-nhwc": (baked.bake_preprocessing, (pre_cfg, export_config.input_name), {}),
         }
         if any(k.startswith("web-") for k in wanted):
             (scratch / "web" / "onnx").mkdir(parents=True)
@@ -178,7 +181,12 @@ def main_export(
             if key in wanted:
                 on_step(f"{key}: onnxruntime")
                 path, seconds = _step(key, fn, fp32_onnx, scratch / FORMATS[key][2], *args, **kwargs)
-                record(key, Path(path), seconds, spec, opset=options.opset,
+                input_spec = spec if key != "onnx-uint8-nhwc" else {
+                    "name": baked.RAW_INPUT, "layout": "NHWC", "dtype": "uint8",
+                    "shape": ["batch", pre_cfg.height, pre_cfg.width, channels],
+                    "note": f"resize to {pre_cfg.height}x{pre_cfg.width} ({pre_cfg.resample_name}); "
+                            "rescale/normalise/transpose are inside the graph"}
+                record(key, Path(path), seconds, input_spec, opset=options.opset,
                        **({"calibration": provenance} if key == "onnx-int8-static" else {}))
         tf_wanted = [k for k in wanted if FORMATS[k][0] in ("savedmodel", "tflite")]
         if tf_wanted:
@@ -206,6 +214,7 @@ def main_export(
         model_info = {"source": str(directory), "name": name, "model_type": model_type, "labels": list(labels),
                       "image_size": [pre_cfg.height, pre_cfg.width], "preprocessor": pre_cfg.to_dict(),
                       "checkpoint_sha256": checkpoint.read_manifest(directory) if (directory / checkpoint.MANIFEST).is_file() else None}
+        artifacts.sort(key=lambda a: list(FORMATS).index(a["name"]))
         write_manifest(scratch, model_info, artifacts)
         if out.exists():
             shutil.rmtree(out)

@@ -5,6 +5,6 @@ float32 logits. Validators, the server and the benchmarks only ever talk to this
 so a new format is one new module registered here, not a special case elsewhere.
 """
 
-from vitgender.runtimes.base import Runner, RunnerInfo, open_runner, register_runtime, runtime_for, runtime_names
+from vitgender.runtimes.base import Runner, RunnerInfo, open_runner, register_runtime, runner_input, runtime_for, runtime_names
 
-__all__ = ["Runner", "RunnerInfo", "open_runner", "register_runtime", "runtime_for", "runtime_names"]
+__all__ = ["Runner", "RunnerInfo", "open_runner", "register_runtime", "runner_input", "runtime_for", "runtime_names"]

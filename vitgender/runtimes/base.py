@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,14 +22,26 @@ class RunnerInfo:
     preprocess: PreprocessConfig
     source: str
     precision: str = "fp32"
-    details: dict = field(default_factory=dict)
+    raw_input: bool = False
 
 
 class Runner(Protocol):
+    """`info.raw_input` runners (preprocessing baked into the graph) take the uint8 (N, H, W, 3)
+    resized images instead of pixel_values; callers pick the input with `runner_input`."""
+
     info: RunnerInfo
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> float32 logits (N, num_labels)."""
+
+
+def runner_input(runner: Runner, resized_uint8: np.ndarray) -> np.ndarray:
+    """What `runner.run` takes for these resized uint8 NHWC images: themselves, or pixel_values."""
+    if runner.info.raw_input:
+        return resized_uint8
+    from vitgender.preprocess import Preprocessor
+
+    return Preprocessor(runner.info.preprocess).normalize(resized_uint8)
 
 
 Opener = Callable[..., Runner]

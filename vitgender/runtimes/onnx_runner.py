@@ -18,7 +18,7 @@ class OnnxRunner:
         self.info = info
         model_input = session.get_inputs()[0]
         self._input = model_input.name
-        self._dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        self._dtype = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}.get(model_input.type, np.float32)
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = None, optimize: bool = True) -> OnnxRunner:
@@ -41,8 +41,10 @@ class OnnxRunner:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise UsageError(str(path), f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
         labels, preprocess, precision = read_sidecar(path)
-        return cls(session, RunnerInfo("onnx", labels, preprocess, str(path), precision))
+        raw = session.get_inputs()[0].type == "tensor(uint8)"
+        return cls(session, RunnerInfo("onnx", labels, preprocess, str(path), precision, raw_input=raw))
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
         (logits,) = self.session.run(None, {self._input: pixel_values.astype(self._dtype, copy=False)})
         return logits.astype(np.float32, copy=False)

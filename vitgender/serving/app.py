@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,6 +30,7 @@ from vitgender.classify import FUNCTIONS, apply_function, rank
 from vitgender.errors import ImageError, VitgenderError
 from vitgender.faces import face_records, faces_and_crops
 from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.runtimes import runner_input
 from vitgender.serving.batcher import DynamicBatcher, QueueFull
 
 DEMO_PAGE = Path(__file__).with_name("demo.html")
@@ -235,7 +237,8 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
                     return _error(422, "no face detected")
             else:
                 faces, crops = [], [image]
-            pixels = await run_in_threadpool(state.preprocessor, crops)
+            pixels = await run_in_threadpool(
+                lambda: runner_input(state.runner, np.stack([state.preprocessor.resize(c) for c in crops])))
         except ImageError as exc:
             return _error(400, f"cannot decode image: {exc.why}")
         except VitgenderError as exc:

@@ -116,10 +116,10 @@ def validate(
     on_artifact("torch (reference)")
     torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"])
     pre = Preprocessor(torch_runner.info.preprocess)
-    decoded = []
-    for path in image_paths:
-        decoded.append(decode_image(path))  # an unreadable reference image is a usage error
-    pixels = pre(decoded)
+    # Decoded and resized once; an unreadable reference image is a usage error. Every runner gets
+    # these exact pixels (normalised, or raw uint8 for artifacts with preprocessing baked in).
+    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
+    pixels = pre.normalize(resized)
     names = [str(p.relative_to(folder)) for p in image_paths]
     began = time.perf_counter()
     ref_logits = torch_runner.run(pixels)
@@ -135,7 +135,7 @@ def validate(
         if tuple(runner.info.labels) != tuple(labels_t):
             raise UsageError(entry["name"], f"artifact labels {runner.info.labels} differ from the model's {labels_t}")
         began = time.perf_counter()
-        logits = runner.run(pixels)
+        logits = runner.run(resized if runner.info.raw_input else pixels)
         latency = (time.perf_counter() - began) * 1000 / len(pixels)
         metrics = compare_logits(ref_logits, logits, labels_t, names)
         metrics["latency_ms_per_image"] = round(latency, 3)
