@@ -7,13 +7,15 @@ Every number in the card comes from the JSON files named below, which these comm
     vitgender evaluate --data ../shared/data/utkface --split val --min-age 15 \
         --json artifacts/evaluations/utkface-val-age15plus.json
 
-Run: python scripts/model_card.py  (then `vitgender verify --write vitgender/default_model`).
+Run: python scripts/model_card.py  (it also refreshes the checkpoint's SHA256SUMS).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from vitgender.checkpoint import write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 EVALUATIONS = ROOT / "artifacts" / "evaluations"
@@ -34,6 +36,24 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     lines = [head, "|" + "---|" * (len(columns) + 3)]
     for row in rows:
         lines.append("| " + " | ".join(row["group"][c] for c in columns) + f" | {row['n']} | {pct(row['accuracy'])} | {ci(row)} |")
+    return "\n".join(lines)
+
+
+def artifact_table() -> str:
+    """Validation accuracy of every exported artifact, from `vitgender evaluate ARTIFACT` runs."""
+    reference = json.loads((EVALUATIONS / "utkface-val.json").read_text())
+    lines = ["| artifact | accuracy | Δ vs PyTorch | lowest race × gender cell | Asian | Other | ages 0–2 |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted(EVALUATIONS.glob("val-*.json")):
+        report = json.loads(path.read_text())
+        cells = report["groups"]["genderxrace"]
+        worst = min(cells, key=lambda r: r["accuracy"])
+        race = {r["group"]["race"]: r for r in report["groups"]["race"]}
+        age = {r["group"]["age_bucket"]: r for r in report["groups"]["age_bucket"]}
+        lines.append(f"| `{Path(report['model']['source']).name}` | {pct(report['accuracy'])} | "
+                     f"{100 * (report['accuracy'] - reference['accuracy']):+.2f} pt | "
+                     f"{worst['group']['race']} {worst['group']['gender']} {pct(worst['accuracy'])} (n={worst['n']}) | "
+                     f"{pct(race['Asian']['accuracy'])} | {pct(race['Other']['accuracy'])} | {pct(age['0-2']['accuracy'])} |")
     return "\n".join(lines)
 
 
@@ -121,8 +141,13 @@ Produced by `vitgender evaluate --data ../shared/data/utkface --split val --min-
 {table(full['groups']['age_bucket'], ('age_bucket',))}
 
 The full race × gender × age table (with small cells) is in `artifacts/evaluations/utkface-val.json`.
-Exported artifacts are evaluated with the same command (`vitgender evaluate artifacts/.../model_int8_dynamic.onnx ...`);
-`vitgender validate` reports each artifact's per-group accuracy delta against this model.
+
+### Every exported artifact, same split
+`vitgender evaluate artifacts/vitgender-default/<file> --data ../shared/data/utkface --split val
+--json artifacts/evaluations/val-<file>.json` (full per-group tables in those files);
+`vitgender validate` also reports each artifact's per-group accuracy delta on the reference set.
+
+{artifact_table()}
 
 ## Ethical considerations
 - Gender is not binary and is not visible: this model outputs the perceived presentation an
@@ -140,7 +165,8 @@ Exported artifacts are evaluated with the same command (`vitgender evaluate arti
 - Re-evaluate on data that represents your population before any use.
 """
     CARD.write_text(card)
-    print(f"wrote {CARD}")
+    write_manifest(CARD.parent)  # the card is part of the checkpoint: keep SHA256SUMS in step
+    print(f"wrote {CARD} and refreshed {CARD.parent / 'SHA256SUMS'}")
 
 
 if __name__ == "__main__":
