@@ -107,6 +107,14 @@ def test_bad_export_requests_exit_2_and_write_nothing(tiny_model, tmp_path, args
     assert not (tmp_path / "out").exists()
 
 
+def test_relative_out_dir_with_tf_formats(tiny_model, tmp_path):
+    """The TF conversion runs in a child process with its own working directory."""
+    result = subprocess.run([*CLI, "export", str(tiny_model), "--out", "rel/out", "--formats", "tflite"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert (tmp_path / "rel" / "out" / "model_float32.tflite").is_file()
+
+
 def test_missing_model_exit_2(tmp_path):
     result = run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "no such directory" in result.stderr

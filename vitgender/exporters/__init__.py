@@ -132,7 +132,7 @@ def main_export(
     out = Path(out) if out is not None else Path("artifacts") / name
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent)).resolve()
     except OSError as exc:
         raise UsageError(str(out), f"cannot write there ({exc.strerror})") from None
 

@@ -96,6 +96,8 @@ def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, 
             shape: tuple[int, int, int], onnx2tf_sample: np.ndarray, representative: np.ndarray | None,
             int8_io: bool = False) -> dict[str, float]:
     """SavedModel + the requested TFLite variants; returns seconds per artifact."""
+    workdir, savedmodel = workdir.resolve(), savedmodel.resolve()  # the child runs in workdir
+    tflite = {k: v.resolve() for k, v in tflite.items()}
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "model.onnx"
     shutil.copy2(onnx_path, model)

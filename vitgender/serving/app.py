@@ -46,7 +46,7 @@ class ServeSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     threads: int | None = None
     expected_load_seconds: float = 10.0
-    detector: str = "blazeface"
+    detector: str = "haar"
     max_faces: int = 20
 
 
