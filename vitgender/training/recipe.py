@@ -5,7 +5,7 @@ Steps: load labels (UTKFace names, ImageFolder or CSV) -> fixed content-hash tra
 DINOv2 backbone (or `--init DIR`) -> fine-tune (resumable) -> write the checkpoint with fp16
 storage, `preprocessor_config.json` and `SHA256SUMS`.
 
-A *pack* (`--pack FILE`) is the resized split stored as WebP q90 in one zip: about 60 MB for
+A *pack* (`--pack FILE`) is the resized split stored as WebP q90 in one zip: 65 MiB for
 UTKFace at 140 px instead of 150 MB of JPEGs, so the data can travel to an accelerator machine.
 """
 
