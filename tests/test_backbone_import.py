@@ -38,15 +38,23 @@ def test_imported_features_match_onnx_backbone_at_224(onnx_path):
     model = backbone.import_backbone(onnx_path, 224, {0: "female", 1: "male"})
     pre = Preprocessor(PreprocessConfig(height=224, width=224, image_mean=backbone.IMAGENET_MEAN,
                                         image_std=backbone.IMAGENET_STD))
-    images = sorted(REFERENCE.iterdir())[::5]
+    images = sorted(REFERENCE.glob("*.jpg"))[::5]
     pixels = pre([decode_image(p) for p in images])
     with torch.inference_mode():
         ours = model.vit(torch.from_numpy(pixels)).last_hidden_state.numpy()
     graph = onnx.load(str(onnx_path))
-    graph.graph.output.append(onnx.helper.make_tensor_value_info(backbone.FINAL_LAYERNORM_OUTPUT, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    reference = session.run([backbone.FINAL_LAYERNORM_OUTPUT], {"input_image": pixels})[0]
+    resized_pos = "/backbone/embeddings/Resize_output_0"  # the graph's run-time interpolation
+    for name in (backbone.FINAL_LAYERNORM_OUTPUT, resized_pos):
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    # The graph's own arithmetic, unfused: ORT's fusions reorder float ops and would blur the comparison.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    reference, positions = session.run([backbone.FINAL_LAYERNORM_OUTPUT, resized_pos], {"input_image": pixels})
     assert ours.shape == reference.shape == (len(images), 257, 384)
     assert np.abs(ours - reference).max() <= 1e-4
+    # The position embeddings we resampled once at import equal the graph's run-time resize.
+    ours_pos = model.vit.embeddings.position_embeddings[0, 1:].detach().numpy()
+    assert np.abs(ours_pos - positions[0].reshape(384, -1).T).max() <= 1e-6
     # The head starts at zero: the import adds nothing but the backbone.
     assert torch.count_nonzero(model.classifier.weight) == 0
