@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
 import time
@@ -39,6 +40,8 @@ def test_ray_serve_autoscales_up_and_down(tiny_model):
         first = httpx.post(url, content=EXAMPLE.read_bytes(), timeout=30)
         assert first.status_code == 200 and {p["label"] for p in first.json()} == {"female", "male"}
         assert httpx.post(url, content=b"nope", timeout=30).status_code == 400
+        payload = {"inputs": base64.b64encode(EXAMPLE.read_bytes()).decode(), "parameters": {"top_k": 1}}
+        assert len(httpx.post(url, json=payload, timeout=30).json()) == 1  # same protocol as `vitgender serve`
         assert _running_replicas() == 1
 
         stop = threading.Event()

@@ -377,7 +377,8 @@ def serve(
         options = RayServeOptions(min_replicas=min_replicas, max_replicas=max_replicas,
                                   target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
                                   batch_wait_timeout_s=max_wait_ms / 1000)
-        ray_serve.run(build_app(model, chosen, options, int(max_body_mb * 1024 * 1024)), route_prefix="/")
+        ray_serve.run(build_app(model, chosen, options, int(max_body_mb * 1024 * 1024), detector, max_faces),
+                      route_prefix="/")
         typer.echo(f"Ray Serve deployment running on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
         try:
             while True:

@@ -11,27 +11,21 @@ preprocessing run in the thread pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from vitgender.classify import FUNCTIONS, apply_function, rank
 from vitgender.errors import ImageError, VitgenderError
-from vitgender.faces import face_records, faces_and_crops
-from vitgender.preprocess import Preprocessor, decode_image
-from vitgender.runtimes import runner_input
+from vitgender.preprocess import Preprocessor
 from vitgender.serving.batcher import DynamicBatcher, QueueFull
+from vitgender.serving.protocol import HTTPError, answer, parse_request, prepare
 
 DEMO_PAGE = Path(__file__).with_name("demo.html")
 
@@ -90,38 +84,6 @@ class _State:
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
-
-
-@dataclass
-class Parameters:
-    top_k: int | None = None
-    function_to_apply: str = "softmax"
-    faces: bool = False  # vitgender extension: face-first mode
-    min_confidence: float | None = None  # vitgender extension: answer "uncertain" below it
-
-
-def _parse_parameters(raw: object, labels: int) -> Parameters | JSONResponse:
-    if raw is None:
-        return Parameters()
-    if not isinstance(raw, dict):
-        return _error(422, "parameters must be an object")
-    unknown = set(raw) - {"top_k", "function_to_apply", "faces", "min_confidence"}
-    if unknown:
-        return _error(422, f"unknown parameter(s): {', '.join(sorted(unknown))}")
-    top_k = raw.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        return _error(422, "top_k must be a positive integer")
-    function = raw.get("function_to_apply") or "softmax"
-    if function not in FUNCTIONS:
-        return _error(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}")
-    faces = raw.get("faces", False)
-    if not isinstance(faces, bool):
-        return _error(422, "faces must be true or false")
-    threshold = raw.get("min_confidence")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0 <= threshold <= 1):
-        return _error(422, "min_confidence must be a number between 0 and 1")
-    return Parameters(min(top_k, labels) if top_k else None, function, faces, threshold)
 
 
 def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
@@ -209,59 +171,28 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
         if isinstance(body, JSONResponse):
             metrics.rejections.labels("payload_too_large").inc()
             return body
-        if not body:
-            return _error(400, "empty request body: send image bytes or {\"inputs\": \"<base64>\"}")
-        params = Parameters()
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("application/json") or body.lstrip()[:1] == b"{":
-            try:
-                payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return _error(400, "body is not valid JSON")
-            inputs = payload.get("inputs") if isinstance(payload, dict) else None
-            if not isinstance(inputs, str) or not inputs:
-                return _error(400, "'inputs' must be a base64-encoded image string")
-            try:
-                body = base64.b64decode(inputs, validate=True)
-            except (binascii.Error, ValueError):
-                return _error(400, "'inputs' is not valid base64 (paths and URLs are not accepted)")
-            parsed = _parse_parameters(payload.get("parameters"), len(state.runner.info.labels))
-            if isinstance(parsed, JSONResponse):
-                return parsed
-            params = parsed
         try:
-            image = await run_in_threadpool(decode_image, body)
-            if params.faces:
-                faces, crops = await run_in_threadpool(faces_and_crops, state.detector(), image, settings.max_faces)
-                if not faces:
-                    return _error(422, "no face detected")
-            else:
-                faces, crops = [], [image]
-            pixels = await run_in_threadpool(
-                lambda: runner_input(state.runner, np.stack([state.preprocessor.resize(c) for c in crops])))
+            image, params = parse_request(body, request.headers.get("content-type", ""),
+                                          len(state.runner.info.labels))
+            detector = state.detector() if params.faces else None
+            faces, inputs = await run_in_threadpool(prepare, state.runner, state.preprocessor, image, params,
+                                                    detector, settings.max_faces)
+        except HTTPError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
         except ImageError as exc:
             return _error(400, f"cannot decode image: {exc.why}")
         except VitgenderError as exc:
             return _error(500, str(exc))
         try:
             metrics.queue_depth.set(state.batcher.depth)
-            logits = await asyncio.gather(*(state.batcher.submit(row) for row in pixels))
+            logits = await asyncio.gather(*(state.batcher.submit(row) for row in inputs))
         except QueueFull:
             metrics.rejections.labels("queue_full").inc()
             return JSONResponse({"error": "server is overloaded: the request queue is full"}, status_code=429,
                                 headers={"Retry-After": "1"})
         finally:
             metrics.queue_depth.set(state.batcher.depth)
-        answers = []
-        for row in logits:
-            ranked = rank(apply_function(row[None].astype("float32"), params.function_to_apply)[0],
-                          state.runner.info.labels, params.top_k)
-            if params.min_confidence is not None and ranked[0]["score"] < params.min_confidence:
-                ranked = [{"label": "uncertain", "score": ranked[0]["score"]}]
-            answers.append(ranked)
-        if params.faces:
-            return JSONResponse(face_records(faces, answers))
-        return JSONResponse(answers[0])
+        return JSONResponse(answer(logits, state.runner.info.labels, params, faces))
 
     app.add_api_route("/", infer, methods=["POST"])
     app.add_api_route("/models/{model_id:path}", infer, methods=["POST"])

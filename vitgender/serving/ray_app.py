@@ -9,9 +9,7 @@ others, then `vitgender serve --ray --ray-address auto` from any node.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +17,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from vitgender.classify import apply_function, rank
 from vitgender.errors import ImageError
+from vitgender.serving.protocol import HTTPError, answer, parse_request, prepare
 
 
 @dataclass
@@ -38,13 +36,14 @@ class RayServeOptions:
 @serve.deployment
 class VitGenderDeployment:
     def __init__(self, model: str | None, runtime: str, max_body_bytes: int, max_batch_size: int,
-                 batch_wait_timeout_s: float) -> None:
+                 batch_wait_timeout_s: float, detector: str = "haar", max_faces: int = 20) -> None:
         from vitgender.preprocess import Preprocessor
         from vitgender.runtimes import open_runner
 
         self.runner = open_runner(runtime, model)
         self.preprocessor = Preprocessor(self.runner.info.preprocess)
         self.max_body_bytes = max_body_bytes
+        self.detector_name, self.max_faces, self._detector = detector, max_faces, None
         self._logits.set_max_batch_size(max_batch_size)
         self._logits.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -52,39 +51,33 @@ class VitGenderDeployment:
     async def _logits(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.runner.run(np.stack(images)))
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        from vitgender.preprocess import decode_image
-        from vitgender.serving.app import _parse_parameters
+    def detector(self):
+        if self._detector is None:
+            from vitgender.faces import open_detector
 
+            self._detector = open_detector(self.detector_name)
+        return self._detector
+
+    async def __call__(self, request: Request) -> JSONResponse:
         if request.method == "GET":
             return JSONResponse({"status": "ready", "labels": list(self.runner.info.labels)})
         body = await request.body()
         if len(body) > self.max_body_bytes:
             return JSONResponse({"error": f"payload is over the limit of {self.max_body_bytes} bytes"}, status_code=413)
-        params = None
-        if body.lstrip()[:1] == b"{":
-            try:
-                payload = json.loads(body)
-                body = base64.b64decode(payload["inputs"], validate=True)
-            except (json.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError):
-                return JSONResponse({"error": "expected {\"inputs\": \"<base64>\"}"}, status_code=400)
-            params = _parse_parameters(payload.get("parameters"), len(self.runner.info.labels))
-            if isinstance(params, JSONResponse):
-                return params
-            if params.faces or params.min_confidence is not None:
-                return JSONResponse({"error": "faces/min_confidence are served by 'vitgender serve' without --ray"},
-                                    status_code=422)
         try:
-            pixels = self.preprocessor([decode_image(body)])[0]
+            image, params = parse_request(body, request.headers.get("content-type", ""), len(self.runner.info.labels))
+            faces, inputs = prepare(self.runner, self.preprocessor, image, params,
+                                    self.detector() if params.faces else None, self.max_faces)
+        except HTTPError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
         except ImageError as exc:
             return JSONResponse({"error": f"cannot decode image: {exc.why}"}, status_code=400)
-        logits = await self._logits(pixels)
-        function = params.function_to_apply if params else "softmax"
-        scores = apply_function(logits[None].astype("float32"), function)[0]
-        return JSONResponse(rank(scores, self.runner.info.labels, params.top_k if params else None))
+        logits = await asyncio.gather(*(self._logits(row) for row in inputs))
+        return JSONResponse(answer(logits, self.runner.info.labels, params, faces))
 
 
-def build_app(model: str | None, runtime: str, options: RayServeOptions, max_body_bytes: int = 2 * 1024 * 1024):
+def build_app(model: str | None, runtime: str, options: RayServeOptions, max_body_bytes: int = 2 * 1024 * 1024,
+              detector: str = "haar", max_faces: int = 20):
     """A bound Ray Serve application; `serve.run(build_app(...))` deploys it."""
     deployment = VitGenderDeployment.options(
         autoscaling_config={
@@ -99,4 +92,5 @@ def build_app(model: str | None, runtime: str, options: RayServeOptions, max_bod
         ray_actor_options={"num_cpus": options.num_cpus_per_replica},
         max_ongoing_requests=max(2 * options.max_batch_size, 8),
     )
-    return deployment.bind(model, runtime, max_body_bytes, options.max_batch_size, options.batch_wait_timeout_s)
+    return deployment.bind(model, runtime, max_body_bytes, options.max_batch_size, options.batch_wait_timeout_s,
+                           detector, max_faces)

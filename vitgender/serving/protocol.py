@@ -1,0 +1,108 @@
+"""The HF Inference API image-classification contract, as pure functions shared by both servers.
+
+`parse_request` turns a body into image bytes + parameters (or an HTTP error), `prepare` turns
+the image into Runner inputs (whole frame, or one crop per detected face), and `answer` turns
+logits back into the JSON the client expects. The single-process app and the Ray Serve
+deployment differ only in how they batch the Runner call between `prepare` and `answer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from vitgender.classify import FUNCTIONS, apply_function, rank
+from vitgender.faces import Face, face_records, faces_and_crops
+from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.runtimes import Runner, runner_input
+
+
+class HTTPError(Exception):
+    """An error answer: `{"error": message, **extra}` with `status`."""
+
+    def __init__(self, status: int, message: str, **extra) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+    def body(self) -> dict:
+        return {"error": self.message, **self.extra}
+
+
+@dataclass
+class Parameters:
+    top_k: int | None = None
+    function_to_apply: str = "softmax"
+    faces: bool = False  # vitgender extension: face-first mode
+    min_confidence: float | None = None  # vitgender extension: answer "uncertain" below it
+
+
+def parse_parameters(raw: object, labels: int) -> Parameters:
+    if raw is None:
+        return Parameters()
+    if not isinstance(raw, dict):
+        raise HTTPError(422, "parameters must be an object")
+    unknown = set(raw) - {"top_k", "function_to_apply", "faces", "min_confidence"}
+    if unknown:
+        raise HTTPError(422, f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    top_k = raw.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise HTTPError(422, "top_k must be a positive integer")
+    function = raw.get("function_to_apply") or "softmax"
+    if function not in FUNCTIONS:
+        raise HTTPError(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}")
+    faces = raw.get("faces", False)
+    if not isinstance(faces, bool):
+        raise HTTPError(422, "faces must be true or false")
+    threshold = raw.get("min_confidence")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise HTTPError(422, "min_confidence must be a number between 0 and 1")
+    return Parameters(min(top_k, labels) if top_k else None, function, faces, threshold)
+
+
+def parse_request(body: bytes, content_type: str, labels: int) -> tuple[bytes, Parameters]:
+    """Raw image bytes (format sniffed later), or JSON `{"inputs": base64, "parameters": {...}}`."""
+    if not body:
+        raise HTTPError(400, "empty request body: send image bytes or {\"inputs\": \"<base64>\"}")
+    if not (content_type.startswith("application/json") or body.lstrip()[:1] == b"{"):
+        return body, Parameters()
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPError(400, "body is not valid JSON") from None
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    if not isinstance(inputs, str) or not inputs:
+        raise HTTPError(400, "'inputs' must be a base64-encoded image string")
+    try:
+        image = base64.b64decode(inputs, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPError(400, "'inputs' is not valid base64 (paths and URLs are not accepted)") from None
+    return image, parse_parameters(payload.get("parameters"), labels)
+
+
+def prepare(runner: Runner, preprocessor: Preprocessor, image_bytes: bytes, params: Parameters,
+            detector=None, max_faces: int = 20) -> tuple[list[Face], np.ndarray]:
+    """Decode (ImageError on bad bytes), optionally detect faces, and build the Runner's inputs."""
+    image = decode_image(image_bytes)
+    if params.faces:
+        faces, crops = faces_and_crops(detector, image, max_faces)
+        if not faces:
+            raise HTTPError(422, "no face detected")
+    else:
+        faces, crops = [], [image]
+    return faces, runner_input(runner, np.stack([preprocessor.resize(c) for c in crops]))
+
+
+def answer(logits: list[np.ndarray], labels: tuple[str, ...], params: Parameters, faces: list[Face]) -> list:
+    answers = []
+    for row in logits:
+        ranked = rank(apply_function(np.asarray(row, dtype=np.float32)[None], params.function_to_apply)[0],
+                      labels, params.top_k)
+        if params.min_confidence is not None and ranked[0]["score"] < params.min_confidence:
+            ranked = [{"label": "uncertain", "score": ranked[0]["score"]}]
+        answers.append(ranked)
+    return face_records(faces, answers) if params.faces else answers[0]
