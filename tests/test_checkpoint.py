@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -126,19 +127,25 @@ def _populate_hf_cache(hf_home: Path, repo_id: str, source: Path, commit: str = 
     (repo_dir / "refs" / "main").write_text(commit)
 
 
-def test_hub_id_resolves_from_cache_offline(tmp_path, tiny_model, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as constants
+def test_hub_id_resolves_from_cache_offline(tmp_path, tiny_model):
+    """In a child process: huggingface_hub reads HF_HOME / HF_HUB_OFFLINE once, at import."""
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     _populate_hf_cache(tmp_path / "hf", "acme/tiny-vit", tiny_model)
-    path = checkpoint.resolve("acme/tiny-vit")
-    assert (path / "model.safetensors").exists()
-    assert checkpoint.load_model(path).config.id2label == {0: "female", 1: "male"}
-    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
-        checkpoint.resolve("acme/not-cached")
+    script = (
+        "from vitgender import checkpoint\n"
+        "from vitgender.errors import CheckpointError\n"
+        "path = checkpoint.resolve('acme/tiny-vit')\n"
+        "print(checkpoint.load_model(path).config.id2label)\n"
+        "try:\n    checkpoint.resolve('acme/not-cached')\nexcept CheckpointError as exc:\n    print('ERR', exc)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "{0: 'female', 1: 'male'}" in result.stdout
+    assert "ERR acme/not-cached: not in the local HF cache and HF_HUB_OFFLINE is set" in result.stdout
 
 
 def test_unknown_spec_is_a_clear_error(tmp_path):
