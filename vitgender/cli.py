@@ -133,7 +133,7 @@ def _batch_size(value: str) -> int | str:
 def classify(
     paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or glob patterns."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    runtime: str = typer.Option("torch", help="Runtime: torch, or onnx with --model pointing at a .onnx file."),
+    runtime: Optional[str] = typer.Option(None, help="torch, onnx, tflite or savedmodel (default: by --model's type)."),
     batch_size: str = typer.Option("8", "--batch-size", "-b", help="Images per forward pass, or 'auto' (from free memory)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, help="Keep the K best labels (default: all)."),
     fmt: OutputFormat = typer.Option(OutputFormat.jsonl, "--format", "-f", help="jsonl (one object per input), csv or json."),
@@ -152,9 +152,10 @@ def classify(
     """
     from vitgender.classify import auto_batch_size, load_classifier
     from vitgender.inputs import expand_inputs
+    from vitgender.runtimes import runtime_for
 
     size = _batch_size(batch_size)
-    classifier = load_classifier(model, runtime=runtime, allow_pickle=allow_pickle)
+    classifier = load_classifier(model, runtime=runtime or runtime_for(model), allow_pickle=allow_pickle)
     face_detector = None
     if faces:
         from vitgender.faces import open_detector
