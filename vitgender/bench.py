@@ -129,11 +129,12 @@ def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
              {"name": "transformers-pipeline", "runtime": "pipeline", "precision": "fp32", "path": str(model_dir)}]
     if artifacts is not None:
         from vitgender.exporters.manifest import read_manifest, verify_artifact
-        from vitgender.validators.parity import RUNTIME_BY_FORMAT
+        from vitgender.runtimes import runtime_for
 
         for entry in read_manifest(artifacts)["artifacts"]:
-            found.append({"name": entry["name"], "runtime": RUNTIME_BY_FORMAT[entry["format"]],
-                          "precision": entry["precision"], "path": str(verify_artifact(artifacts, entry))})
+            path = verify_artifact(artifacts, entry)
+            found.append({"name": entry["name"], "runtime": runtime_for(path), "precision": entry["precision"],
+                          "path": str(path)})
     return found
 
 

@@ -19,7 +19,7 @@ from vitgender.errors import UsageError
 from vitgender.exporters.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import Preprocessor, decode_image
-from vitgender.runtimes import open_runner
+from vitgender.runtimes import open_runner, runtime_for
 from vitgender.training.datasets import Sample, load_labelled
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
@@ -28,7 +28,6 @@ from vitgender.validators.metrics import compare_logits, logit_diff_histogram
 
 REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
 DEFAULT_REFERENCE = "utkface-val-50"
-RUNTIME_BY_FORMAT = {"onnx": "onnx", "tflite": "tflite", "savedmodel": "savedmodel"}
 SCHEMA = 1
 
 
@@ -131,7 +130,7 @@ def validate(
     results = []
     for entry in entries:
         on_artifact(entry["name"])
-        runner = open_runner(RUNTIME_BY_FORMAT[entry["format"]], paths[entry["name"]])
+        runner = open_runner(runtime_for(paths[entry["name"]]), paths[entry["name"]])
         if tuple(runner.info.labels) != tuple(labels_t):
             raise UsageError(entry["name"], f"artifact labels {runner.info.labels} differ from the model's {labels_t}")
         began = time.perf_counter()
