@@ -18,8 +18,8 @@ import numpy as np
 
 from vitgender.classify import load_classifier
 from vitgender.faces import crop, open_detector
-from vitgender.training.datasets import load_labelled, split_samples
-from vitgender.training.synthetic import make_scene, matches
+from vitgender.data import load_labelled, split_samples
+from scenes import make_scene, matches  # benchmarks/scenes.py, beside this script
 
 UTKFACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "utkface"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vitgender.checkpoint import write_manifest
+from vitgender.checkpoint import write_sha256sums
 
 ROOT = Path(__file__).resolve().parent.parent
 EVALUATIONS = ROOT / "artifacts" / "evaluations"
@@ -165,7 +165,7 @@ The full race × gender × age table (with small cells) is in `artifacts/evaluat
 - Re-evaluate on data that represents your population before any use.
 """
     CARD.write_text(card)
-    write_manifest(CARD.parent)  # the card is part of the checkpoint: keep SHA256SUMS in step
+    write_sha256sums(CARD.parent)  # the card is part of the checkpoint: keep SHA256SUMS in step
     print(f"wrote {CARD} and refreshed {CARD.parent / 'SHA256SUMS'}")
 
 

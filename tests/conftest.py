@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("USE_TF", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_UTKFACE = REPO.parent / "shared" / "data" / "utkface"
@@ -25,7 +24,7 @@ def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5)
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    from vitgender.checkpoint import write_manifest
+    from vitgender.checkpoint import write_sha256sums
     from vitgender.preprocess import PreprocessConfig
 
     torch.manual_seed(seed)
@@ -41,7 +40,7 @@ def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5)
     model.save_pretrained(directory, safe_serialization=True)
     pre = PreprocessConfig(height=image_size, width=image_size, image_mean=tuple(mean), image_std=tuple(std))
     (directory / "preprocessor_config.json").write_text(json.dumps(pre.to_dict()))
-    write_manifest(directory)
+    write_sha256sums(directory)
     return directory
 
 

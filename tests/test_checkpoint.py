@@ -25,7 +25,7 @@ def test_manifest_is_sha256sum_compatible(model_copy):
 
     result = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=model_copy, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert set(checkpoint.verify_manifest(model_copy)) == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert set(checkpoint.verify_sha256sums(model_copy)) == {"config.json", "model.safetensors", "preprocessor_config.json"}
 
 
 def test_flipped_byte_is_refused_naming_the_file(model_copy):
@@ -99,8 +99,8 @@ def test_sharded_checkpoint_loads(tmp_path, tiny_model):
     model.save_pretrained(out, safe_serialization=True, max_shard_size="20KB")
     shutil.copy(tiny_model / "preprocessor_config.json", out)
     assert (out / "model.safetensors.index.json").exists()
-    files, _ = checkpoint.check(out)
-    assert len(files.weights) > 1
+    ckpt = checkpoint.open_checkpoint(out)
+    assert len(ckpt.files.weights) > 1 and ckpt.sha256 is None
     loaded = checkpoint.load_model(out)
     assert torch.equal(loaded.classifier.weight, model.classifier.weight)
 
@@ -156,8 +156,9 @@ def test_unknown_spec_is_a_clear_error(tmp_path):
 
 
 def test_default_model_is_verified_and_loads():
-    files, config = checkpoint.check(checkpoint.DEFAULT_MODEL_DIR)
-    assert config["id2label"] == {"0": "female", "1": "male"}
-    assert config["image_size"] == 140
-    assert len(files.weights) == 1
+    ckpt = checkpoint.open_checkpoint(None)
+    assert ckpt.directory == checkpoint.DEFAULT_MODEL_DIR and ckpt.labels == ("female", "male")
+    assert ckpt.config["image_size"] == 140 and ckpt.preprocess.height == 140
+    assert len(ckpt.files.weights) == 1 and set(ckpt.sha256) >= {"model.safetensors", "config.json"}
+    assert ckpt.architecture.tokens(140, 140) == 101  # (140/14)^2 patches + [CLS]
 

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,16 @@ def test_top_k_and_functions(tiny_model, image_dir):
     assert all(0 < p["score"] < 1 for p in sig)
 
 
-def test_auto_batch_size_is_a_power_of_two(tiny_model):
-    size = auto_batch_size(open_runner("torch", tiny_model))
-    assert size >= 1 and size & (size - 1) == 0
+def test_auto_batch_size_follows_the_architecture_and_memory(tiny_model):
+    runner = open_runner("torch", tiny_model)
+    arch = runner.info.architecture
+    assert arch.tokens(32, 32) == 17  # (32/8)^2 patches + [CLS], from the tiny ViT's own config
+    per_image = arch.activation_bytes(32, 32)
+    assert auto_batch_size(runner, memory=4 * 5 * per_image) == 4  # 5 fit in a quarter: largest power of two is 4
+    assert auto_batch_size(runner, memory=4 * per_image - 1) == 1
+    assert auto_batch_size(runner, ceiling=16, memory=2**40) == 16
+    bigger = replace(arch, patch_size=4)  # 4x the tokens: attention grows 16x, so fewer images fit
+    assert bigger.activation_bytes(32, 32) > 4 * per_image
 
 
 def test_stream_keeps_memory_bounded_per_batch(tiny_model, image_dir):

@@ -22,7 +22,7 @@ def test_default_model_is_a_plain_transformers_vit():
     assert model.config.id2label == {0: "female", 1: "male"}
     assert model.config.image_size == 140 and model.config.patch_size == 14
     assert model.vit.embeddings.position_embeddings.shape == (1, 101, 384)  # no runtime interpolation
-    assert checkpoint.verify_manifest(checkpoint.DEFAULT_MODEL_DIR) == [
+    assert sorted(checkpoint.verify_sha256sums(checkpoint.DEFAULT_MODEL_DIR)) == [
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip 
 
 from vitgender.exporters import FORMATS, ExportError, main_export, parse_formats  # noqa: E402
 from vitgender.exporters.manifest import read_manifest, verify_artifact  # noqa: E402
-from vitgender.runtimes import open_runner  # noqa: E402
+from vitgender.runtimes import open_runner, runtime_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
 
@@ -28,6 +28,10 @@ def test_manifest_lists_every_format_with_checksums(exported):
     manifest = read_manifest(exported)
     assert manifest["schema"] == 1
     assert [a["name"] for a in manifest["artifacts"]] == list(FORMATS)
+    for entry in manifest["artifacts"]:  # the manifest and the registry agree on what each artifact is
+        spec = FORMATS[entry["name"]]
+        assert (entry["format"], entry["precision"], entry["path"]) == (spec.runtime, spec.precision, spec.filename)
+        assert runtime_for(exported / entry["path"]) == spec.runtime
     for entry in manifest["artifacts"]:
         path = verify_artifact(exported, entry)
         assert entry["bytes"] > 0 and len(entry["sha256"]) == 64
@@ -76,8 +80,9 @@ def test_tflite_uses_builtin_ops_only(exported):
 
 
 def test_parse_formats_groups_and_errors():
-    assert parse_formats("onnx,tflite") == ["onnx", "tflite"]
-    assert parse_formats("all") == list(FORMATS)
+    assert [s.name for s in parse_formats("onnx,tflite,onnx")] == ["onnx", "tflite"]
+    assert [s.name for s in parse_formats("all")] == list(FORMATS)
+    assert {s.name for s in parse_formats("web")} == {"web-onnx", "web-onnx-quantized", "web-onnx-fp16"}
     from vitgender.errors import UsageError
 
     with pytest.raises(UsageError, match="unknown format"):

@@ -16,8 +16,8 @@ pytest.importorskip("mediapipe", reason="face-first mode needs the faces extra: 
 
 import vitgender  # noqa: E402
 from vitgender.faces import Face, crop, open_detector  # noqa: E402
-from vitgender.training.datasets import Sample, parse_utkface_name  # noqa: E402
-from vitgender.training.synthetic import make_scene, matches  # noqa: E402
+from vitgender.data import Sample, parse_utkface_name  # noqa: E402
+from benchmarks.scenes import make_scene, matches  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = sorted((REPO / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import random_image
-from vitgender.training.datasets import age_bucket, load_labelled, parse_utkface_name, split_of, split_samples
+from vitgender.data import age_bucket, load_labelled, parse_utkface_name, split_of, split_samples
 from vitgender.training.finetune import TrainConfig, augment
 from vitgender.training.recipe import canonical_key, read_pack, run_training
 
@@ -95,7 +95,7 @@ def test_transformers5_key_names_are_canonicalised():
 
 
 def test_finetune_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path, tiny_model):
-    from vitgender.checkpoint import load_model, verify_manifest
+    from vitgender.checkpoint import load_model, verify_sha256sums
 
     data = make_utk(tmp_path / "utk", n=24)
     out, run_dir, pack = tmp_path / "model", tmp_path / "run", tmp_path / "pack.zip"
@@ -103,7 +103,7 @@ def test_finetune_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path, tiny_m
     cfg = TrainConfig(epochs=1, batch_size=8)
     with pytest.warns(UserWarning):
         run_training(data, out, image_size=32, init=tiny_model, cfg=cfg, run_dir=run_dir, pack=pack, log=logs.append)
-    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(verify_manifest(out))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(verify_sha256sums(out))
     assert load_model(out).config.id2label == {0: "female", 1: "male"}
     assert json.loads((run_dir / "log.json").read_text())["epochs"][0]["epoch"] == 1
     arrays = read_pack(pack)

@@ -62,6 +62,10 @@ def test_good_export_passes_with_reports_and_junit(work, tmp_path):
     html = (work / "validation" / "report.html").read_text()
     assert html.count("<svg") >= 8 and "PASSED" in html
     assert "| onnx | fp32 | ✅ pass" in (work / "validation" / "report.md").read_text()
+    # every JUnit case is a check that was performed: SavedModel has no inventory, so no quantization_proof case
+    cases = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")}
+    assert ("vitgender.onnx-int8-dynamic", "quantization_proof") in cases
+    assert ("vitgender.savedmodel", "quantization_proof") not in cases and not any(n == "sha256" for _, n in cases)
 
 
 def test_perturbed_weights_fail_with_exit_1(work):
@@ -175,6 +179,6 @@ def test_default_model_ci_gate(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((out / "validation" / "report.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
-    assert len(by_name) == 13 and all(a.get("baseline_checked") for a in report["artifacts"])
+    assert len(by_name) == 13 and all(any(c["name"] == "baseline" for c in a["checks"]) for a in report["artifacts"])
     assert by_name["onnx-int8-dynamic"]["metrics"]["top1_agreement"] >= 0.99
     assert by_name["tflite-int8-dynamic"]["metrics"]["top1_agreement"] >= 0.99

@@ -5,7 +5,15 @@
     >>> clf.classify(["face.jpg"])                 # [[{"label": "female", "score": 0.97}, ...]]
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# Set once, before anything imports transformers or TensorFlow: transformers would otherwise
+# import TensorFlow (slow, unused: PyTorch is the reference), and TensorFlow's C++ logging
+# would fill stderr, which belongs to the user's own errors.
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def load_classifier(*args, **kwargs):

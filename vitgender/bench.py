@@ -19,25 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.errors import UsageError
+from vitgender.errors import ExitCode, ToolchainError, UsageError, VitgenderError
+from vitgender.precision import Precision
 
 SCHEMA = 1
 
 
-def vit_flops(config: dict, height: int, width: int) -> float:
-    """Forward FLOPs of one image (multiply-add = 2 FLOPs) from a ViT config."""
-    p, h, m = config["patch_size"], config["hidden_size"], config["intermediate_size"]
-    patches = (height // p) * (width // p)
-    tokens = patches + 1
-    embed = 2 * patches * (config.get("num_channels", 3) * p * p) * h
-    attention = 2 * tokens * h * 3 * h + 2 * 2 * tokens * tokens * h + 2 * tokens * h * h
-    mlp = 2 * 2 * tokens * h * m
-    head = 2 * h * len(config["id2label"])
-    return float(embed + config["num_hidden_layers"] * (attention + mlp) + head)
+def available_cores() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity API
+        return os.cpu_count() or 1
 
 
 def machine() -> dict:
-    info = {"cpu": platform.processor() or "unknown", "cores": len(os.sched_getaffinity(0)), "isa": [],
+    info = {"cpu": platform.processor() or "unknown", "cores": available_cores(), "isa": [],
             "mhz": None}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -125,8 +122,8 @@ def _worker(job: dict) -> dict:
 
 
 def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
-    found = [{"name": "torch-eager", "runtime": "torch", "precision": "fp32", "path": str(model_dir)},
-             {"name": "transformers-pipeline", "runtime": "pipeline", "precision": "fp32", "path": str(model_dir)}]
+    found = [{"name": "torch-eager", "runtime": "torch", "precision": Precision.FP32, "path": str(model_dir)},
+             {"name": "transformers-pipeline", "runtime": "pipeline", "precision": Precision.FP32, "path": str(model_dir)}]
     if artifacts is not None:
         from vitgender.exporters.manifest import read_manifest, verify_artifact
         from vitgender.runtimes import runtime_for
@@ -142,10 +139,9 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
                   seconds: float, on_candidate=lambda name: None) -> dict:
     from vitgender import checkpoint
 
-    model_dir = checkpoint.resolve(model)
-    _, config = checkpoint.check(model_dir)
-    pre = checkpoint.preprocess_config(model_dir)
-    flops = vit_flops(config, pre.height, pre.width)
+    ckpt = checkpoint.open_checkpoint(model)
+    model_dir, pre = ckpt.directory, ckpt.preprocess
+    flops = ckpt.architecture.flops(pre.height, pre.width)
     info = machine()
     agreement = {}
     report_path = artifacts / "validation" / "report.json" if artifacts else None
@@ -156,20 +152,25 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
         on_candidate(candidate["name"])
         job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
                "warmup": 2, "shape": [3, pre.height, pre.width]}
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), TF_CPP_MIN_LOG_LEVEL="3", USE_TF="0",
-                   CUDA_VISIBLE_DEVICES="")
-        proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
-                              text=True, env=env)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
+                                  text=True, env=env)
+        except OSError as exc:
+            raise ToolchainError(candidate["name"], f"cannot start the benchmark worker ({exc.strerror})") from None
         if proc.returncode != 0:
-            raise UsageError(candidate["name"], f"benchmark worker failed: {proc.stderr.strip().splitlines()[-1:]}")
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            # the worker exits 2 for input it refused (a corrupt artifact), anything else is a crash
+            error = UsageError if proc.returncode == ExitCode.USAGE else ToolchainError
+            raise error(candidate["name"], f"benchmark worker failed: {last.removeprefix('vitgender: ')[:300]}")
         measured = json.loads(proc.stdout.strip().splitlines()[-1])
         for row in measured["rows"]:
             results.append({"name": candidate["name"], "runtime": candidate["runtime"],
                             "precision": candidate["precision"], **row, "peak_rss_mb": measured["peak_rss_mb"],
                             "load_seconds": measured["load_seconds"], "bytes": measured["bytes"],
                             "gflops": round(row["images_per_s"] * flops / 1e9, 2),
-                            "top1_agreement": agreement.get(candidate["name"], 1.0 if candidate["runtime"] in
-                                                            ("torch", "pipeline") else None)})
+                            # measured by `vitgender validate`; None where no report has it (PyTorch itself)
+                            "top1_agreement": agreement.get(candidate["name"])})
     baseline = {r["batch_size"]: r["images_per_s"] for r in results if r["name"] == "torch-eager"}
     for r in results:
         r["ratio_vs_torch"] = round(r["images_per_s"] / baseline[r["batch_size"]], 3)
@@ -178,29 +179,9 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
             "gflop_per_image": round(flops / 1e9, 3), "results": results}
 
 
-def table(report: dict) -> str:
-    lines = ["| artifact | precision | batch | images/s | p50 ms | p90 ms | × PyTorch | GFLOP/s | % peak | RSS MB | MB on disk | load s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["results"]:
-        lines.append(f"| {r['name']} | {r['precision']} | {r['batch_size']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
-                     f"{r['p90_ms']:.1f} | {r['ratio_vs_torch']:.2f} | {r['gflops']:.0f} | "
-                     f"{r['pct_of_peak'] if r['pct_of_peak'] is not None else '-'} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['bytes'] / 2**20:.1f} | {r['load_seconds']:.1f} |")
-    return "\n".join(lines)
-
-
-def plot_svg(report: dict) -> str:
-    from vitgender.validators import svg
-
-    names = sorted({r["name"] for r in report["results"]})
-    series = {n: [(r["batch_size"], r["images_per_s"]) for r in report["results"] if r["name"] == n] for n in names}
-    largest = max(r["batch_size"] for r in report["results"])
-    points = [(r["images_per_s"], r["top1_agreement"], r["name"]) for r in report["results"]
-              if r["batch_size"] == largest and r["top1_agreement"] is not None]
-    return svg.page([svg.lines(series, "images/s vs batch size", "batch size", "images/s"),
-                     svg.labelled_scatter(points, f"top-1 agreement vs images/s (batch {largest})", "images/s",
-                                          "top-1 agreement")])
-
-
 if __name__ == "__main__":
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))
+    try:
+        print(json.dumps(_worker(json.loads(sys.argv[1]))))
+    except VitgenderError as exc:
+        print(f"vitgender: {exc}", file=sys.stderr)
+        sys.exit(int(exc.exit_code))

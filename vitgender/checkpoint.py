@@ -21,15 +21,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitgender.architecture import VIT_MODEL_TYPES, ViTArchitecture
 from vitgender.errors import CheckpointError
 from vitgender.preprocess import PreprocessConfig
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-MANIFEST = "SHA256SUMS"
+SHA256SUMS = "SHA256SUMS"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Backbones that are ViTs: plain ViT and its direct descendants.
-VIT_MODEL_TYPES = frozenset({"vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "beit", "data2vec-vision"})
 _DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
@@ -45,48 +44,51 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(directory: Path) -> Path:
+def write_sha256sums(directory: Path) -> Path:
     """Write a sha256sum-compatible `SHA256SUMS` covering every file below `directory`."""
     directory = Path(directory)
     lines = [
         f"{sha256_file(path)}  {path.relative_to(directory).as_posix()}"
         for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != MANIFEST and not path.name.startswith(".")
+        if path.is_file() and path.name != SHA256SUMS and not path.name.startswith(".")
     ]
-    target = directory / MANIFEST
-    partial = directory / f".{MANIFEST}.partial"
+    target = directory / SHA256SUMS
+    partial = directory / f".{SHA256SUMS}.partial"
     partial.write_text("\n".join(lines) + "\n")
     partial.replace(target)
     return target
 
 
-def read_manifest(directory: Path) -> dict[str, str]:
+def read_sha256sums(directory: Path) -> dict[str, str]:
     entries = {}
-    text = (Path(directory) / MANIFEST).read_text()
+    try:
+        text = (Path(directory) / SHA256SUMS).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{directory}/{SHA256SUMS}", "not a text file") from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         match = re.match(r"^([0-9a-fA-F]{64}) [ *](.+)$", line)
         if not match:
-            raise CheckpointError(f"{directory}/{MANIFEST}", f"line {number} is not '<sha256>  <file>'")
+            raise CheckpointError(f"{directory}/{SHA256SUMS}", f"line {number} is not '<sha256>  <file>'")
         entries[match[2]] = match[1].lower()
     return entries
 
 
-def verify_manifest(directory: Path) -> list[str]:
-    """Check every file in SHA256SUMS; raise naming the first bad file, return the names checked."""
+def verify_sha256sums(directory: Path) -> dict[str, str]:
+    """Check every file in SHA256SUMS; raise naming the first bad file, return the entries checked."""
     directory = Path(directory)
-    entries = read_manifest(directory)
+    entries = read_sha256sums(directory)
     for name, expected in entries.items():
         path = directory / name
         if ".." in Path(name).parts:
-            raise CheckpointError(f"{directory}/{MANIFEST}", f"refuses path outside the checkpoint: {name}")
+            raise CheckpointError(f"{directory}/{SHA256SUMS}", f"refuses path outside the checkpoint: {name}")
         if not path.is_file():
-            raise CheckpointError(str(path), f"listed in {MANIFEST} but missing")
+            raise CheckpointError(str(path), f"listed in {SHA256SUMS} but missing")
         actual = sha256_file(path)
         if actual != expected:
             raise CheckpointError(str(path), f"sha256 mismatch (expected {expected[:12]}..., got {actual[:12]}...)")
-    return sorted(entries)
+    return entries
 
 
 def validate_safetensors(path: Path) -> dict[str, dict]:
@@ -106,6 +108,8 @@ def validate_safetensors(path: Path) -> dict[str, dict]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(what, "safetensors header is not valid JSON") from None
+    except RecursionError:  # a header of 100,000 nested brackets is hostile, not a checkpoint
+        raise CheckpointError(what, "safetensors header nests too deeply to be a tensor table") from None
     if not isinstance(header, dict):
         raise CheckpointError(what, "safetensors header is not a JSON object")
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
@@ -194,7 +198,7 @@ def _download_from_hub(spec: str) -> Path:
             snapshot_download(
                 repo_id,
                 revision=revision or None,
-                allow_patterns=["*.json", "*.safetensors", MANIFEST, "README.md"],
+                allow_patterns=["*.json", "*.safetensors", SHA256SUMS, "README.md"],
             )
         )
     except LocalEntryNotFoundError:
@@ -227,58 +231,97 @@ def _check_hub_lfs_hashes(repo_id: str, revision: str | None, path: Path) -> Non
             raise CheckpointError(str(local), "sha256 differs from the hub's LFS metadata")
 
 
-def check(directory: Path, allow_pickle: bool = False) -> tuple[CheckpointFiles, dict]:
-    """All integrity checks for a local checkpoint; returns its weights and parsed config."""
-    directory = Path(directory)
+def _read_config(directory: Path) -> dict:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(str(directory), "no config.json: not an HF checkpoint directory")
-    if (directory / MANIFEST).is_file():
-        verify_manifest(directory)
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(str(config_path), f"invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = (f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError)
+               else "nests too deeply" if isinstance(exc, RecursionError) else "not UTF-8")
+        raise CheckpointError(str(config_path), f"invalid JSON ({why})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(str(config_path), "not a JSON object")
     model_type = config.get("model_type")
     if model_type not in VIT_MODEL_TYPES:
-        raise CheckpointError(str(config_path), f"model_type {model_type!r} is not a ViT variant ({', '.join(sorted(VIT_MODEL_TYPES))})")
+        raise CheckpointError(str(config_path), f"model_type {model_type!r} is not a ViT variant ({', '.join(VIT_MODEL_TYPES)})")
     if not isinstance(config.get("id2label"), dict) or not config["id2label"]:
         raise CheckpointError(str(config_path), "no id2label: an image classifier needs its label names")
+    return config
+
+
+def _read_preprocess(directory: Path) -> PreprocessConfig:
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        raise CheckpointError(str(directory), "no preprocessor_config.json: the model's normalisation is unknown")
+    try:
+        return PreprocessConfig.from_file(path)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(str(path), f"invalid preprocessor config ({type(exc).__name__}: {exc})"[:300]) from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint that passed every integrity check, read once: config, preprocessing, hashes.
+
+    Exporters, runners and benchmarks take this object instead of going back to the directory
+    for each piece; `load_model()` is the only step that reads tensors.
+    """
+
+    directory: Path
+    config: dict
+    files: CheckpointFiles
+    preprocess: PreprocessConfig
+    sha256: dict[str, str] | None  # the verified SHA256SUMS entries, None when the checkpoint has none
+
+    @property
+    def model_type(self) -> str:
+        return self.config["model_type"]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        id2label = self.config["id2label"]
+        return tuple(id2label.get(str(i), id2label.get(i)) for i in range(len(id2label)))
+
+    @property
+    def architecture(self) -> ViTArchitecture:
+        return ViTArchitecture.from_config(self.config)
+
+    def load_model(self):
+        """The `AutoModelForImageClassification` in fp32 eval mode, whatever dtype the file stores."""
+        import torch
+        from transformers import AutoModelForImageClassification
+
+        try:
+            model, info = AutoModelForImageClassification.from_pretrained(
+                str(self.directory), use_safetensors=not self.files.pickle, dtype=torch.float32,
+                output_loading_info=True,
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(str(self.directory), f"cannot load model ({str(exc).splitlines()[0]})") from None
+        # A checkpoint whose tensors do not match its config would silently run with random weights.
+        missing = [k for k in info["missing_keys"] if "pooler" not in k]
+        wrong = missing or info["unexpected_keys"] or info["mismatched_keys"]
+        if wrong:
+            raise CheckpointError(str(self.directory), f"weights do not match config.json ({len(wrong)} tensors, e.g. {wrong[0]})")
+        return model.eval()
+
+
+def open_checkpoint(model: str | os.PathLike | None, allow_pickle: bool = False) -> Checkpoint:
+    """Resolve (None = the embedded default, a folder, or a hub id) and run every integrity check."""
+    directory = resolve(model)
+    sums = verify_sha256sums(directory) if (directory / SHA256SUMS).is_file() else None
+    config = _read_config(directory)
     files = weight_files(directory, allow_pickle)
     if not files.pickle:
         for path in files.weights:
             if not path.is_file():
                 raise CheckpointError(str(path), "shard named in the index is missing")
             validate_safetensors(path)
-    return files, config
+    return Checkpoint(directory, config, files, _read_preprocess(directory), sums)
 
 
-def preprocess_config(directory: Path) -> PreprocessConfig:
-    path = Path(directory) / "preprocessor_config.json"
-    if not path.is_file():
-        raise CheckpointError(str(directory), "no preprocessor_config.json: the model's normalisation is unknown")
-    try:
-        return PreprocessConfig.from_file(path)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(str(path), f"invalid preprocessor config ({exc})") from None
-
-
-def load_model(directory: Path, allow_pickle: bool = False):
-    """Verify, then load an `AutoModelForImageClassification` in fp32 eval mode."""
-    os.environ.setdefault("USE_TF", "0")
-    import torch
-    from transformers import AutoModelForImageClassification
-
-    files, _ = check(directory, allow_pickle)
-    try:
-        model, info = AutoModelForImageClassification.from_pretrained(
-            str(directory), use_safetensors=not files.pickle, dtype=torch.float32, output_loading_info=True
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(str(directory), f"cannot load model ({str(exc).splitlines()[0]})") from None
-    # A checkpoint whose tensors do not match its config would silently run with random weights.
-    missing = [k for k in info["missing_keys"] if "pooler" not in k]
-    wrong = missing or info["unexpected_keys"] or info["mismatched_keys"]
-    if wrong:
-        raise CheckpointError(str(directory), f"weights do not match config.json ({len(wrong)} tensors, e.g. {wrong[0]})")
-    return model.eval()
+def load_model(model: str | os.PathLike | None, allow_pickle: bool = False):
+    """Verify, then load the model in fp32 eval mode (shorthand for `open_checkpoint(...).load_model()`)."""
+    return open_checkpoint(model, allow_pickle).load_model()

@@ -64,17 +64,28 @@ def is_uncertain(predictions: list[dict], min_confidence: float | None) -> bool 
     return None if min_confidence is None else predictions[0]["score"] < min_confidence
 
 
-def auto_batch_size(runner: Runner, ceiling: int = 64) -> int:
-    """Largest power of two whose activations fit in a quarter of the available memory."""
-    cfg = runner.info.preprocess
-    tokens = (cfg.height // 14 + 1) * (cfg.width // 14 + 1)
-    per_image = 4 * tokens * (tokens * 12 + 384 * 16)  # attention maps + MLP/qkv activations, fp32
+def available_memory() -> int:
+    """Bytes of memory free now (physical pages available), or 2 GiB where the OS will not say."""
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        available = 2 * 2**30
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 * 2**30
+
+
+def auto_batch_size(runner: Runner, ceiling: int = 64, memory: int | None = None) -> int:
+    """Largest power of two (<= ceiling) whose activations fit in a quarter of `memory` (default: free now).
+
+    Sizes come from the model's own architecture (token count, width, heads), so a ViT-B/16 at
+    224 px gets a smaller batch than a ViT-S/14 at 140 px.
+    """
+    arch, cfg = runner.info.architecture, runner.info.preprocess
+    if arch is None:
+        raise UsageError(runner.info.source, "--batch-size auto needs the model's architecture, which this "
+                                             "artifact's sidecar lacks (re-export it, or give a number)")
+    per_image = arch.activation_bytes(cfg.height, cfg.width)
+    budget = (available_memory() if memory is None else memory) // 4
     size = 1
-    while size * 2 <= ceiling and size * 2 * per_image <= available // 4:
+    while size * 2 <= ceiling and size * 2 * per_image <= budget:
         size *= 2
     return size
 

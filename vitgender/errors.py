@@ -1,16 +1,32 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the exit code each one means.
 
-Every failure caused by input (a bad image, a missing model, a corrupt checkpoint) is a
-`UsageError`: the CLI prints `vitgender: <what>: <why>` and exits 2, never a traceback.
+The CLI prints `vitgender: <what>: <why>` on stderr and exits with the error's code, never a
+traceback. The codes are part of the interface (CI jobs branch on them):
+
+| code | meaning |
+|---|---|
+| 0 | success |
+| 1 | the parity gate ran and failed (an artifact does not match PyTorch) |
+| 2 | usage or input error: bad flag, missing or corrupt file, unreadable image |
+| 3 | tool-chain failure: a converter or benchmark worker crashed on valid input |
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    GATE_FAILED = 1
+    USAGE = 2
+    TOOLCHAIN = 3
 
 
 class VitgenderError(Exception):
     """Base class; `exit_code` is what the CLI returns."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.USAGE
 
     def __init__(self, what: str, why: str) -> None:
         super().__init__(f"{what}: {why}")
@@ -28,3 +44,9 @@ class ImageError(UsageError):
 
 class CheckpointError(UsageError):
     """A checkpoint that is missing, unsafe, corrupt or fails integrity checks."""
+
+
+class ToolchainError(VitgenderError):
+    """A converter, quantizer or worker process failed on valid input: exit code 3."""
+
+    exit_code = ExitCode.TOOLCHAIN

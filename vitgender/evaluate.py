@@ -16,7 +16,7 @@ from vitgender.classify import apply_function
 from vitgender.errors import ImageError, UsageError
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import Runner, runner_input
-from vitgender.training.datasets import Sample, load_labelled, split_samples
+from vitgender.data import Sample, load_labelled, split_samples
 from vitgender.validators.fairness import Prediction, summarize
 
 SPLITS = ("all", "train", "val")

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-PRESETS = ("safe", "full")
-
 
 def to_fp16(source: Path, target: Path) -> Path:
     """fp16 weights and compute, float32 inputs/outputs (callers need not change)."""

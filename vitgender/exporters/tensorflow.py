@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+# onnx2tf looks for this sample in its working directory and downloads one if it is missing. It
+# only feeds onnx2tf's own int8 calibration, which never runs here (onnx2tf is stopped once the
+# SavedModel exists), so a seeded random sample of the right shape serves.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-TFLITE_MODES = {"tflite": "fp32", "tflite-fp16": "fp16", "tflite-int8-dynamic": "int8-dynamic", "tflite-int8": "int8"}
 
 
 class _SavedModelWritten(Exception):
@@ -55,17 +57,20 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
         raise RuntimeError("onnx2tf did not write a SavedModel")
 
 
-def _to_tflite(savedmodel: Path, target: Path, mode: str, representative: np.ndarray | None, int8_io: bool) -> None:
+def _to_tflite(savedmodel: Path, target: Path, precision: str, representative: np.ndarray | None, int8_io: bool) -> None:
     import tensorflow as tf
 
+    from vitgender.precision import Precision
+
+    mode = Precision(precision)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if mode == "fp16":
+    if mode is Precision.FP16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif mode == "int8-dynamic":
+    elif mode is Precision.INT8_DYNAMIC:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode == "int8":
+    elif mode is Precision.INT8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([representative[i : i + 1]] for i in range(len(representative)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -85,31 +90,31 @@ def _worker(job_path: Path) -> None:
     _run_onnx2tf(Path(job["onnx"]), Path(job["savedmodel"]), job["input_name"], job["shape"])
     results["savedmodel"] = round(time.perf_counter() - began, 2)
     representative = np.load(job["representative"]) if job.get("representative") else None
-    for key, target in job["tflite"].items():
+    for precision, target in job["tflite"].items():
         began = time.perf_counter()
-        _to_tflite(Path(job["savedmodel"]), Path(target), TFLITE_MODES[key], representative, job["int8_io"])
-        results[key] = round(time.perf_counter() - began, 2)
+        _to_tflite(Path(job["savedmodel"]), Path(target), precision, representative, job["int8_io"])
+        results[precision] = round(time.perf_counter() - began, 2)
     (workdir / "result.json").write_text(json.dumps(results))
 
 
 def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, Path], *, input_name: str,
-            shape: tuple[int, int, int], onnx2tf_sample: np.ndarray, representative: np.ndarray | None,
+            shape: tuple[int, int, int], representative: np.ndarray | None,
             int8_io: bool = False) -> dict[str, float]:
-    """SavedModel + the requested TFLite variants; returns seconds per artifact."""
+    """SavedModel + a TFLite file per requested precision; seconds per artifact ("savedmodel", precisions)."""
     workdir, savedmodel = workdir.resolve(), savedmodel.resolve()  # the child runs in workdir
     tflite = {k: v.resolve() for k, v in tflite.items()}
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "model.onnx"
     shutil.copy2(onnx_path, model)
-    np.save(workdir / ONNX2TF_SAMPLE, onnx2tf_sample.astype(np.float32))
+    np.save(workdir / ONNX2TF_SAMPLE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
     job = {"workdir": str(workdir), "onnx": str(model), "savedmodel": str(savedmodel), "input_name": input_name,
-           "shape": [1, *shape], "tflite": {k: str(v) for k, v in tflite.items()}, "int8_io": int8_io}
+           "shape": [1, *shape], "tflite": {str(k): str(v) for k, v in tflite.items()}, "int8_io": int8_io}
     if representative is not None:
         np.save(workdir / "representative.npy", representative.astype(np.float32))
         job["representative"] = str(workdir / "representative.npy")
     (workdir / "job.json").write_text(json.dumps(job))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+               CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-m", "vitgender.exporters.tensorflow", str(workdir / "job.json")],
                             cwd=workdir, env=env, capture_output=True, text=True)
     if result.returncode != 0 or not (workdir / "result.json").is_file():

@@ -1,4 +1,4 @@
-"""The Runner protocol and the registry that opens a runner by runtime name."""
+"""The Runner protocol and the registry that opens a runner by runtime name or by file type."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Protocol
 
 import numpy as np
 
+from vitgender.architecture import ViTArchitecture
 from vitgender.errors import UsageError
+from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig
 
 
@@ -21,8 +23,11 @@ class RunnerInfo:
     labels: tuple[str, ...]
     preprocess: PreprocessConfig
     source: str
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     raw_input: bool = False
+    # Sizes of the network (token count, FLOPs, activation memory); None for artifacts exported
+    # before sidecars recorded it.
+    architecture: ViTArchitecture | None = None
 
 
 class Runner(Protocol):
@@ -45,12 +50,26 @@ def runner_input(runner: Runner, resized_uint8: np.ndarray) -> np.ndarray:
 
 
 Opener = Callable[..., Runner]
-_REGISTRY: dict[str, Callable[[], Opener]] = {}
 
 
-def register_runtime(name: str, loader: Callable[[], Opener]) -> None:
-    """Register `loader`, which imports the runtime lazily (heavy deps load only when used)."""
-    _REGISTRY[name] = loader
+@dataclass(frozen=True)
+class Runtime:
+    """A registered runtime: how to recognise its files and how to open a Runner on one.
+
+    `load` imports the runtime lazily, so heavy dependencies (TensorFlow, onnxruntime) load only
+    when a file of theirs is opened.
+    """
+
+    name: str
+    load: Callable[[], Opener]
+    recognises: Callable[[Path], bool]
+
+
+_REGISTRY: dict[str, Runtime] = {}
+
+
+def register_runtime(runtime: Runtime) -> None:
+    _REGISTRY[runtime.name] = runtime
 
 
 def runtime_names() -> list[str]:
@@ -60,48 +79,33 @@ def runtime_names() -> list[str]:
 def open_runner(runtime: str, source: str | Path | None, **options) -> Runner:
     if runtime not in _REGISTRY:
         raise UsageError(runtime, f"unknown runtime (choose from {', '.join(runtime_names())})")
-    return _REGISTRY[runtime]()(source, **options)
-
-
-def _torch_opener() -> Opener:
-    from vitgender.runtimes.torch_runner import TorchRunner
-
-    return TorchRunner.open
-
-
-def _onnx_opener() -> Opener:
-    from vitgender.runtimes.onnx_runner import OnnxRunner
-
-    return OnnxRunner.open
-
-
-def _tflite_opener() -> Opener:
-    from vitgender.runtimes.tflite_runner import TfliteRunner
-
-    return TfliteRunner.open
-
-
-def _savedmodel_opener() -> Opener:
-    from vitgender.runtimes.savedmodel_runner import SavedModelRunner
-
-    return SavedModelRunner.open
-
-
-register_runtime("torch", _torch_opener)
-register_runtime("onnx", _onnx_opener)
-register_runtime("tflite", _tflite_opener)
-register_runtime("savedmodel", _savedmodel_opener)
+    return _REGISTRY[runtime].load()(source, **options)
 
 
 def runtime_for(path: str | Path | None) -> str:
-    """Pick the runtime from what `path` is: a .onnx/.tflite file, a SavedModel, or a checkpoint."""
+    """The runtime whose files `path` is (an exported artifact); a checkpoint (or None) is torch."""
     if path is None:
         return "torch"
-    path = Path(path)
-    if path.suffix == ".onnx":
-        return "onnx"
-    if path.suffix == ".tflite":
-        return "tflite"
-    if (path / "saved_model.pb").is_file():
-        return "savedmodel"
+    for runtime in _REGISTRY.values():
+        if runtime.recognises(Path(path)):
+            return runtime.name
     return "torch"
+
+
+def _opener(module: str, cls: str) -> Callable[[], Opener]:
+    def load() -> Opener:
+        from importlib import import_module
+
+        return getattr(import_module(module), cls).open
+
+    return load
+
+
+register_runtime(Runtime("onnx", _opener("vitgender.runtimes.onnx_runner", "OnnxRunner"),
+                         lambda p: p.suffix == ".onnx"))
+register_runtime(Runtime("tflite", _opener("vitgender.runtimes.tflite_runner", "TfliteRunner"),
+                         lambda p: p.suffix == ".tflite"))
+register_runtime(Runtime("savedmodel", _opener("vitgender.runtimes.savedmodel_runner", "SavedModelRunner"),
+                         lambda p: (p / "saved_model.pb").is_file()))
+register_runtime(Runtime("torch", _opener("vitgender.runtimes.torch_runner", "TorchRunner"),
+                         lambda p: (p / "config.json").is_file()))

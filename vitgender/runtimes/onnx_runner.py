@@ -40,9 +40,10 @@ class OnnxRunner:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise UsageError(str(path), f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        labels, preprocess, precision = read_sidecar(path)
+        sidecar = read_sidecar(path)
         raw = session.get_inputs()[0].type == "tensor(uint8)"
-        return cls(session, RunnerInfo("onnx", labels, preprocess, str(path), precision, raw_input=raw))
+        return cls(session, RunnerInfo("onnx", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
+                                       raw_input=raw, architecture=sidecar.architecture))
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""

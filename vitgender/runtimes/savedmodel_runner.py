@@ -29,8 +29,10 @@ class SavedModelRunner:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         loaded = tf.saved_model.load(str(path))
-        labels, preprocess, precision = read_sidecar(path)
-        runner = cls(loaded.signatures["serving_default"], RunnerInfo("savedmodel", labels, preprocess, str(path), precision))
+        sidecar = read_sidecar(path)
+        info = RunnerInfo("savedmodel", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
+                          architecture=sidecar.architecture)
+        runner = cls(loaded.signatures["serving_default"], info)
         runner._loaded = loaded  # keep the trackable alive as long as the signature
         return runner
 

@@ -36,8 +36,9 @@ class TfliteRunner:
             interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(path), f"LiteRT cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        labels, preprocess, precision = read_sidecar(path)
-        return cls(interpreter, RunnerInfo("tflite", labels, preprocess, str(path), precision))
+        sidecar = read_sidecar(path)
+        return cls(interpreter, RunnerInfo("tflite", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
+                                         architecture=sidecar.architecture))
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         dtype = self._input["dtype"]

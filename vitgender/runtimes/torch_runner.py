@@ -20,11 +20,9 @@ class TorchRunner:
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, allow_pickle: bool = False, threads: int | None = None) -> TorchRunner:
-        directory = checkpoint.resolve(source)
-        model = checkpoint.load_model(directory, allow_pickle=allow_pickle)
-        labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-        info = RunnerInfo("torch", labels, checkpoint.preprocess_config(directory), str(directory))
-        return cls(model, info, threads)
+        ckpt = checkpoint.open_checkpoint(source, allow_pickle=allow_pickle)
+        info = RunnerInfo("torch", ckpt.labels, ckpt.preprocess, str(ckpt.directory), architecture=ckpt.architecture)
+        return cls(ckpt.load_model(), info, threads)
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

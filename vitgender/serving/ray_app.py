@@ -10,6 +10,9 @@ others, then `vitgender serve --ray --ray-address auto` from any node.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,3 +97,30 @@ def build_app(model: str | None, runtime: str, options: RayServeOptions, max_bod
     )
     return deployment.bind(model, runtime, max_body_bytes, options.max_batch_size, options.batch_wait_timeout_s,
                            detector, max_faces)
+
+
+def run_ray_serve(model: str | None, runtime: str, options: RayServeOptions, *, host: str, port: int,
+                  address: str | None, max_body_bytes: int, detector: str, max_faces: int,
+                  announce: Callable[[str], None] = print) -> None:
+    """Deploy on Ray Serve and block until SIGINT or SIGTERM, then undeploy and disconnect.
+
+    SIGTERM is how process managers and Kubernetes stop a service, so it drains exactly like
+    Ctrl-C; Ray's own SIGTERM handler (which only logs) is replaced while this runs.
+    """
+    import ray
+
+    ray.init(address=address, ignore_reinit_error=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(model, runtime, options, max_body_bytes, detector, max_faces), route_prefix="/")
+        announce(f"Ray Serve deployment running on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)")
+        while not stop.wait(0.5):
+            pass
+        announce("stopping: undeploying and draining in-flight requests")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

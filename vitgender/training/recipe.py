@@ -27,7 +27,7 @@ from PIL import Image
 
 from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
 from vitgender.training.finetune import TrainConfig, finetune
-from vitgender.training.datasets import Sample, load_labelled, split_samples
+from vitgender.data import Sample, load_labelled, split_samples
 
 Arrays = dict[str, tuple[torch.Tensor, list[Sample]]]
 
@@ -107,7 +107,7 @@ def write_checkpoint(model, pre: PreprocessConfig, out_dir: Path, fp16: bool = T
     """An HF checkpoint directory, written to a temp dir and renamed into place."""
     from safetensors.torch import save_file
 
-    from vitgender.checkpoint import write_manifest
+    from vitgender.checkpoint import write_sha256sums
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -119,7 +119,7 @@ def write_checkpoint(model, pre: PreprocessConfig, out_dir: Path, fp16: bool = T
         (tmp / "preprocessor_config.json").write_text(json.dumps(pre.to_dict(), indent=2) + "\n")
         if (out_dir / "README.md").exists():
             shutil.copy2(out_dir / "README.md", tmp / "README.md")
-        write_manifest(tmp)
+        write_sha256sums(tmp)
         tmp.chmod(0o755)
         for path in tmp.iterdir():
             path.chmod(0o644)

@@ -1,1 +1,4 @@
-"""Parity metrics, tolerance budgets, fairness tables and reports (pure data; reporting separate)."""
+"""Parity metrics, tolerance budgets, quantization proof and fairness tables -> typed check results.
+
+Pure data: nothing here prints or renders; `vitgender.reporting` presents what these return.
+"""

@@ -23,14 +23,16 @@ import tomllib
 from pathlib import Path
 
 from vitgender.errors import UsageError
+from vitgender.precision import Precision
+from vitgender.validators.checks import Check
 
-# metric -> threshold; KINDS says whether it is an upper ("max") or lower ("min") bound.
+# precision -> metric -> threshold; KINDS says whether it is an upper ("max") or lower ("min") bound.
 DEFAULT_BUDGETS: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs_logit_diff": 1e-4, "top1_agreement": 1.0, "accuracy_drop": 0.0},
-    "fp16": {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.98, "flips_far_from_boundary": 0, "accuracy_drop": 0.02},
-    "int8-dynamic": {"max_abs_logit_diff": 0.25, "top1_agreement": 0.98, "flips_far_from_boundary": 0,
+    Precision.FP32: {"max_abs_logit_diff": 1e-4, "top1_agreement": 1.0, "accuracy_drop": 0.0},
+    Precision.FP16: {"max_abs_logit_diff": 1e-2, "top1_agreement": 0.98, "flips_far_from_boundary": 0, "accuracy_drop": 0.02},
+    Precision.INT8_DYNAMIC: {"max_abs_logit_diff": 0.25, "top1_agreement": 0.98, "flips_far_from_boundary": 0,
                      "accuracy_drop": 0.02},
-    "int8": {"max_abs_logit_diff": 1.5, "top1_agreement": 0.96, "flips_far_from_boundary": 1, "accuracy_drop": 0.04},
+    Precision.INT8: {"max_abs_logit_diff": 1.5, "top1_agreement": 0.96, "flips_far_from_boundary": 1, "accuracy_drop": 0.04},
 }
 KINDS = {"max_abs_logit_diff": "max", "mean_abs_logit_diff": "max", "p99_abs_logit_diff": "max",
          "max_abs_prob_diff": "max", "cosine_min": "min", "cosine_mean": "min", "top1_agreement": "min",
@@ -57,21 +59,19 @@ def load_budgets(path: Path | None) -> dict[str, dict[str, float]]:
     return budgets
 
 
-def budget_for(budgets: dict[str, dict[str, float]], name: str, precision: str) -> dict[str, float]:
-    return {**budgets.get(precision, budgets["fp32"]), **budgets.get(name, {})}
+def budget_for(budgets: dict[str, dict[str, float]], name: str, precision: Precision) -> dict[str, float]:
+    return {**budgets.get(precision.value, budgets[Precision.FP32.value]), **budgets.get(name, {})}
 
 
-def check(metrics: dict, budget: dict[str, float]) -> list[str]:
-    """Human-readable failures; empty means within budget."""
-    failures = []
-    if not metrics.get("finite", True):
-        failures.append(f"non-finite logits ({metrics.get('nonfinite_count')} values are NaN/Inf)")
+def check(metrics: dict, budget: dict[str, float]) -> list[Check]:
+    """One Check for finiteness and one per budgeted metric the metrics contain."""
+    checks = [Check("finite", metrics["finite"], metrics["nonfinite_count"], 0,
+                    f"non-finite logits ({metrics['nonfinite_count']} values are NaN/Inf)")]
     for metric, limit in budget.items():
         value = metrics.get(metric)
         if value is None:
             continue
-        if KINDS[metric] == "max" and value > limit:
-            failures.append(f"{metric} {value:.6g} > budget {limit:.6g}")
-        if KINDS[metric] == "min" and value < limit:
-            failures.append(f"{metric} {value:.6g} < budget {limit:.6g}")
-    return failures
+        upper = KINDS[metric] == "max"
+        passed = value <= limit if upper else value >= limit
+        checks.append(Check(metric, passed, value, limit, f"{metric} {value:.6g} {'>' if upper else '<'} budget {limit:.6g}"))
+    return checks

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from vitgender.training.datasets import AGE_BUCKETS
+from vitgender.data import AGE_BUCKETS
 
 # Group tables reported for every evaluation, when the data carries the attributes.
 GROUPINGS: tuple[tuple[str, ...], ...] = (("gender",), ("race",), ("gender", "race"), ("age_bucket",), ("race", "gender", "age_bucket"))

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from vitgender.precision import Precision
+from vitgender.validators.checks import Check
+
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
              "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 
@@ -64,31 +67,30 @@ def tflite_inventory(path: Path) -> dict:
             "op_counts": op_counts}
 
 
-def inventory(path: Path, fmt: str) -> dict | None:
-    if fmt == "onnx":
+def inventory(path: Path, runtime: str) -> dict | None:
+    """What the file holds, for the runtimes whose files can be read without running them."""
+    if runtime == "onnx":
         return onnx_inventory(path)
-    if fmt == "tflite":
+    if runtime == "tflite":
         return tflite_inventory(path)
     return None
 
 
-def check_precision(inv: dict | None, precision: str, minimum_share: float = 0.25) -> list[str]:
-    """Failures if the file's contents contradict its declared precision.
+def check_precision(inv: dict, precision: Precision, minimum_share: float = 0.25) -> Check:
+    """Whether the file's weight bytes agree with its declared precision.
 
     The share is of weight *bytes*; a quarter leaves room for small models whose embeddings
     and norms (kept in float by design) are a large part of the file, while a secretly-float
     "int8" file has none at all.
     """
-    if inv is None:
-        return []
     share = inv["weight_share_by_dtype"]
     int8 = share.get("int8", 0) + share.get("uint8", 0)
     fp16 = share.get("float16", 0)
-    if precision.startswith("int8") and int8 < minimum_share:
-        return [f"declared {precision} but only {int8:.0%} of weight bytes are 8-bit integers "
-                f"(by dtype: {share})"]
-    if precision == "fp16" and fp16 < minimum_share:
-        return [f"declared fp16 but only {fp16:.0%} of weight bytes are float16 (by dtype: {share})"]
-    if precision == "fp32" and int8 + fp16 > 0.5:
-        return [f"declared fp32 but {int8 + fp16:.0%} of weight bytes are reduced precision"]
-    return []
+    if precision.is_int8:
+        return Check("quantization_proof", int8 >= minimum_share, round(int8, 4), minimum_share,
+                     f"declared {precision} but only {int8:.0%} of weight bytes are 8-bit integers (by dtype: {share})")
+    if precision is Precision.FP16:
+        return Check("quantization_proof", fp16 >= minimum_share, round(fp16, 4), minimum_share,
+                     f"declared fp16 but only {fp16:.0%} of weight bytes are float16 (by dtype: {share})")
+    return Check("quantization_proof", int8 + fp16 <= 0.5, round(int8 + fp16, 4), 0.5,
+                 f"declared fp32 but {int8 + fp16:.0%} of weight bytes are reduced precision")

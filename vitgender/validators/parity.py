@@ -20,15 +20,16 @@ from vitgender.exporters.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
-from vitgender.training.datasets import Sample, load_labelled
+from vitgender.data import Sample, load_labelled
+from vitgender.precision import Precision
 from vitgender.validators import budgets as budgets_mod
+from vitgender.validators.checks import ArtifactResult, Check, ValidationResult
 from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
 from vitgender.validators.inventory import check_precision, inventory
 from vitgender.validators.metrics import compare_logits, logit_diff_histogram
 
 REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
 DEFAULT_REFERENCE = "utkface-val-50"
-SCHEMA = 1
 
 
 def reference_sets() -> list[str]:
@@ -89,6 +90,40 @@ def group_deltas(reference: list[Prediction], candidate: list[Prediction]) -> li
     return rows
 
 
+def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np.ndarray, resized: np.ndarray,
+             names: list[str], budgets: dict, predictions: tuple[list[Prediction], list[Sample], dict] | None) -> ArtifactResult:
+    """Run one artifact on the reference pixels and judge it: metrics, then checks."""
+    precision = Precision.parse(entry["precision"])
+    budget = budgets_mod.budget_for(budgets, entry["name"], precision)
+    result = ArtifactResult(entry["name"], entry["format"], precision, entry["path"], entry["sha256"], {}, [], budget,
+                            calibration=entry.get("calibration"))
+    labels = runner.info.labels
+    began = time.perf_counter()
+    logits = runner.run(resized if runner.info.raw_input else pixels)
+    latency = (time.perf_counter() - began) * 1000 / len(pixels)
+    if logits.shape != ref_logits.shape:
+        result.checks.append(Check("output_shape", False, str(tuple(logits.shape)), None,
+                                   f"logits of shape {tuple(logits.shape)}, PyTorch gives {tuple(ref_logits.shape)}"))
+        return result
+    result.metrics = compare_logits(ref_logits, logits, labels, names)
+    result.metrics["latency_ms_per_image"] = round(latency, 3)
+    result.histogram = logit_diff_histogram(ref_logits, logits)
+    result.probabilities = {"torch": apply_function(ref_logits, "softmax")[:, 0].tolist(),
+                            "artifact": apply_function(np.nan_to_num(logits), "softmax")[:, 0].tolist()}
+    if predictions:
+        ref_preds, samples, index = predictions
+        art_preds = _predictions(logits, labels, samples, index)
+        torch_acc, art_acc = accuracy_cell(ref_preds), accuracy_cell(art_preds)
+        result.metrics["accuracy_drop"] = torch_acc["accuracy"] - art_acc["accuracy"]
+        result.accuracy = {"torch": torch_acc, "artifact": art_acc}
+        result.group_deltas = group_deltas(ref_preds, art_preds)
+    result.checks = budgets_mod.check(result.metrics, budget)
+    result.inventory = inventory(path, entry["format"])
+    if result.inventory is not None:
+        result.checks.append(check_precision(result.inventory, precision))
+    return result
+
+
 def validate(
     artifact_dir: Path,
     *,
@@ -99,7 +134,7 @@ def validate(
     budget_file: Path | None = None,
     only: list[str] | None = None,
     on_artifact: Callable[[str], None] = lambda name: None,
-) -> dict:
+) -> ValidationResult:
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
@@ -130,60 +165,35 @@ def validate(
     results = []
     for entry in entries:
         on_artifact(entry["name"])
-        runner = open_runner(runtime_for(paths[entry["name"]]), paths[entry["name"]])
+        path = paths[entry["name"]]
+        runner = open_runner(runtime_for(path), path)
         if tuple(runner.info.labels) != tuple(labels_t):
             raise UsageError(entry["name"], f"artifact labels {runner.info.labels} differ from the model's {labels_t}")
-        began = time.perf_counter()
-        logits = runner.run(resized if runner.info.raw_input else pixels)
-        latency = (time.perf_counter() - began) * 1000 / len(pixels)
-        metrics = compare_logits(ref_logits, logits, labels_t, names)
-        metrics["latency_ms_per_image"] = round(latency, 3)
-        result = {"name": entry["name"], "format": entry["format"], "precision": entry["precision"],
-                  "path": entry["path"], "sha256": entry["sha256"], "metrics": metrics,
-                  "histogram": logit_diff_histogram(ref_logits, logits),
-                  "probabilities": {"torch": apply_function(ref_logits, "softmax")[:, 0].tolist(),
-                                    "artifact": apply_function(np.nan_to_num(logits), "softmax")[:, 0].tolist()}}
-        if ref_preds:
-            art_preds = _predictions(logits, labels_t, samples, index)
-            torch_acc, art_acc = accuracy_cell(ref_preds), accuracy_cell(art_preds)
-            metrics["accuracy_drop"] = torch_acc["accuracy"] - art_acc["accuracy"]
-            result["accuracy"] = {"torch": torch_acc, "artifact": art_acc}
-            result["group_deltas"] = group_deltas(ref_preds, art_preds)
-        inv = inventory(paths[entry["name"]], entry["format"])
-        result["inventory"] = inv
-        if "calibration" in entry:
-            result["calibration"] = entry["calibration"]
-        budget = budgets_mod.budget_for(budgets, entry["name"], entry["precision"])
-        result["budget"] = budget
-        result["failures"] = budgets_mod.check(metrics, budget) + check_precision(inv, entry["precision"])
-        result["passed"] = not result["failures"]
-        results.append(result)
-    return {
-        "schema": SCHEMA,
-        "passed": all(r["passed"] for r in results),
-        "artifact_dir": str(artifact_dir),
-        "model": manifest["model"],
-        "images": {"folder": str(folder), "count": len(image_paths), "labelled": len(samples) if samples else 0},
-        "torch": {"latency_ms_per_image": round(torch_ms, 3),
-                  "accuracy": accuracy_cell(ref_preds) if ref_preds else None},
-        "artifacts": results,
-    }
+        results.append(_compare(entry, path, runner, ref_logits, pixels, resized, names, budgets,
+                                (ref_preds, samples, index) if ref_preds else None))
+    return ValidationResult(
+        artifact_dir=str(artifact_dir),
+        model=manifest["model"],
+        images={"folder": str(folder), "count": len(image_paths), "labelled": len(samples) if samples else 0},
+        torch={"latency_ms_per_image": round(torch_ms, 3), "accuracy": accuracy_cell(ref_preds) if ref_preds else None},
+        artifacts=results,
+    )
 
 
-def compare_baseline(report: dict, baseline: dict, margin: dict[str, float] | None = None) -> None:
-    """Mark artifacts that regressed against a stored report beyond `margin`, even within budget.
+def compare_baseline(result: ValidationResult, baseline: dict, margin: dict[str, float] | None = None) -> None:
+    """Add a `baseline` check to each artifact the stored report also has: fail on drift beyond `margin`.
 
     Drift is judged per metric: error metrics may grow by at most max(2x, +abs margin) and
     agreement/accuracy may fall by at most the margin, so noise passes and a trend does not.
     """
     margin = margin or {"top1_agreement": 0.02, "accuracy_drop": 0.02, "cosine_min": 0.001}
-    previous = {a["name"]: a for a in baseline.get("artifacts", [])}
-    for result in report["artifacts"]:
-        old = previous.get(result["name"])
-        if old is None:
+    previous = {a["name"]: a for a in baseline.get("artifacts", []) if isinstance(a, dict) and "name" in a}
+    for artifact in result.artifacts:
+        old = previous.get(artifact.name)
+        if old is None or not artifact.metrics:
             continue
         regressions = []
-        new_m, old_m = result["metrics"], old["metrics"]
+        new_m, old_m = artifact.metrics, old.get("metrics", {})
         for metric in ("max_abs_logit_diff", "mean_abs_logit_diff"):
             if metric in old_m and new_m[metric] > max(2 * old_m[metric], old_m[metric] + 1e-6):
                 regressions.append(f"{metric} {new_m[metric]:.3g} vs baseline {old_m[metric]:.3g} (more than 2x)")
@@ -193,10 +203,7 @@ def compare_baseline(report: dict, baseline: dict, margin: dict[str, float] | No
             worse = new_m[metric] - old_m[metric] if metric == "accuracy_drop" else old_m[metric] - new_m[metric]
             if worse > allowed:
                 regressions.append(f"{metric} {new_m[metric]:.4g} vs baseline {old_m[metric]:.4g} (margin {allowed})")
-        if old.get("sha256") and old["sha256"] != result["sha256"]:
-            result.setdefault("notes", []).append("artifact bytes differ from the baseline's (re-exported)")
-        if regressions:
-            result["failures"] = result["failures"] + [f"baseline regression: {r}" for r in regressions]
-            result["passed"] = False
-        result["baseline_checked"] = True
-    report["passed"] = all(r["passed"] for r in report["artifacts"])
+        if old.get("sha256") and old["sha256"] != artifact.sha256:
+            artifact.notes.append("artifact bytes differ from the baseline's (re-exported)")
+        artifact.checks.append(Check("baseline", not regressions, len(regressions), 0,
+                                     "baseline regression: " + "; ".join(regressions)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from vitgender.validators import svg
+from vitgender.reporting import svg
 
 
 def _pct(value) -> str:

@@ -1,4 +1,4 @@
-"""Labelled image sets: UTKFace file names, ImageFolder trees and CSV files.
+"""Labelled image sets: UTKFace file names, ImageFolder trees and CSV files (training, validate, evaluate).
 
 Every loader yields the same `Sample` record, so training, `evaluate` and `validate`
 read labels and demographic groups the same way whatever the source layout.

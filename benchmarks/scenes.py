@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vitgender.preprocess import decode_image
-from vitgender.training.datasets import Sample
+from vitgender.data import Sample
 
 
 @dataclass

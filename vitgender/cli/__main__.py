@@ -1,0 +1,3 @@
+from vitgender.cli import main
+
+main()

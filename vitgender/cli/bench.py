@@ -1,0 +1,47 @@
+"""`vitgender bench`: throughput, latency, memory and size of every runtime, as ratios to PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitgender.cli.app import app
+from vitgender.cli.common import MODEL_HELP
+from vitgender.errors import UsageError
+
+
+@app.command()
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    artifacts: Optional[Path] = typer.Option(None, help="An export directory: benchmark every artifact in it too."),
+    batch_sizes: str = typer.Option("1,8,32", help="Comma list of batch sizes."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Threads for every runtime, equal for all "
+                                          "(default: the CPUs this process may use)."),
+    seconds: float = typer.Option(3.0, min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results (schema 1) as JSON."),
+    plot: Optional[Path] = typer.Option(None, help="Write an SVG: images/s vs batch size, agreement vs speed."),
+) -> None:
+    """Throughput, latency, memory and size of PyTorch, the HF pipeline and every artifact, as ratios."""
+    from vitgender.bench import available_cores, run_benchmark
+    from vitgender.reporting.bench import plot_svg, table
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise UsageError(batch_sizes, "batch sizes must be a comma list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(batch_sizes, "batch sizes must be positive")
+    report = run_benchmark(model, artifacts, sizes, threads or available_cores(), seconds,
+                           on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True))
+    m = report["machine"]
+    typer.echo(f"machine: {m['cpu']}, {m['cores']} cores, ISA {' '.join(m['isa'])}, fp32 peak ~{m['peak_gflops']} "
+               f"GFLOP/s ({m['peak_assumption']}); threads {report['threads']}; "
+               f"{report['gflop_per_image']} GFLOP/image")
+    typer.echo(table(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    if plot is not None:
+        plot.write_text(plot_svg(report))

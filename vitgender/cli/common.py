@@ -1,0 +1,36 @@
+"""Helpers shared by the subcommands: error lines, progress bars, option texts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+MODEL_HELP = "Checkpoint directory or hub id owner/name[@revision]; default: the embedded model."
+RUNTIME_HELP = "torch, onnx, tflite or savedmodel (default: by --model's file type)."
+
+
+def error(message: str) -> None:
+    typer.echo(f"vitgender: {message}", err=True)
+
+
+def show_progress() -> bool:
+    """Progress bars on an interactive terminal only; CI logs stay clean."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator:
+    """Yields `advance(n)`; a rich progress bar on a terminal, a no-op elsewhere."""
+    if not show_progress():
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)

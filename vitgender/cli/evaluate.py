@@ -1,0 +1,45 @@
+"""`vitgender evaluate`: accuracy with CIs, calibration and per-group fairness on a labelled set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitgender.cli.app import app
+from vitgender.cli.common import progress_bar
+
+
+@app.command()
+def evaluate(
+    model: Optional[str] = typer.Argument(None, help="Checkpoint, hub id, or an artifact (.onnx, .tflite, SavedModel dir)."),
+    data: Path = typer.Option(..., "--data", help="Labelled images: UTKFace-named folder, ImageFolder tree or CSV."),
+    runtime: Optional[str] = typer.Option(None, help="Force a runtime (torch, onnx, tflite, savedmodel); default: by file type."),
+    split: str = typer.Option("all", help="all, or the project's fixed content-hash split: train or val."),
+    min_age: Optional[int] = typer.Option(None, help="Only images whose age label is at least this."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                                   help="Also report coverage/accuracy when answering only above this."),
+    batch_size: int = typer.Option(16, min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page with charts."),
+) -> None:
+    """Accuracy with 95% CIs, calibration and per-group fairness on a labelled set."""
+    from rich.console import Console
+
+    from vitgender.evaluate import evaluate_samples, select
+    from vitgender.reporting import evaluation
+    from vitgender.runtimes import open_runner, runtime_for
+
+    runner = open_runner(runtime or runtime_for(model), model)
+    samples, skipped = select(data, split, min_age)
+    with progress_bar("evaluating", total=len(samples)) as advance:
+        report = evaluate_samples(runner, samples, skipped, min_confidence=min_confidence, batch_size=batch_size,
+                                  advance=advance)
+    report["data"] = {"source": str(data), "split": split, "min_age": min_age, "images": len(samples)}
+    evaluation.terminal(report, Console(stderr=False))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+    if html_out is not None:
+        html_out.write_text(evaluation.html(report, f"vitgender evaluation: {runner.info.source}"))

@@ -1,0 +1,41 @@
+"""`vitgender export`: a checkpoint -> the artifacts the format registry describes, with a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitgender.cli.app import app
+from vitgender.cli.common import MODEL_HELP
+from vitgender.exporters.formats import formats_help
+from vitgender.exporters.main import CALIBRATION_METHODS, QUANT_PRESETS
+
+
+@app.command("export")
+def export_cmd(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default artifacts/<model-name>/)."),
+    formats: str = typer.Option("onnx", "--formats", help=formats_help()),
+    calibration: Optional[Path] = typer.Option(None, help="Image folder for int8 calibration (default: the bundled "
+                                               "64 UTKFace training-split faces)."),
+    calibration_method: str = typer.Option("minmax", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."),
+    quant_preset: str = typer.Option("safe", help="ORT static int8: 'safe' keeps LayerNorm/Softmax/GELU/residual "
+                                     f"adds in float, 'full' quantizes every op ORT can ({', '.join(QUANT_PRESETS)})."),
+    opset: int = typer.Option(20, min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
+    tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
+) -> None:
+    """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
+    from vitgender.exporters import ExportOptions, main_export
+    from vitgender.exporters.manifest import read_manifest
+
+    options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
+                            tflite_int8_io=tflite_int8_io)
+    if calibration is not None:
+        options.calibration = calibration
+    written = main_export(model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True))
+    for entry in read_manifest(written)["artifacts"]:
+        typer.echo(f"{entry['name']:<20} {entry['precision']:<13} {entry['bytes'] / 2**20:8.1f} MiB "
+                   f"{entry['seconds']:7.1f} s  {entry['path']}")
+    typer.echo(f"wrote {written}/manifest.json")

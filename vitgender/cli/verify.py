@@ -1,0 +1,33 @@
+"""`vitgender verify`: check (or write) a checkpoint's SHA256SUMS, safetensors headers and config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vitgender.cli.app import app
+from vitgender.errors import UsageError
+
+
+@app.command()
+def verify(
+    directory: Path = typer.Argument(..., help="Checkpoint directory."),
+    write: bool = typer.Option(False, "--write", help="Create or refresh SHA256SUMS instead of checking it."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights."),
+) -> None:
+    """Check a checkpoint: SHA256SUMS, safetensors headers, config. Exit 0 only if all pass."""
+    from vitgender import checkpoint
+
+    if not directory.is_dir():
+        raise UsageError(str(directory), "not a directory")
+    if write:
+        target = checkpoint.write_sha256sums(directory)
+        typer.echo(f"wrote {target} ({len(checkpoint.read_sha256sums(directory))} files)")
+        return
+    if not (directory / checkpoint.SHA256SUMS).is_file():
+        raise UsageError(str(directory), f"no {checkpoint.SHA256SUMS}; create one with 'vitgender verify --write'")
+    ckpt = checkpoint.open_checkpoint(directory, allow_pickle=allow_pickle)
+    typer.echo(f"OK {directory}: {len(ckpt.sha256)} files match {checkpoint.SHA256SUMS}; "
+               f"{len(ckpt.files.weights)} weight file(s) valid; model_type={ckpt.model_type}, "
+               f"labels={list(ckpt.labels)}")

@@ -1,0 +1,143 @@
+"""Builders: the code that makes the files the format registry describes.
+
+A builder takes the shared `BuildContext` and the specs it is asked for and returns the
+seconds each took. Most build one artifact from the fp32 base ONNX (`per_artifact`); the
+TensorFlow builder makes the SavedModel and every TFLite variant in one child process, because
+they all derive from one onnx2tf conversion. Heavy libraries are imported inside the builders,
+so reading the registry (CLI help, validation) stays cheap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from vitgender.precision import Precision
+
+if TYPE_CHECKING:
+    from vitgender.checkpoint import Checkpoint
+    from vitgender.exporters.config import ExportConfig
+    from vitgender.exporters.formats import ArtifactSpec
+    from vitgender.exporters.main import ExportOptions
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration images preprocessed exactly like inference, and where they came from."""
+
+    images: tuple[Path, ...]
+    pixels: np.ndarray  # float32 NCHW pixel_values
+    provenance: dict
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    checkpoint: Checkpoint
+    export_config: ExportConfig
+    options: ExportOptions
+    scratch: Path  # the temporary export directory; artifacts go to scratch / spec.filename
+    base_onnx: Path  # the fp32 ONNX every other format derives from
+    base_seconds: float
+    calibration: Calibration | None
+
+    def target(self, spec: ArtifactSpec) -> Path:
+        path = self.scratch / spec.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass(frozen=True)
+class Built:
+    seconds: float
+    input_dtype: str | None = None  # when the artifact's input dtype differs from its layout's default
+
+
+class Builder(Protocol):
+    def __call__(self, ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]: ...
+
+
+def per_artifact(convert: Callable[[BuildContext, Path], None]) -> Builder:
+    """A builder that converts the base ONNX into each requested artifact, one at a time."""
+
+    def build(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
+        built = {}
+        for spec in specs:
+            began = time.perf_counter()
+            convert(ctx, ctx.target(spec))
+            built[spec.name] = Built(round(time.perf_counter() - began, 2))
+        return built
+
+    build.__name__ = convert.__name__
+    return build
+
+
+def web(builder: Builder) -> Builder:
+    """transformers.js reads config.json and preprocessor_config.json beside `onnx/`."""
+
+    def build(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
+        (ctx.scratch / "web").mkdir(exist_ok=True)
+        for name in ("config.json", "preprocessor_config.json"):
+            shutil.copyfile(ctx.checkpoint.directory / name, ctx.scratch / "web" / name)
+        return builder(ctx, specs)
+
+    return build
+
+
+def copy_base_onnx(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
+    for spec in specs:
+        shutil.copyfile(ctx.base_onnx, ctx.target(spec))
+    return {spec.name: Built(ctx.base_seconds) for spec in specs}
+
+
+@per_artifact
+def onnx_fp16(ctx: BuildContext, target: Path) -> None:
+    from vitgender.exporters.quantize import to_fp16
+
+    to_fp16(ctx.base_onnx, target)
+
+
+@per_artifact
+def onnx_int8_dynamic(ctx: BuildContext, target: Path) -> None:
+    from vitgender.exporters.quantize import to_int8_dynamic
+
+    to_int8_dynamic(ctx.base_onnx, target)
+
+
+@per_artifact
+def onnx_int8_static(ctx: BuildContext, target: Path) -> None:
+    from vitgender.exporters.quantize import to_int8_static
+
+    to_int8_static(ctx.base_onnx, target, ctx.export_config.input_name, ctx.calibration.pixels,
+                   method=ctx.options.calibration_method, preset=ctx.options.quant_preset)
+
+
+@per_artifact
+def onnx_baked_preprocessing(ctx: BuildContext, target: Path) -> None:
+    from vitgender.exporters.baked import bake_preprocessing
+
+    bake_preprocessing(ctx.base_onnx, target, ctx.checkpoint.preprocess, ctx.export_config.input_name)
+
+
+def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
+    """onnx2tf once -> SavedModel; the TFLite converter -> each requested .tflite variant."""
+    from vitgender.exporters import tensorflow as tfx
+
+    pre = ctx.checkpoint.preprocess
+    work = ctx.scratch / ".tf-work"
+    savedmodel = next((ctx.target(s) for s in specs if s.runtime == "savedmodel"), work / "saved_model")
+    tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
+    int8_wanted = any(s.needs_calibration for s in specs)
+    seconds = tfx.convert(ctx.base_onnx, work, savedmodel, tflite, input_name=ctx.export_config.input_name,
+                          shape=(ctx.checkpoint.architecture.num_channels, pre.height, pre.width),
+                          representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8_wanted else None,
+                          int8_io=ctx.options.tflite_int8_io)
+    shutil.rmtree(work, ignore_errors=True)
+    int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
+    return {s.name: Built(seconds["savedmodel" if s.runtime == "savedmodel" else s.precision.value],
+                          int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None) for s in specs}

@@ -1,0 +1,164 @@
+"""`main_export`: one HF ViT checkpoint -> every requested artifact, with a manifest.
+
+Like optimum's `main_export`: one entry point that runs the base ONNX export once and then the
+builders the format registry names. Everything is written into a temporary sibling directory
+and renamed into place only when every requested step succeeded, so a failed or killed export
+never leaves a half-written artifact; the error names the step that failed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitgender import checkpoint
+from vitgender.errors import ToolchainError, UsageError, VitgenderError
+from vitgender.exporters.builders import BuildContext, Built, Calibration
+from vitgender.exporters.config import config_for
+from vitgender.exporters.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
+from vitgender.exporters.manifest import describe, write_manifest
+from vitgender.inputs import IMAGE_SUFFIXES
+from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.runtimes.sidecar import Sidecar, write_sidecar
+
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_PRESETS = ("safe", "full")
+
+
+class ExportError(ToolchainError):
+    """A conversion step failed on a valid checkpoint (exit 3: the tool chain, not the input)."""
+
+
+@dataclass
+class ExportOptions:
+    opset: int = 20
+    calibration: Path = field(default=CALIBRATION_DIR)
+    calibration_method: str = "minmax"
+    quant_preset: str = "safe"
+    tflite_int8_io: bool = False
+
+    def __post_init__(self) -> None:
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise UsageError(self.calibration_method, f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+        if self.quant_preset not in QUANT_PRESETS:
+            raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(QUANT_PRESETS)}")
+
+
+def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
+    if not folder.is_dir():
+        raise UsageError(str(folder), "calibration folder does not exist")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not images:
+        raise UsageError(str(folder), "calibration folder contains no images")
+    return images
+
+
+def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibration:
+    images = calibration_images(options.calibration)
+    pixels = Preprocessor(ckpt.preprocess)([decode_image(p) for p in images])
+    provenance = {"images": [p.name for p in images], "count": len(images), "folder": str(options.calibration),
+                  "method": options.calibration_method, "preset": options.quant_preset,
+                  "normalisation": ckpt.preprocess.to_dict()}
+    return Calibration(tuple(images), pixels, provenance)
+
+
+def input_spec(spec: ArtifactSpec, ctx: BuildContext, dtype: str | None = None) -> dict:
+    """The input an artifact takes, as written to its manifest entry and sidecar."""
+    pre, channels = ctx.checkpoint.preprocess, ctx.checkpoint.architecture.num_channels
+    name = ctx.export_config.input_name
+    if spec.layout is InputLayout.NCHW:
+        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32", "shape": ["batch", channels, pre.height, pre.width]}
+    if spec.layout is InputLayout.NHWC_UINT8:
+        from vitgender.exporters.baked import RAW_INPUT
+
+        return {"name": RAW_INPUT, "layout": "NHWC", "dtype": dtype or "uint8",
+                "shape": ["batch", pre.height, pre.width, channels],
+                "note": f"resize to {pre.height}x{pre.width} ({pre.resample_name}); "
+                        "rescale/normalise/transpose are inside the graph"}
+    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32", "shape": [1, pre.height, pre.width, channels],
+            "note": "batch fixed at 1 by onnx2tf; feed images one at a time"}
+
+
+def _run_step(name: str, fn: Callable, *args, **kwargs):
+    """Run one conversion step; anything but our own errors becomes an ExportError naming it."""
+    try:
+        return fn(*args, **kwargs)
+    except VitgenderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - converters raise anything; the user needs the step and reason
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise ExportError(name, f"step failed: {type(exc).__name__}: {first}") from exc
+
+
+def _by_builder(specs: Sequence[ArtifactSpec]) -> list[list[ArtifactSpec]]:
+    """Specs grouped by builder, in registry order, so a shared builder (TensorFlow) runs once."""
+    groups: dict[object, list[ArtifactSpec]] = {}
+    for spec in sorted(specs, key=lambda s: list(FORMATS).index(s.name)):
+        groups.setdefault(spec.builder, []).append(spec)
+    return list(groups.values())
+
+
+def main_export(
+    model: str | Path | None,
+    out: Path | None,
+    formats: str | Sequence[str] = "onnx",
+    options: ExportOptions | None = None,
+    on_step: Callable[[str], None] = lambda name: None,
+) -> Path:
+    """Export `model` (None = embedded default) to `out` (default artifacts/<model-name>/)."""
+    options = options or ExportOptions()
+    wanted = parse_formats(formats)
+    ckpt = checkpoint.open_checkpoint(model)
+    export_config = config_for(ckpt.model_type)
+    calibration = _calibration(options, ckpt) if any(s.needs_calibration for s in wanted) else None
+    name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
+    out = Path(out) if out is not None else Path("artifacts") / name
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent)).resolve()
+    except OSError as exc:
+        raise UsageError(str(out), f"cannot write there ({exc.strerror})") from None
+
+    try:
+        from vitgender.exporters.onnx_export import export_onnx
+
+        on_step("onnx: torch.onnx.export (dynamo)")  # every other format derives from it
+        began = time.perf_counter()
+        base = scratch / ".base" / "model.onnx"
+        base.parent.mkdir()
+        _run_step("onnx", export_onnx, ckpt.load_model(), export_config, ckpt.preprocess.height,
+                  ckpt.preprocess.width, base, options.opset)
+        ctx = BuildContext(ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2),
+                           calibration)
+        built: dict[str, Built] = {}
+        for group in _by_builder(wanted):
+            names = ", ".join(s.name for s in group)
+            on_step(f"{names}: {group[0].toolchain}")
+            built.update(_run_step(names, group[0].builder, ctx, group))
+        shutil.rmtree(base.parent)
+
+        artifacts = []
+        for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
+            path = scratch / spec.filename
+            io = input_spec(spec, ctx, built[spec.name].input_dtype)
+            write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, spec.precision, ckpt.architecture), io)
+            extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
+            if spec.needs_calibration:
+                extra["calibration"] = calibration.provenance
+            artifacts.append(describe(scratch, spec.name, spec.runtime, spec.precision, path, io,
+                                      seconds=built[spec.name].seconds, **extra))
+        model_info = {"source": str(ckpt.directory), "name": name, "model_type": ckpt.model_type,
+                      "labels": list(ckpt.labels), "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
+                      "preprocessor": ckpt.preprocess.to_dict(), "checkpoint_sha256": ckpt.sha256}
+        write_manifest(scratch, model_info, artifacts)
+        if out.exists():
+            shutil.rmtree(out)
+        scratch.rename(out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
