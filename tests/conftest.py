@@ -19,7 +19,8 @@ needs_utkface = pytest.mark.skipif(
 )
 
 
-def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed: int = 0) -> Path:
+def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed: int = 0,
+                  labels: tuple[str, str] = ("female", "male")) -> Path:
     """A random ViTForImageClassification (patch 8, 2 layers) in HF format with SHA256SUMS."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification
@@ -30,7 +31,7 @@ def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5)
     torch.manual_seed(seed)
     config = ViTConfig(
         image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, id2label={0: "female", 1: "male"}, label2id={"female": 0, "male": 1},
+        intermediate_size=64, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
         architectures=["ViTForImageClassification"],
     )
     model = ViTForImageClassification(config).eval()
@@ -47,6 +48,15 @@ def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5)
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_vit(tmp_path_factory.mktemp("tiny") / "tiny-vit")
+
+
+HOSTILE_LABEL = '<img src=x onerror="window.pwned=1">'
+
+
+@pytest.fixture(scope="session")
+def hostile_model(tmp_path_factory) -> Path:
+    """Labels are attacker-controlled text: this checkpoint's id2label carries markup."""
+    return make_tiny_vit(tmp_path_factory.mktemp("hostile") / "hostile-vit", labels=(HOSTILE_LABEL, "<script>x</script>"))
 
 
 def random_image(seed: int, size=(48, 40), mode: str = "RGB") -> Image.Image:

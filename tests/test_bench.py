@@ -44,6 +44,8 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     for row in report["results"]:
         assert row["images_per_s"] > 0 and row["p90_ms"] >= row["p50_ms"] > 0 and row["bytes"] > 0
         assert {"ratio_vs_torch", "pct_of_peak", "peak_rss_mb", "load_seconds"} <= set(row)
+    precisions = {r["name"]: r["precision"] for r in report["results"]}  # what each really computes in
+    assert precisions["transformers-pipeline"] == "fp32" and precisions["onnx-int8-dynamic"] == "int8-dynamic"
     # agreement comes only from a validate report (none here): never filled in, for PyTorch neither
     assert all(r["top1_agreement"] is None for r in report["results"])
     assert (tmp_path / "bench.svg").read_text().startswith("<svg")

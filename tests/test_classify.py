@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import vitgender
 from vitgender.classify import Classifier, auto_batch_size
 from vitgender.runtimes import open_runner
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -87,6 +89,19 @@ def test_python_api_matches_pipeline(tiny_model, image_dir):
     for a, b in zip(ours, theirs):
         assert [p["label"] for p in a] == [p["label"] for p in b]
         assert np.allclose([p["score"] for p in a], [p["score"] for p in b], atol=1e-5)
+
+
+def test_pipeline_on_the_default_model_computes_in_fp32_and_matches():
+    """The real default model stores fp16 weights: the standard transformers API must still get fp32."""
+    from transformers import pipeline
+
+    faces = sorted(str(p) for p in (REPO / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))
+    theirs = pipeline("image-classification", model=str(REPO / "vitgender" / "default_model"), device="cpu")
+    assert theirs.model.dtype == torch.float32
+    ours = vitgender.load_classifier().classify(faces, batch_size=16)
+    for a, b in zip(ours, theirs(faces, top_k=2)):
+        assert [p["label"] for p in a] == [p["label"] for p in b]
+        assert np.abs(np.array([p["score"] for p in a]) - [p["score"] for p in b]).max() <= 1e-5
 
 
 def test_top_k_and_functions(tiny_model, image_dir):

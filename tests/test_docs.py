@@ -25,13 +25,19 @@ def test_notebook_is_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_executes_headless(tmp_path):
+def test_notebook_executes_headless(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the notebook exports artifacts: pip install .[all]")
+    import tempfile
+
     import nbformat
     from nbclient import NotebookClient
 
+    monkeypatch.setenv("VITGENDER_NOTEBOOK_WORK", str(tmp_path))  # the kernel inherits it: no stray temp folder
+    before = set(Path(tempfile.gettempdir()).glob("vitgender-quickstart-*"))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    assert set(Path(tempfile.gettempdir()).glob("vitgender-quickstart-*")) == before
+    assert (tmp_path / "artifacts" / "manifest.json").is_file()
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     assert "exported in" in text and "ImageClassificationOutputElement" in text
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -81,6 +83,11 @@ def test_no_face_is_an_explicit_empty_list(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"image": str(blank), "faces": []}
+    as_csv = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", "--faces", "--format", "csv",
+                             str(blank), str(REFERENCE[0])], capture_output=True, text=True, timeout=300)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert as_csv.returncode == 0 and {r["image"] for r in rows} == {str(blank), str(REFERENCE[0])}  # a row each
+    assert [r["face"] for r in rows if r["image"] == str(blank)] == ["none"]
 
 
 def test_crop_is_square_with_margin():

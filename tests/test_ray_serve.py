@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +33,8 @@ def test_ray_serve_autoscales_up_and_down(tiny_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    temp = tempfile.mkdtemp(prefix="vgray-")  # short: Ray's unix socket paths must stay under 108 bytes
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, _temp_dir=temp)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         options = RayServeOptions(min_replicas=1, max_replicas=3, target_ongoing_requests=1, max_batch_size=4,
@@ -71,3 +75,43 @@ def test_ray_serve_autoscales_up_and_down(tiny_model):
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_serve_ray_stops_on_sigterm_like_ctrl_c(tiny_model, tmp_path):
+    """Process managers and Kubernetes stop services with SIGTERM: it must undeploy, not be logged and ignored."""
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="vgray-")
+    env = {**os.environ, "RAY_TMPDIR": temp}
+    proc = subprocess.Popen([sys.executable, "-m", "vitgender.cli", "serve", "--ray", "--model", str(tiny_model),
+                             "--port", str(port), "--max-replicas", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.post(url, content=EXAMPLE.read_bytes(), timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"serve --ray never answered: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        stderr = proc.stderr.read()
+        assert "stopping" in stderr and "Traceback" not in stderr, stderr[-2000:]
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(url, content=EXAMPLE.read_bytes(), timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)

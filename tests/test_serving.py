@@ -235,21 +235,52 @@ def _ready(url: str) -> bool:
         return False
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                    reason="Debian chromium + chromium-driver not installed (.ci/run installs them)")
-def test_demo_page_in_headless_chromium(server, tmp_path):
+needs_chromium = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                                    reason="Debian chromium + chromium-driver not installed (.ci/run installs them)")
+
+
+def chromium(tmp_path):
     pytest.importorskip("selenium", reason="selenium not installed")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}/chrome"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+@needs_chromium
+def test_demo_page_shows_hostile_labels_as_text(hostile_model, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import HOSTILE_LABEL
+
+    proc, url = start_server("--model", str(hostile_model))
+    driver = chromium(tmp_path)
+    try:
+        driver.get(url)
+        driver.find_element(By.ID, "file").send_keys(str(EXAMPLE))
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "result").get_attribute("data-status") == "done")
+        result = driver.find_element(By.ID, "result")
+        assert HOSTILE_LABEL in result.text and "<script>x</script>" in result.text  # shown literally
+        assert result.find_elements(By.CSS_SELECTOR, "img, script") == []
+        assert driver.execute_script("return window.pwned") is None
+    finally:
+        driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@needs_chromium
+def test_demo_page_in_headless_chromium(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium(tmp_path)
     try:
         driver.get(server)
         driver.find_element(By.ID, "file").send_keys(str(EXAMPLE))

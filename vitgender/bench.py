@@ -21,6 +21,7 @@ import numpy as np
 
 from vitgender.errors import ExitCode, ToolchainError, UsageError, VitgenderError
 from vitgender.precision import Precision
+from vitgender.processes import child_env, die_with_parent
 
 SCHEMA = 1
 
@@ -66,7 +67,7 @@ def _rss_peak_mb() -> float:
 
 
 def _open(candidate: dict, threads: int):
-    """(run(pixels) -> Any, bytes on disk, takes raw uint8 NHWC) for one candidate."""
+    """(run(pixels) -> Any, bytes on disk, takes raw uint8 NHWC, precision it computes in) for one candidate."""
     from vitgender.runtimes import open_runner
 
     if candidate["runtime"] == "pipeline":
@@ -85,10 +86,12 @@ def _open(candidate: dict, threads: int):
                                  for i in range(batch)]
             return pipe(images[batch], batch_size=batch)
 
-        return run, _size(Path(candidate["path"]) / "model.safetensors"), False
+        # what the pipeline really computes in (it follows the config's dtype, else the stored weights')
+        computes_in = Precision.FP16 if pipe.model.dtype == torch.float16 else Precision.FP32
+        return run, _size(Path(candidate["path"]) / "model.safetensors"), False, computes_in
     runner = open_runner(candidate["runtime"], candidate["path"], threads=threads)
     weights = Path(candidate["path"]) / "model.safetensors" if candidate["runtime"] == "torch" else Path(candidate["path"])
-    return runner.run, _size(weights), runner.info.raw_input
+    return runner.run, _size(weights), runner.info.raw_input, runner.info.precision
 
 
 def _size(path: Path) -> int:
@@ -98,7 +101,7 @@ def _size(path: Path) -> int:
 def _worker(job: dict) -> dict:
     """Child process: load one candidate, time it at each batch size."""
     began = time.perf_counter()
-    run, size, raw = _open(job["candidate"], job["threads"])
+    run, size, raw, precision = _open(job["candidate"], job["threads"])
     load_seconds = time.perf_counter() - began
     shape = job["shape"]
     rows = []
@@ -118,20 +121,19 @@ def _worker(job: dict) -> dict:
         rows.append({"batch_size": batch, "p50_ms": round(p50 * 1000, 2), "p90_ms": round(p90 * 1000, 2),
                      "images_per_s": round(batch / p50, 2), "runs": len(latencies)})
     return {"load_seconds": round(load_seconds, 2), "bytes": size, "peak_rss_mb": round(_rss_peak_mb(), 1),
-            "rows": rows}
+            "precision": precision, "rows": rows}
 
 
 def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
-    found = [{"name": "torch-eager", "runtime": "torch", "precision": Precision.FP32, "path": str(model_dir)},
-             {"name": "transformers-pipeline", "runtime": "pipeline", "precision": Precision.FP32, "path": str(model_dir)}]
+    found = [{"name": "torch-eager", "runtime": "torch", "path": str(model_dir)},
+             {"name": "transformers-pipeline", "runtime": "pipeline", "path": str(model_dir)}]
     if artifacts is not None:
         from vitgender.exporters.manifest import read_manifest, verify_artifact
         from vitgender.runtimes import runtime_for
 
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
-            found.append({"name": entry["name"], "runtime": runtime_for(path), "precision": entry["precision"],
-                          "path": str(path)})
+            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": str(path)})
     return found
 
 
@@ -152,7 +154,7 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
         on_candidate(candidate["name"])
         job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
                "warmup": 2, "shape": [3, pre.height, pre.width]}
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
+        env = child_env(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
         try:
             proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
                                   text=True, env=env)
@@ -166,7 +168,7 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
         measured = json.loads(proc.stdout.strip().splitlines()[-1])
         for row in measured["rows"]:
             results.append({"name": candidate["name"], "runtime": candidate["runtime"],
-                            "precision": candidate["precision"], **row, "peak_rss_mb": measured["peak_rss_mb"],
+                            "precision": measured["precision"], **row, "peak_rss_mb": measured["peak_rss_mb"],
                             "load_seconds": measured["load_seconds"], "bytes": measured["bytes"],
                             "gflops": round(row["images_per_s"] * flops / 1e9, 2),
                             # measured by `vitgender validate`; None where no report has it (PyTorch itself)
@@ -180,6 +182,7 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
 
 
 if __name__ == "__main__":
+    die_with_parent()
     try:
         print(json.dumps(_worker(json.loads(sys.argv[1]))))
     except VitgenderError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -85,20 +86,31 @@ def imagefolder_samples(root: Path) -> list[Sample]:
 
 def csv_samples(csv_path: Path) -> list[Sample]:
     """`path,label[,group columns...]`; relative paths are relative to the CSV's folder."""
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(str(csv_path), "CSV is not UTF-8 text") from None
+    if "\0" in text:
+        raise UsageError(str(csv_path), "CSV contains NUL bytes: not a text file")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = {"path", "label"} - set(reader.fieldnames or ())
         if missing:
             raise UsageError(f"{csv_path}", f"CSV needs columns path,label (missing {', '.join(sorted(missing))})")
         samples = []
         for row in reader:
+            if not row.get("path") or not row.get("label"):
+                raise UsageError(f"{csv_path}:{reader.line_num}", "every row needs a path and a label")
             path = Path(row["path"])
             if not path.is_absolute():
                 path = csv_path.parent / path
-            groups = {k: v for k, v in row.items() if k not in ("path", "label") and v not in (None, "")}
-            if "age" in groups and "age_bucket" not in groups and groups["age"].isdigit():
+            groups = {k: v for k, v in row.items() if isinstance(k, str) and k not in ("path", "label")
+                      and isinstance(v, str) and v}
+            if "age" in groups and "age_bucket" not in groups and groups["age"].isdecimal():
                 groups["age_bucket"] = age_bucket(int(groups["age"]))
             samples.append(Sample(path, row["label"], groups))
+    except csv.Error as exc:
+        raise UsageError(f"{csv_path}:{reader.line_num}", f"malformed CSV ({exc})") from None
     return samples
 
 

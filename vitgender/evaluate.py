@@ -32,7 +32,7 @@ def select(source: Path, split: str = "all", min_age: int | None = None) -> tupl
     if min_age is not None:
         if not any("age" in s.groups for s in samples):
             raise UsageError(str(source), "--min-age needs age labels (UTKFace names or an age column)")
-        samples = [s for s in samples if "age" in s.groups and int(s.groups["age"]) >= min_age]
+        samples = [s for s in samples if s.groups.get("age", "").isdecimal() and int(s.groups["age"]) >= min_age]
     return samples, skipped
 
 

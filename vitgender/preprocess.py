@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -120,6 +121,20 @@ def decode_image(
 
 
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+MAX_SIDE = 4096  # a model input side beyond this is a typo, and would allocate gigabytes per image
+
+
+def _integer(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    return int(value)
+
+
+def _triple(values: object, name: str) -> tuple[float, float, float]:
+    if not isinstance(values, (list, tuple)) or len(values) != 3 \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be three numbers (RGB)")
+    return tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -138,25 +153,38 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
+        """Parse and check an HF preprocessor config; ValueError names the first field that cannot work."""
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
         size = data.get("size", {"height": 224, "width": 224})
-        if isinstance(size, int):
+        if isinstance(size, int) and not isinstance(size, bool):
             size = {"height": size, "width": size}
+        if not isinstance(size, dict):
+            raise ValueError("size must be an integer or {height, width}")
         if "shortest_edge" in size:
-            raise ImageError("preprocessor_config.json", "size.shortest_edge is not a ViT resize; expected height/width")
+            raise ValueError("size.shortest_edge is not a ViT resize; expected height/width")
         mean, std = data.get("image_mean", cls.image_mean), data.get("image_std", cls.image_std)
         mean = (mean,) * 3 if isinstance(mean, (int, float)) else mean
         std = (std,) * 3 if isinstance(std, (int, float)) else std
-        return cls(
-            height=int(size["height"]),
-            width=int(size["width"]),
-            resample=int(data.get("resample", 2)),
+        config = cls(
+            height=_integer(size.get("height"), "size.height"),
+            width=_integer(size.get("width"), "size.width"),
+            resample=_integer(data.get("resample", 2), "resample"),
             do_resize=bool(data.get("do_resize", True)),
             do_rescale=bool(data.get("do_rescale", True)),
             rescale_factor=float(data.get("rescale_factor", 1 / 255)),
             do_normalize=bool(data.get("do_normalize", True)),
-            image_mean=tuple(float(m) for m in mean),
-            image_std=tuple(float(s) for s in std),
+            image_mean=_triple(mean, "image_mean"),
+            image_std=_triple(std, "image_std"),
         )
+        if not (0 < config.height <= MAX_SIDE and 0 < config.width <= MAX_SIDE):
+            raise ValueError(f"size {config.height}x{config.width} is outside 1..{MAX_SIDE}")
+        if config.resample not in _RESAMPLE_NAMES:
+            raise ValueError(f"resample {config.resample} is not a Pillow filter (0-5)")
+        if not all(math.isfinite(v) for v in (*config.image_mean, *config.image_std, config.rescale_factor)) \
+                or min(config.image_std) <= 0:
+            raise ValueError("image_mean, image_std and rescale_factor must be finite, image_std positive")
+        return config
 
     @classmethod
     def from_file(cls, path: Path) -> PreprocessConfig:

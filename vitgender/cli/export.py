@@ -25,6 +25,9 @@ def export_cmd(
                                      f"adds in float, 'full' quantizes every op ORT can ({', '.join(QUANT_PRESETS)})."),
     opset: int = typer.Option(20, min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
     tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT whatever it holds. Without it, an "
+                                   "export of the same checkpoint in OUT is merged (formats built now replace "
+                                   "theirs, the rest is kept) and anything else is refused."),
 ) -> None:
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
     from vitgender.exporters import ExportOptions, main_export
@@ -34,7 +37,8 @@ def export_cmd(
                             tflite_int8_io=tflite_int8_io)
     if calibration is not None:
         options.calibration = calibration
-    written = main_export(model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True))
+    written = main_export(model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True),
+                          overwrite=overwrite)
     for entry in read_manifest(written)["artifacts"]:
         typer.echo(f"{entry['name']:<20} {entry['precision']:<13} {entry['bytes'] / 2**20:8.1f} MiB "
                    f"{entry['seconds']:7.1f} s  {entry['path']}")

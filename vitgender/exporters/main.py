@@ -9,13 +9,13 @@ never leaves a half-written artifact; the error names the step that failed.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitgender import checkpoint
+from vitgender.exporters import output
 from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.exporters.builders import BuildContext, Built, Calibration
 from vitgender.exporters.config import config_for
@@ -103,14 +103,25 @@ def _by_builder(specs: Sequence[ArtifactSpec]) -> list[list[ArtifactSpec]]:
     return list(groups.values())
 
 
+def _disk_full(exc: BaseException) -> bool:
+    text = str(exc)
+    return (isinstance(exc, OSError) and exc.errno in output.DISK_FULL) or "No space left on device" in text \
+        or "File too large" in text or "Disk quota exceeded" in text
+
+
 def main_export(
     model: str | Path | None,
     out: Path | None,
     formats: str | Sequence[str] = "onnx",
     options: ExportOptions | None = None,
     on_step: Callable[[str], None] = lambda name: None,
+    overwrite: bool = False,
 ) -> Path:
-    """Export `model` (None = embedded default) to `out` (default artifacts/<model-name>/)."""
+    """Export `model` (None = embedded default) to `out` (default artifacts/<model-name>/).
+
+    An existing export of the same checkpoint in `out` is merged (the formats built now replace
+    theirs); anything else already there is refused unless `overwrite`.
+    """
     options = options or ExportOptions()
     wanted = parse_formats(formats)
     ckpt = checkpoint.open_checkpoint(model)
@@ -118,47 +129,60 @@ def main_export(
     calibration = _calibration(options, ckpt) if any(s.needs_calibration for s in wanted) else None
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name
+    existing = output.check_target(out, ckpt.directory, ckpt.sha256, overwrite)
+    output.sweep_stale(out)
+    scratch = output.make_scratch(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent)).resolve()
-    except OSError as exc:
-        raise UsageError(str(out), f"cannot write there ({exc.strerror})") from None
-
-    try:
-        from vitgender.exporters.onnx_export import export_onnx
-
-        on_step("onnx: torch.onnx.export (dynamo)")  # every other format derives from it
-        began = time.perf_counter()
-        base = scratch / ".base" / "model.onnx"
-        base.parent.mkdir()
-        _run_step("onnx", export_onnx, ckpt.load_model(), export_config, ckpt.preprocess.height,
-                  ckpt.preprocess.width, base, options.opset)
-        ctx = BuildContext(ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2),
-                           calibration)
-        built: dict[str, Built] = {}
-        for group in _by_builder(wanted):
-            names = ", ".join(s.name for s in group)
-            on_step(f"{names}: {group[0].toolchain}")
-            built.update(_run_step(names, group[0].builder, ctx, group))
-        shutil.rmtree(base.parent)
-
-        artifacts = []
-        for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
-            path = scratch / spec.filename
-            io = input_spec(spec, ctx, built[spec.name].input_dtype)
-            write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, spec.precision, ckpt.architecture), io)
-            extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
-            if spec.needs_calibration:
-                extra["calibration"] = calibration.provenance
-            artifacts.append(describe(scratch, spec.name, spec.runtime, spec.precision, path, io,
-                                      seconds=built[spec.name].seconds, **extra))
+        artifacts = _build(ckpt, export_config, options, calibration, wanted, scratch, on_step)
+        if existing is not None:
+            rebuilt = {a["name"] for a in artifacts}
+            kept = [e for e in existing["artifacts"] if e["name"] not in rebuilt]
+            output.carry_over(out, scratch, [a["path"] for a in artifacts])
+            order = {n: i for i, n in enumerate(FORMATS)}
+            artifacts = sorted(kept + artifacts, key=lambda a: order.get(a["name"], len(order)))
         model_info = {"source": str(ckpt.directory), "name": name, "model_type": ckpt.model_type,
                       "labels": list(ckpt.labels), "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
                       "preprocessor": ckpt.preprocess.to_dict(), "checkpoint_sha256": ckpt.sha256}
         write_manifest(scratch, model_info, artifacts)
-        if out.exists():
-            shutil.rmtree(out)
-        scratch.rename(out)
+        output.publish(scratch, out)
+    except (OSError, ExportError) as exc:
+        if _disk_full(exc):
+            raise ExportError(str(out.parent), f"out of disk space while exporting ({str(exc)[-200:]}); "
+                                               "nothing was written") from None
+        if isinstance(exc, ExportError):
+            raise
+        raise ExportError(str(out), f"cannot write the export ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, calibration: Calibration | None,
+           wanted: Sequence[ArtifactSpec], scratch: Path, on_step: Callable[[str], None]) -> list[dict]:
+    """The base ONNX once, then each builder once; returns the manifest entries of what was built."""
+    from vitgender.exporters.onnx_export import export_onnx
+
+    on_step("onnx: torch.onnx.export (dynamo)")  # every other format derives from it
+    began = time.perf_counter()
+    base = scratch / ".base" / "model.onnx"
+    base.parent.mkdir()
+    _run_step("onnx", export_onnx, ckpt.load_model(), export_config, ckpt.preprocess.height,
+              ckpt.preprocess.width, base, options.opset)
+    ctx = BuildContext(ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2), calibration)
+    built: dict[str, Built] = {}
+    for group in _by_builder(wanted):
+        names = ", ".join(s.name for s in group)
+        on_step(f"{names}: {group[0].toolchain}")
+        built.update(_run_step(names, group[0].builder, ctx, group))
+    shutil.rmtree(base.parent)
+    artifacts = []
+    for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
+        path = scratch / spec.filename
+        io = input_spec(spec, ctx, built[spec.name].input_dtype)
+        write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, spec.precision, ckpt.architecture), io)
+        extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
+        if spec.needs_calibration:
+            extra["calibration"] = calibration.provenance
+        artifacts.append(describe(scratch, spec.name, spec.runtime, spec.precision, path, io,
+                                  seconds=built[spec.name].seconds, **extra))
+    return artifacts

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from vitgender.checkpoint import sha256_file
 from vitgender.errors import UsageError
+from vitgender.precision import Precision
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
@@ -62,12 +64,35 @@ def read_manifest(directory: Path) -> dict:
     if not path.is_file():
         raise UsageError(str(directory), f"no {MANIFEST}: not a 'vitgender export' directory")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except json.JSONDecodeError as exc:
         raise UsageError(str(path), f"invalid JSON ({exc.msg})") from None
-    if data.get("schema") != SCHEMA or not isinstance(data.get("artifacts"), list):
-        raise UsageError(str(path), f"unsupported manifest (schema {data.get('schema')!r}, expected {SCHEMA})")
+    except (UnicodeDecodeError, RecursionError):
+        raise UsageError(str(path), "invalid JSON (not UTF-8, or nested too deeply)") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("artifacts"), list):
+        schema = data.get("schema") if isinstance(data, dict) else None
+        raise UsageError(str(path), f"unsupported manifest (schema {schema!r}, expected {SCHEMA})")
+    if not isinstance(data.get("model"), dict):
+        raise UsageError(str(path), "manifest has no 'model' object")
+    for number, entry in enumerate(data["artifacts"]):
+        _check_entry(path, number, entry)
     return data
+
+
+def _check_entry(path: Path, number: int, entry: object) -> None:
+    """A hand-edited entry must still name a file inside the export directory and a sha256 to check it by."""
+    what = f"{path} artifacts[{number}]"
+    if not isinstance(entry, dict):
+        raise UsageError(what, "not an object")
+    for key in ("name", "format", "precision", "path", "sha256"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise UsageError(what, f"needs a non-empty string '{key}'")
+    relative = PurePosixPath(entry["path"])
+    if relative.is_absolute() or ".." in relative.parts or "\\" in entry["path"] or "\0" in entry["path"]:
+        raise UsageError(what, f"path {entry['path']!r} must stay inside the export directory")
+    if not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+        raise UsageError(what, "sha256 must be 64 lowercase hex digits")
+    Precision.parse(entry["precision"])
 
 
 def verify_artifact(directory: Path, entry: dict) -> Path:

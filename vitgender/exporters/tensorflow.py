@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vitgender.processes import child_env, die_with_parent
+
 # onnx2tf looks for this sample in its working directory and downloads one if it is missing. It
 # only feeds onnx2tf's own int8 calibration, which never runs here (onnx2tf is stopped once the
 # SavedModel exists), so a seeded random sample of the right shape serves.
@@ -113,15 +115,24 @@ def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, 
         np.save(workdir / "representative.npy", representative.astype(np.float32))
         job["representative"] = str(workdir / "representative.npy")
     (workdir / "job.json").write_text(json.dumps(job))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               CUDA_VISIBLE_DEVICES="")
+    env = child_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                    CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-m", "vitgender.exporters.tensorflow", str(workdir / "job.json")],
                             cwd=workdir, env=env, capture_output=True, text=True)
     if result.returncode != 0 or not (workdir / "result.json").is_file():
+        if (workdir / "error.json").is_file():
+            error = json.loads((workdir / "error.json").read_text())
+            raise RuntimeError(f"{error['type']}: {error['message'].splitlines()[0] if error['message'] else ''}"[:400])
         lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
-        raise RuntimeError(" | ".join(lines[-3:])[:400] or f"exit code {result.returncode}")
+        raise RuntimeError(f"converter process exit code {result.returncode}: " + " | ".join(lines[-3:])[:400])
     return json.loads((workdir / "result.json").read_text())
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    die_with_parent()
+    try:
+        _worker(Path(sys.argv[1]))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, whose stderr view is TF's log noise
+        (Path(sys.argv[1]).parent / "error.json").write_text(json.dumps({"type": type(exc).__name__,
+                                                                         "message": str(exc)[:2000]}))
+        raise

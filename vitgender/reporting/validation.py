@@ -22,13 +22,23 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _code(text: str) -> str:
+    """A file name as a Markdown code span: names are attacker-controlled, so no backtick or pipe escapes it."""
+    return "`" + str(text).replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+
+
+def _text(text: str) -> str:
+    """A label in Markdown prose or a table cell: markup shown as text."""
+    return escape(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
 def _metric(a: ArtifactResult, name: str, digits: int = 4) -> str:
     return _fmt(a.metrics.get(name), digits)
 
 
 def markdown(result: ValidationResult) -> str:
     lines = [f"## vitgender parity report: {'PASSED' if result.passed else 'FAILED'}", "",
-             f"{result.images['count']} reference images from `{result.images['folder']}` "
+             f"{result.images['count']} reference images from {_code(result.images['folder'])} "
              f"({result.images['labelled']} labelled); reference = PyTorch fp32 "
              f"({_fmt(result.torch['latency_ms_per_image'], 3)} ms/image).", "",
              "| artifact | precision | result | max abs logit diff | cosine min | top-1 agreement | flips (near/far) "
@@ -40,20 +50,21 @@ def markdown(result: ValidationResult) -> str:
         acc_text = f"{acc['torch']['accuracy']:.3f} → {acc['artifact']['accuracy']:.3f}" if acc else "-"
         agreement = f"{m['top1_agreement']:.2%}" if m else "-"
         flips = f"{m['flips_near_boundary']}/{m['flips_far_from_boundary']}" if m else "-"
-        lines.append(f"| {a.name} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | "
+        lines.append(f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | "
                      f"{_metric(a, 'max_abs_logit_diff')} | {_metric(a, 'cosine_min', 6)} | {agreement} | {flips} | "
                      f"{acc_text} | {_metric(a, 'latency_ms_per_image', 3)} |")
     failing = [a for a in result.artifacts if not a.passed]
     if failing:
         lines += ["", "### Failures", ""]
-        lines += [f"- **{a.name}**: " + "; ".join(a.failures) for a in failing]
+        lines += [f"- **{_text(a.name)}**: " + _text("; ".join(a.failures)) for a in failing]
     lines += ["", "### Worst images per artifact", ""]
     for a in result.artifacts:
         if not a.metrics:
             continue
-        worst = ", ".join(f"`{w['image']}` ({_fmt(w['max_abs_logit_diff'])})" for w in a.metrics["worst_images"][:3])
-        flips = ", ".join(f"`{f['image']}` {f['reference']}→{f['artifact']}" for f in a.metrics["flips"][:5])
-        lines.append(f"- {a.name}: {worst}" + (f"; flipped: {flips}" if flips else ""))
+        worst = ", ".join(f"{_code(w['image'])} ({_fmt(w['max_abs_logit_diff'])})" for w in a.metrics["worst_images"][:3])
+        flips = ", ".join(f"{_code(f['image'])} {_text(f['reference'])}→{_text(f['artifact'])}"
+                          for f in a.metrics["flips"][:5])
+        lines.append(f"- {_text(a.name)}: {worst}" + (f"; flipped: {flips}" if flips else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -74,6 +74,8 @@ def parse_request(body: bytes, content_type: str, labels: int) -> tuple[bytes, P
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPError(400, "body is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: hostile, and Python's parser gives up
+        raise HTTPError(400, "body JSON nests too deeply") from None
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
     if not isinstance(inputs, str) or not inputs:
         raise HTTPError(400, "'inputs' must be a base64-encoded image string")

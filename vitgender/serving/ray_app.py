@@ -89,6 +89,8 @@ def build_app(model: str | None, runtime: str, options: RayServeOptions, max_bod
             "target_ongoing_requests": options.target_ongoing_requests,
             "upscale_delay_s": options.upscale_delay_s,
             "downscale_delay_s": options.downscale_delay_s,
+            # deprecated in Ray 2.60 in favour of process-wide environment variables, but still the
+            # only per-deployment way to report load every second instead of every 10 s
             "metrics_interval_s": 1.0,
             "look_back_period_s": 2.0,
         },

@@ -112,7 +112,11 @@ def write_checkpoint(model, pre: PreprocessConfig, out_dir: Path, fp16: bool = T
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        model.config.to_json_file(tmp / "config.json")
+        # Weights may be stored in fp16 to halve the file, but the model is an fp32 model: without a
+        # dtype in the config, transformers' pipeline would compute in the storage dtype.
+        config = json.loads(model.config.to_json_string())
+        config["dtype"] = config["torch_dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         dtype = torch.float16 if fp16 else torch.float32
         state = {canonical_key(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})

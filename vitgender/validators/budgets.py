@@ -19,6 +19,7 @@ or a table named after one artifact, e.g. `[tflite-int8]`).
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -40,21 +41,40 @@ KINDS = {"max_abs_logit_diff": "max", "mean_abs_logit_diff": "max", "p99_abs_log
 
 
 def load_budgets(path: Path | None) -> dict[str, dict[str, float]]:
-    """Defaults, overlaid by the user's file (keys: a precision or an artifact name)."""
+    """Defaults, overlaid by the user's file (sections: a precision or an artifact format name).
+
+    Anything the gate would not use is refused, so a typo (`[fp33]`, `max_abs_logit_dif`) cannot
+    silently leave a default budget in force.
+    """
+    from vitgender.exporters.formats import FORMATS
+
     budgets = {k: dict(v) for k, v in DEFAULT_BUDGETS.items()}
     if path is None:
         return budgets
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
         data = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
     except FileNotFoundError:
         raise UsageError(str(path), "budget file not found") from None
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(str(path), f"cannot read budget file ({type(exc).__name__})") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(str(path), f"invalid budget file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(str(path), "a budget file maps sections to tables of metric = number")
+    sections = [p.value for p in Precision] + list(FORMATS)
     for key, values in data.items():
-        unknown = set(values) - set(KINDS)
-        if not isinstance(values, dict) or unknown:
-            raise UsageError(str(path), f"[{key}]: unknown metric(s) {sorted(unknown)}; known: {sorted(KINDS)}")
+        if key not in sections:
+            raise UsageError(str(path), f"[{key}]: unknown section; use a precision ({', '.join(p.value for p in Precision)}) "
+                                        "or an artifact name (see 'vitgender export --help')")
+        if not isinstance(values, dict):
+            raise UsageError(str(path), f"[{key}]: expected a table of metric = number")
+        unknown = sorted(set(values) - set(KINDS))
+        if unknown:
+            raise UsageError(str(path), f"[{key}]: unknown metric(s) {unknown}; known: {sorted(KINDS)}")
+        for metric, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(str(path), f"[{key}] {metric}: expected a finite number, got {value!r}")
         budgets.setdefault(key, {}).update({k: float(v) for k, v in values.items()})
     return budgets
 
