@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q -e ".[all]"
-# The JS toolchain for the web tests and demo (pinned in web/package-lock.json). onnxruntime-node's
-# install script would fetch CUDA binaries from outside the npm registry; its CPU binaries ship in the package.
+# The JS toolchain for the web tests and demo (pinned in web/package-lock.json; web/.npmrc skips
+# onnxruntime-node's install script, which would fetch CUDA binaries from outside the npm registry).
 if command -v npm >/dev/null; then
-  (cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error)
+  (cd web && npm ci --no-audit --no-fund --loglevel=error)
 fi

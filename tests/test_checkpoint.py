@@ -80,6 +80,22 @@ def test_truncated_file_and_huge_header(model_copy):
         checkpoint.validate_safetensors(weights)
 
 
+def test_hostile_nested_header_is_one_line_exit_2(model_copy):
+    """A header of 100,001 nested brackets once escaped as a RecursionError traceback."""
+    import subprocess
+    import sys
+
+    weights = model_copy / "model.safetensors"
+    header = b"[" * 100_001 + b"]" * 100_001
+    weights.write_bytes(struct.pack("<Q", len(header)) + header)
+    (model_copy / checkpoint.SHA256SUMS).unlink()
+    example = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))[0]
+    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", str(example), "--model", str(model_copy)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "nests too deeply" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 def test_pickle_weights_refused_unless_allowed(model_copy):
     model = checkpoint.load_model(model_copy)
     (model_copy / "model.safetensors").unlink()
@@ -145,12 +161,18 @@ def test_hub_id_resolves_from_cache_offline(tmp_path, tiny_model):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "{0: 'female', 1: 'male'}" in result.stdout
-    assert "ERR acme/not-cached: not in the local HF cache and HF_HUB_OFFLINE is set" in result.stdout
+    assert "ERR acme/not-cached: no such directory; as a hub id it is not in the local HF cache, and HF_HUB_OFFLINE is set" in result.stdout
 
 
-def test_unknown_spec_is_a_clear_error(tmp_path):
+def test_unknown_spec_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no such directory"):
         checkpoint.resolve(str(tmp_path / "nope"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    for local in ("./model", "../model", "build/model", "~/model"):  # folders, never sent to the hub as ids
+        with pytest.raises(CheckpointError) as info:
+            checkpoint.resolve(local)
+        assert info.value.why == "no such directory"
     with pytest.raises(CheckpointError, match="no config.json"):
         checkpoint.load_model(tmp_path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -102,6 +103,39 @@ def test_pipeline_on_the_default_model_computes_in_fp32_and_matches():
     for a, b in zip(ours, theirs(faces, top_k=2)):
         assert [p["label"] for p in a] == [p["label"] for p in b]
         assert np.abs(np.array([p["score"] for p in a]) - [p["score"] for p in b]).max() <= 1e-5
+
+
+def test_uncertain_answers_have_one_form_in_api_cli_and_server(tiny_model, image_dir):
+    image = str(image_dir / "img0.jpg")
+    api = vitgender.load_classifier(tiny_model).classify(image, min_confidence=1.0)[0]
+    assert api[0]["label"] == "uncertain" and api[0]["score"] == api[1]["score"]
+    assert [p["label"] for p in api[1:]] == [p["label"] for p in vitgender.load_classifier(tiny_model).classify(image)[0]]
+    cli = subprocess.run([*CLI, "classify", image, "--model", str(tiny_model), "--min-confidence", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert [p["label"] for p in json.loads(cli.stdout)["predictions"]] == [p["label"] for p in api]
+    pytest.importorskip("fastapi", reason="the server needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from vitgender.serving.app import ServeSettings, create_app
+
+    with TestClient(create_app(ServeSettings(model=str(tiny_model)))) as client:
+        while client.get("/health/ready").status_code != 200:
+            pass
+        payload = {"inputs": base64.b64encode(Path(image).read_bytes()).decode(), "parameters": {"min_confidence": 1.0}}
+        served = client.post("/", json=payload).json()
+    assert [p["label"] for p in served] == [p["label"] for p in api]
+    assert np.allclose([p["score"] for p in served], [p["score"] for p in api], atol=1e-6)
+
+
+def test_reader_that_stops_early_is_not_an_error(tiny_model):
+    """`vitgender classify DIR | head -1` exits 0 without a message, like any Unix tool."""
+    faces = REPO / "vitgender" / "reference" / "utkface-val-50"
+    proc = subprocess.Popen([*CLI, "classify", str(faces), "--model", str(tiny_model), "--batch-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(proc.stdout.readline())["predictions"]
+    proc.stdout.close()  # like head: read one line, then go away
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == ""
 
 
 def test_top_k_and_functions(tiny_model, image_dir):

@@ -140,7 +140,8 @@ def test_failed_step_leaves_nothing_and_names_the_step(tiny_model, tmp_path, mon
 
 def test_classify_picks_the_runtime_from_the_artifact(exported, image_dir):
     """`vitgender classify --model model.tflite` needs no --runtime: the file type decides."""
-    for name in ("model.onnx", "model_uint8_nhwc.onnx", "model_float32.tflite"):
+    for name in ("model.onnx", "model_uint8_nhwc.onnx", "model_float32.tflite", "saved_model"):
         result = run_cli("classify", str(image_dir / "img0.jpg"), "--model", str(exported / name))
         assert result.returncode == 0, result.stderr[-1500:]
+        assert result.stderr == ""  # no TensorFlow/LiteRT load chatter on the user's stderr
         assert {p["label"] for p in json.loads(result.stdout)["predictions"]} == {"female", "male"}

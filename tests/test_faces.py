@@ -90,6 +90,13 @@ def test_no_face_is_an_explicit_empty_list(tmp_path):
     assert [r["face"] for r in rows if r["image"] == str(blank)] == ["none"]
 
 
+def test_blazeface_keeps_stderr_for_the_user():
+    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", "--faces", "--detector", "blazeface",
+                             str(REFERENCE[0])], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == ""  # no TensorFlow/MediaPipe load chatter
+    assert json.loads(result.stdout)["faces"]
+
+
 def test_crop_is_square_with_margin():
     image = Image.new("RGB", (400, 300))
     assert crop(image, Face((100, 100, 40, 60), 0.9), margin=0.5).size == (120, 120)

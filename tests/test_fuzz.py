@@ -160,6 +160,14 @@ def test_decoder_on_mutated_images(fmt, edits):
     _decodes_or_image_error(bytes(data))
 
 
+def test_decoder_regression_gif_whose_frame_header_is_cut():
+    """Found by benchmarks/fuzz.py: Pillow raised IndexError (not an OSError) on this mutated GIF."""
+    data = bytearray(IMAGES["GIF"])
+    for position, value in [(465, 125), (1419, 33), (1368, 188), (46, 153)]:
+        data[position] = value
+    _decodes_or_image_error(bytes(data))
+
+
 # --- checkpoint files --------------------------------------------------------------------------
 
 TENSOR = st.fixed_dictionaries({

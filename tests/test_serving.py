@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +31,12 @@ def free_port() -> int:
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    """`vitgender serve` on a free port; its stderr goes to a file (a pipe nobody reads would fill and stall it)."""
     port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, "-m", "vitgender.cli", "serve", "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -42,10 +46,27 @@ def start_server(*args: str) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read())
+            raise RuntimeError(server_log(proc))
         time.sleep(0.3)
     proc.kill()
     raise TimeoutError("server did not become ready")
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def test_serve_says_where_what_and_when_it_stops(tiny_model):
+    proc, url = start_server("--model", str(tiny_model), "--max-batch-size", "4")
+    assert httpx.post(url, content=EXAMPLE.read_bytes(), timeout=30).status_code == 200
+    proc.terminate()
+    proc.wait(timeout=30)
+    log = server_log(proc)
+    assert f"vitgender serve: {url}/ model={tiny_model} runtime=torch; batching: up to 4 images" in log
+    assert "vitgender serve: ready: " in log and "(torch, fp32, labels female, male)" in log
+    assert '"POST / HTTP/1.1" 200' in log  # the access log
+    assert "vitgender serve: stopping: draining" in log and "vitgender serve: stopped" in log
 
 
 @pytest.fixture(scope="module")

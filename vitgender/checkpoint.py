@@ -183,9 +183,15 @@ def resolve(model: str | os.PathLike | None) -> Path:
     spec = str(model)
     if path.exists():
         raise CheckpointError(spec, "a checkpoint must be a directory (config.json + model.safetensors)")
-    if not _HUB_ID.match(spec):
-        raise CheckpointError(spec, "no such directory, and not a hub id of the form owner/name[@revision]")
+    if not _HUB_ID.match(spec) or _looks_local(spec):
+        raise CheckpointError(spec, "no such directory")
     return _download_from_hub(spec)
+
+
+def _looks_local(spec: str) -> bool:
+    """`./model`, `~/x`, `../a/b` or `build/model` (when `build/` exists) are folders, not hub ids."""
+    first = spec.split("/", 1)[0]
+    return spec.startswith(("./", "../", "/", "~")) or first in (".", "..") or Path(first).is_dir()
 
 
 def _download_from_hub(spec: str) -> Path:
@@ -203,13 +209,14 @@ def _download_from_hub(spec: str) -> Path:
         )
     except LocalEntryNotFoundError:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        why = ("not in the local HF cache and HF_HUB_OFFLINE is set" if offline
-               else "the hub is unreachable and the model is not in the local HF cache")
+        why = ("no such directory; as a hub id it is not in the local HF cache, and HF_HUB_OFFLINE is set" if offline
+               else "no such directory; as a hub id the hub is unreachable and it is not in the local HF cache")
         raise CheckpointError(spec, why) from None
     except HfHubHTTPError as exc:
         raise CheckpointError(spec, f"hub error: {str(exc).splitlines()[0]}") from None
     except (OSError, ValueError) as exc:
-        raise CheckpointError(spec, f"cannot fetch from the hub: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(spec, f"no such directory, and fetching it as a hub id failed: "
+                                    f"{str(exc).splitlines()[0]}") from None
     _check_hub_lfs_hashes(repo_id, revision or None, path)
     return path
 

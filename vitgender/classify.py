@@ -46,22 +46,28 @@ class Result:
     predictions: list[dict] | None = None
     error: str | None = None
     faces: list[dict] | None = None
-    uncertain: bool | None = None
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
         if self.faces is not None:
             return {"image": self.image, "faces": self.faces}
-        out = {"image": self.image, "predictions": self.predictions}
-        if self.uncertain is not None:
-            out["uncertain"] = self.uncertain
-        return out
+        return {"image": self.image, "predictions": self.predictions}
 
 
-def is_uncertain(predictions: list[dict], min_confidence: float | None) -> bool | None:
-    """With `min_confidence`, whether the top answer falls below it (an "uncertain" answer)."""
-    return None if min_confidence is None else predictions[0]["score"] < min_confidence
+UNCERTAIN = "uncertain"
+
+
+def with_uncertainty(ranked: list[dict], min_confidence: float | None) -> list[dict]:
+    """Below `min_confidence`, the answer starts with `{"label": "uncertain", "score": <top score>}`,
+    followed by the ranked labels as usual.
+
+    One form for the CLI, the Python API and both servers: HF clients parse the list unchanged
+    (the first label is what a caller that takes one answer gets), and no guess is lost.
+    """
+    if min_confidence is None or ranked[0]["score"] >= min_confidence:
+        return ranked
+    return [{"label": UNCERTAIN, "score": ranked[0]["score"]}, *ranked]
 
 
 def available_memory() -> int:
@@ -115,13 +121,14 @@ class Classifier:
         batch_size: int = 8,
         top_k: int | None = None,
         function_to_apply: str = "softmax",
+        min_confidence: float | None = None,
     ) -> list[list[dict]]:
         """Predictions per image; raises ImageError on the first undecodable image."""
         images = _as_list(images)
         out = []
         for start in range(0, len(images), batch_size):
             scores = apply_function(self.logits(images[start : start + batch_size]), function_to_apply)
-            out.extend(rank(row, self.labels, top_k) for row in scores)
+            out.extend(with_uncertainty(rank(row, self.labels, top_k), min_confidence) for row in scores)
         return out
 
     def classify_faces(
@@ -132,6 +139,7 @@ class Classifier:
         max_faces: int = 20,
         top_k: int | None = None,
         function_to_apply: str = "softmax",
+        min_confidence: float | None = None,
     ) -> list[list[dict]]:
         """Per image, one `{"box", "detector_score", "predictions"}` per detected face (maybe none)."""
         from vitgender.faces import face_records, faces_and_crops
@@ -141,7 +149,8 @@ class Classifier:
             decoded = decode_image(image, max_pixels=self.max_pixels)
             faces, crops = faces_and_crops(detector, decoded, max_faces)
             predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
-                                        function_to_apply=function_to_apply) if crops else []
+                                        function_to_apply=function_to_apply,
+                                        min_confidence=min_confidence) if crops else []
             out.append(face_records(faces, predictions))
         return out
 
@@ -168,14 +177,10 @@ class Classifier:
                     continue
                 try:
                     faces = self.classify_faces(item, detector, max_faces=max_faces, top_k=top_k,
-                                                function_to_apply=function_to_apply)[0]
+                                                function_to_apply=function_to_apply, min_confidence=min_confidence)[0]
                 except ImageError as exc:
                     yield Result(item, error=exc.why)
                     continue
-                for face in faces:
-                    uncertain = is_uncertain(face["predictions"], min_confidence)
-                    if uncertain is not None:
-                        face["uncertain"] = uncertain
                 yield Result(item, faces=faces)
             return
         pending: list[tuple[str, object]] = []  # (name, decoded image | Result)
@@ -191,8 +196,7 @@ class Classifier:
                 if isinstance(image, Result):
                     yield image
                 else:
-                    predictions = rank(scores[i], self.labels, top_k)
-                    yield Result(name, predictions, uncertain=is_uncertain(predictions, min_confidence))
+                    yield Result(name, with_uncertainty(rank(scores[i], self.labels, top_k), min_confidence))
             pending.clear()
 
         for item in paths:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from vitgender.errors import UsageError
+from vitgender.native import quiet_native_stderr
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,13 @@ class BlazeFaceDetector:
     name = "blazeface"
 
     def __init__(self, min_score: float = 0.5, full_range: bool = True) -> None:
-        try:
-            from mediapipe.python.solutions.face_detection import FaceDetection
-        except ImportError:
-            raise UsageError("blazeface", "needs mediapipe (pip install .[faces])") from None
-        self._detector = FaceDetection(model_selection=1 if full_range else 0, min_detection_confidence=min_score)
+        with quiet_native_stderr():  # MediaPipe imports TensorFlow's C++ runtime, which logs at load
+            try:
+                from mediapipe.python.solutions.face_detection import FaceDetection
+            except ImportError:
+                raise UsageError("blazeface", "needs mediapipe (pip install .[faces])") from None
+            self._detector = FaceDetection(model_selection=1 if full_range else 0, min_detection_confidence=min_score)
+            self._detector.process(np.zeros((64, 64, 3), np.uint8))  # the graph's first run logs too
 
     def detect(self, image: Image.Image) -> list[Face]:
         width, height = image.size

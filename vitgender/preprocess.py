@@ -72,7 +72,9 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int] | None) -> Imag
 
 def _decode_failure(exc: Exception) -> str:
     reason = str(exc)
-    return "cannot decode (truncated image data)" if "truncated" in reason.lower() else f"cannot decode ({reason})"
+    if "truncated" in reason.lower():
+        return "cannot decode (truncated image data)"
+    return f"cannot decode ({reason[:200] or type(exc).__name__})"
 
 
 def decode_image(
@@ -103,7 +105,7 @@ def decode_image(
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageError(what, f"not an image ({len(data)} bytes of unrecognised data)") from None
-        except (OSError, ValueError, SyntaxError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise struct.error, IndexError... on hostile files
             raise ImageError(what, _decode_failure(exc)) from None
     width, height = image.size
     if width * height > max_pixels:
@@ -116,7 +118,9 @@ def decode_image(
             image.load()
             image = ImageOps.exif_transpose(image) or image
         return _to_rgb(image, background)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except MemoryError:
+        raise ImageError(what, "too large to decode in the memory available") from None
+    except Exception as exc:  # noqa: BLE001 - any failure inside the image library means "cannot decode this file"
         raise ImageError(what, _decode_failure(exc)) from None
 
 

@@ -1,4 +1,5 @@
-// A tiny static server for the demo: this folder at /, onnxruntime-web at /ort/, an export's web/ at /model/.
+// A tiny static server for the demo: this folder at /, onnxruntime-web at /ort/, an export's web/ at /model/,
+// and the page helpers shared with `vitgender serve`'s demo page at /static/.
 // Usage: node serve.mjs <export-dir>/web [port]
 import { createReadStream, existsSync, statSync } from "node:fs";
 import { createServer } from "node:http";
@@ -11,6 +12,7 @@ const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/ja
 
 export function startServer(modelDir, port = 0) {
   const roots = [["/ort/", path.join(here, "node_modules", "onnxruntime-web", "dist")],
+                 ["/static/", path.join(here, "..", "vitgender", "serving", "static")],
                  ["/model/", path.resolve(modelDir)], ["/", here]];
   const server = createServer((req, res) => {
     const url = decodeURIComponent(new URL(req.url, "http://localhost").pathname);
@@ -27,6 +29,12 @@ export function startServer(modelDir, port = 0) {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const server = await startServer(process.argv[2] || "model", Number(process.argv[3] || 8000));
+  const modelDir = process.argv[2] || "model";
+  if (!existsSync(path.join(modelDir, "config.json")) || !existsSync(path.join(modelDir, "onnx"))) {
+    console.error(`serve.mjs: ${modelDir} is not an export's web/ folder (expected config.json and onnx/ in it); ` +
+      "create one with: vitgender export --formats web");
+    process.exit(2);
+  }
+  const server = await startServer(modelDir, Number(process.argv[3] || 8000));
   console.log(`open http://127.0.0.1:${server.address().port}/index.html`);
 }

@@ -15,14 +15,14 @@ from vitgender.errors import UsageError
 
 @app.command()
 def bench(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    artifacts: Optional[Path] = typer.Option(None, help="An export directory: benchmark every artifact in it too."),
-    batch_sizes: str = typer.Option("1,8,32", help="Comma list of batch sizes."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Threads for every runtime, equal for all "
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=MODEL_HELP),
+    artifacts: Optional[Path] = typer.Option(None, metavar="DIR", help="An export directory: benchmark every artifact in it too."),
+    batch_sizes: str = typer.Option("1,8,32", metavar="SIZES", help="Comma list of batch sizes."),
+    threads: Optional[int] = typer.Option(None, metavar="N", min=1, help="Threads for every runtime, equal for all "
                                           "(default: the CPUs this process may use)."),
-    seconds: float = typer.Option(3.0, min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results (schema 1) as JSON."),
-    plot: Optional[Path] = typer.Option(None, help="Write an SVG: images/s vs batch size, agreement vs speed."),
+    seconds: float = typer.Option(3.0, metavar="SECONDS", min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the results (schema 1) as JSON."),
+    plot: Optional[Path] = typer.Option(None, metavar="FILE", help="Write an SVG: images/s vs batch size, agreement vs speed."),
 ) -> None:
     """Throughput, latency, memory and size of PyTorch, the HF pipeline and every artifact, as ratios."""
     from vitgender.bench import available_cores, run_benchmark

@@ -34,3 +34,15 @@ def progress_bar(description: str, total: int | None = None) -> Iterator:
                   transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextmanager
+def closed_pipe_ends_quietly() -> Iterator[None]:
+    """`vitgender classify ... | head`: a reader that stops early is not an error (exit 0, no message),
+    as with standard Unix tools. Click would otherwise exit 1 silently."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not raise again
+        raise typer.Exit(0) from None

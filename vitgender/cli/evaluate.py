@@ -14,16 +14,16 @@ from vitgender.cli.common import progress_bar
 
 @app.command()
 def evaluate(
-    model: Optional[str] = typer.Argument(None, help="Checkpoint, hub id, or an artifact (.onnx, .tflite, SavedModel dir)."),
-    data: Path = typer.Option(..., "--data", help="Labelled images: UTKFace-named folder, ImageFolder tree or CSV."),
-    runtime: Optional[str] = typer.Option(None, help="Force a runtime (torch, onnx, tflite, savedmodel); default: by file type."),
-    split: str = typer.Option("all", help="all, or the project's fixed content-hash split: train or val."),
-    min_age: Optional[int] = typer.Option(None, help="Only images whose age label is at least this."),
-    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Checkpoint, hub id, or an artifact (.onnx, .tflite, SavedModel dir)."),
+    data: Path = typer.Option(..., "--data", metavar="DATA", help="Labelled images: UTKFace-named folder, ImageFolder tree or CSV."),
+    runtime: Optional[str] = typer.Option(None, metavar="RUNTIME", help="Force a runtime (torch, onnx, tflite, savedmodel); default: by file type."),
+    split: str = typer.Option("all", metavar="SPLIT", help="all, or the project's fixed content-hash split: train or val."),
+    min_age: Optional[int] = typer.Option(None, metavar="N", help="Only images whose age label is at least this."),
+    min_confidence: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=1.0,
                                                    help="Also report coverage/accuracy when answering only above this."),
-    batch_size: int = typer.Option(16, min=1),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page with charts."),
+    batch_size: int = typer.Option(16, metavar="N", min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the full report as JSON."),
+    html_out: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML page with charts."),
 ) -> None:
     """Accuracy with 95% CIs, calibration and per-group fairness on a labelled set."""
     from rich.console import Console

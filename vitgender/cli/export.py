@@ -15,15 +15,15 @@ from vitgender.exporters.main import CALIBRATION_METHODS, QUANT_PRESETS
 
 @app.command("export")
 def export_cmd(
-    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default artifacts/<model-name>/)."),
-    formats: str = typer.Option("onnx", "--formats", help=formats_help()),
-    calibration: Optional[Path] = typer.Option(None, help="Image folder for int8 calibration (default: the bundled "
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", help=MODEL_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output directory (default artifacts/<model-name>/)."),
+    formats: str = typer.Option("onnx", "--formats", metavar="FORMATS", help=formats_help()),
+    calibration: Optional[Path] = typer.Option(None, metavar="DIR", help="Image folder for int8 calibration (default: the bundled "
                                                "64 UTKFace training-split faces)."),
-    calibration_method: str = typer.Option("minmax", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."),
-    quant_preset: str = typer.Option("safe", help="ORT static int8: 'safe' keeps LayerNorm/Softmax/GELU/residual "
+    calibration_method: str = typer.Option("minmax", metavar="METHOD", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."),
+    quant_preset: str = typer.Option("safe", metavar="PRESET", help="ORT static int8: 'safe' keeps LayerNorm/Softmax/GELU/residual "
                                      f"adds in float, 'full' quantizes every op ORT can ({', '.join(QUANT_PRESETS)})."),
-    opset: int = typer.Option(20, min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
+    opset: int = typer.Option(20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
     tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT whatever it holds. Without it, an "
                                    "export of the same checkpoint in OUT is merged (formats built now replace "

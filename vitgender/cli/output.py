@@ -11,6 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO
 
+from vitgender.classify import UNCERTAIN
 from vitgender.errors import UsageError
 
 
@@ -55,8 +56,9 @@ class ResultWriter:
                   if "faces" in record else [("", "", record)])
         for face, box, item in groups:
             for rank, prediction in enumerate(item["predictions"], 1):
+                uncertain = "true" if item["predictions"][0]["label"] == UNCERTAIN else ""
                 self.csv.writerow([record["image"], face, box, rank, prediction["label"],
-                                   f"{prediction['score']:.6f}", item.get("uncertain", ""), ""])
+                                   f"{prediction['score']:.6f}", uncertain, ""])
 
     def close(self) -> None:
         if self.fmt is OutputFormat.json:

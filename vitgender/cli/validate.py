@@ -14,17 +14,17 @@ from vitgender.errors import ExitCode, UsageError
 
 @app.command()
 def validate(
-    artifact_dir: Path = typer.Argument(..., help="A directory written by 'vitgender export' (has manifest.json)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="PyTorch reference (default: the manifest's model)."),
-    images: Optional[Path] = typer.Option(None, help="Reference image folder (default: the bundled reference set)."),
-    reference: Optional[str] = typer.Option(None, help="Name of a bundled reference set (default utkface-val-50)."),
-    labels: str = typer.Option("auto", help="auto (UTKFace names / class folders), none, or a CSV path,label file."),
-    budget: Optional[Path] = typer.Option(None, help="TOML/JSON overriding tolerance budgets per precision or artifact."),
-    baseline: Optional[Path] = typer.Option(None, help="An earlier report.json: fail on drift beyond a margin."),
-    write_baseline: Optional[Path] = typer.Option(None, help="Also save this run's report.json here as a baseline."),
-    report_dir: Optional[Path] = typer.Option(None, help="Where report.json/.md/.html go (default ARTIFACT_DIR/validation)."),
-    junit: Optional[Path] = typer.Option(None, help="Write JUnit XML (one testcase per artifact x check)."),
-    only: Optional[str] = typer.Option(None, help="Comma list of artifact names to validate (default: all)."),
+    artifact_dir: Path = typer.Argument(..., metavar="DIR", help="A directory written by 'vitgender export' (has manifest.json)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help="PyTorch reference (default: the manifest's model)."),
+    images: Optional[Path] = typer.Option(None, metavar="DIR", help="Reference image folder (default: the bundled reference set)."),
+    reference: Optional[str] = typer.Option(None, metavar="NAME", help="Name of a bundled reference set (default utkface-val-50)."),
+    labels: str = typer.Option("auto", metavar="LABELS", help="auto (UTKFace names / class folders), none, or a CSV path,label file."),
+    budget: Optional[Path] = typer.Option(None, metavar="FILE", help="TOML/JSON overriding tolerance budgets per precision or artifact."),
+    baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="An earlier report.json: fail on drift beyond a margin."),
+    write_baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="Also save this run's report.json here as a baseline."),
+    report_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where report.json/.md/.html go (default ARTIFACT_DIR/validation)."),
+    junit: Optional[Path] = typer.Option(None, metavar="FILE", help="Write JUnit XML (one testcase per artifact x check)."),
+    only: Optional[str] = typer.Option(None, metavar="NAMES", help="Comma list of artifact names to validate (default: all)."),
 ) -> None:
     """Prove every artifact matches PyTorch on the same images. Exit 0 pass, 1 parity regression, 2 usage error."""
     from vitgender.reporting import validation as reports

@@ -12,7 +12,7 @@ from vitgender.errors import UsageError
 
 @app.command()
 def verify(
-    directory: Path = typer.Argument(..., help="Checkpoint directory."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Checkpoint directory."),
     write: bool = typer.Option(False, "--write", help="Create or refresh SHA256SUMS instead of checking it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights."),
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.errors import UsageError
+from vitgender.native import quiet_native_stderr
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
 
@@ -20,7 +21,8 @@ class SavedModelRunner:
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = None) -> SavedModelRunner:
-        import tensorflow as tf
+        with quiet_native_stderr():
+            import tensorflow as tf
 
         path = Path(source) if source is not None else None
         if path is None or not (path / "saved_model.pb").is_file():
@@ -37,7 +39,7 @@ class SavedModelRunner:
         return runner
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
+        import tensorflow as tf  # already loaded (quietly) by open()
 
         nhwc = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
         rows = [next(iter(self.signature(**{self._input: tf.constant(image[None])}).values())).numpy()[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.errors import UsageError
+from vitgender.native import quiet_native_stderr
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
 
@@ -33,7 +34,9 @@ class TfliteRunner:
         if path is None or not path.is_file():
             raise UsageError(str(source), "no such .tflite file")
         try:
-            interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
+            with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+                interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(path), f"LiteRT cannot load it ({str(exc).splitlines()[0][:200]})") from None
         sidecar = read_sidecar(path)

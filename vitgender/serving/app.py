@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from vitgender.serving.batcher import DynamicBatcher, QueueFull
 from vitgender.serving.protocol import HTTPError, answer, parse_request, prepare
 
 DEMO_PAGE = Path(__file__).with_name("demo.html")
+RANKING_SCRIPT = Path(__file__).with_name("static") / "ranking.js"
 
 
 @dataclass
@@ -86,8 +88,12 @@ def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
-    """`open_runner()` builds the Runner (injected by tests; default: vitgender.runtimes)."""
+def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[str], None] = lambda line: None) -> FastAPI:
+    """`open_runner()` builds the Runner (injected by tests; default: vitgender.runtimes).
+
+    `announce` receives the lifecycle lines an operator wants in the log: model loaded (or
+    failed), draining, stopped.
+    """
     metrics = _Metrics()
     state = _State(settings)
 
@@ -106,6 +112,12 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
             state.load_error = str(exc)
         except Exception as exc:  # noqa: BLE001 - reported on /health/ready and in 503s
             state.load_error = f"{type(exc).__name__}: {exc}"
+        if state.load_error:
+            announce(f"model failed to load: {state.load_error} (answering 500 until restarted)")
+        else:
+            info = state.runner.info
+            announce(f"ready: {info.source} ({info.runtime}, {info.precision}, labels {', '.join(info.labels)}) "
+                     f"in {time.monotonic() - state.started:.1f} s")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -120,7 +132,9 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
         yield
         watcher.cancel()
         if state.batcher is not None:
+            announce(f"stopping: draining {state.batcher.depth} queued image(s)")
             await state.batcher.drain()
+        announce("stopped")
 
     async def _start_batcher_when_ready() -> None:
         await state.ready.wait()
@@ -200,6 +214,10 @@ def create_app(settings: ServeSettings, open_runner=None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def demo() -> HTMLResponse:
         return HTMLResponse(DEMO_PAGE.read_text())
+
+    @app.get("/static/ranking.js")
+    async def ranking_script() -> Response:
+        return Response(RANKING_SCRIPT.read_text(), media_type="text/javascript")
 
     @app.get("/health/live")
     async def live() -> dict:

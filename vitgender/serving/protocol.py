@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitgender.classify import FUNCTIONS, apply_function, rank
+from vitgender.classify import FUNCTIONS, apply_function, rank, with_uncertainty
 from vitgender.faces import Face, face_records, faces_and_crops
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import Runner, runner_input
@@ -104,7 +104,5 @@ def answer(logits: list[np.ndarray], labels: tuple[str, ...], params: Parameters
     for row in logits:
         ranked = rank(apply_function(np.asarray(row, dtype=np.float32)[None], params.function_to_apply)[0],
                       labels, params.top_k)
-        if params.min_confidence is not None and ranked[0]["score"] < params.min_confidence:
-            ranked = [{"label": "uncertain", "score": ranked[0]["score"]}]
-        answers.append(ranked)
+        answers.append(with_uncertainty(ranked, params.min_confidence))
     return face_records(faces, answers) if params.faces else answers[0]

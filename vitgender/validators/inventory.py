@@ -47,7 +47,10 @@ _TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64",
 
 def tflite_inventory(path: Path) -> dict:
     """Constant tensors (weights) are those backed by a non-empty flatbuffer buffer."""
-    from tensorflow.lite.python import schema_py_generated as schema
+    from vitgender.native import quiet_native_stderr
+
+    with quiet_native_stderr():  # importing tensorflow.lite loads TensorFlow's C++ runtime
+        from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
     weights: Counter = Counter()
