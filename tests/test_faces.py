@@ -90,6 +90,17 @@ def test_no_face_is_an_explicit_empty_list(tmp_path):
     assert [r["face"] for r in rows if r["image"] == str(blank)] == ["none"]
 
 
+def test_scenes_without_faces_flag_get_one_hint_and_crops_none(scenes, tmp_path):
+    for i, scene in enumerate(scenes[:4]):
+        scene.image.save(tmp_path / f"scene{i}.jpg")
+    wide = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert wide.returncode == 0 and wide.stderr.count("hint:") == 1 and "--faces" in wide.stderr
+    crops = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", *map(str, REFERENCE[:16])],
+                           capture_output=True, text=True, timeout=300)
+    assert crops.returncode == 0 and crops.stderr == ""
+
+
 def test_blazeface_keeps_stderr_for_the_user():
     result = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", "--faces", "--detector", "blazeface",
                              str(REFERENCE[0])], capture_output=True, text=True, timeout=300)

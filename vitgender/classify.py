@@ -8,10 +8,11 @@ a list of `{"label", "score"}` per image, sorted by score, softmax by default.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from vitgender.errors import ImageError, UsageError, VitgenderError
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
@@ -164,11 +165,13 @@ class Classifier:
         min_confidence: float | None = None,
         detector=None,
         max_faces: int = 20,
+        inspect: Callable[[str, Image.Image], None] | None = None,
     ) -> Iterator[Result]:
         """Results in input order, one batch in memory at a time; bad inputs become error results.
 
         `paths` may also carry `(name, error)` pairs for inputs that failed before decoding. With a
         `detector`, each image yields its faces (face-first mode) instead of whole-frame predictions.
+        `inspect(name, image)` sees each decoded image first (the CLI's face-crop hint).
         """
         if detector is not None:
             for item in paths:
@@ -204,9 +207,13 @@ class Classifier:
                 pending.append((item[0], Result(item[0], error=item[1])))
             else:
                 try:
-                    pending.append((item, decode_image(item, max_pixels=self.max_pixels)))
+                    image = decode_image(item, max_pixels=self.max_pixels)
                 except ImageError as exc:
                     pending.append((item, Result(item, error=exc.why)))
+                else:
+                    if inspect is not None:
+                        inspect(item, image)
+                    pending.append((item, image))
             if len(pending) >= batch_size:
                 yield from flush()
         yield from flush()
