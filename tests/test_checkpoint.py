@@ -184,3 +184,20 @@ def test_default_model_is_verified_and_loads():
     assert len(ckpt.files.weights) == 1 and set(ckpt.sha256) >= {"model.safetensors", "config.json"}
     assert ckpt.architecture.tokens(140, 140) == 101  # (140/14)^2 patches + [CLS]
 
+
+
+def test_verify_command_with_and_without_checksums(model_copy):
+    import subprocess
+    import sys
+
+    def verify(*args):
+        return subprocess.run([sys.executable, "-m", "vitgender.cli", "verify", str(model_copy), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    ok = verify()
+    assert ok.returncode == 0 and ok.stdout.startswith(f"OK {model_copy}: 3 files match SHA256SUMS")
+    (model_copy / checkpoint.SHA256SUMS).unlink()
+    unsigned = verify()
+    assert unsigned.returncode == 2 and "1 weight file(s) valid" in unsigned.stderr  # still checked the files
+    assert "no SHA256SUMS" in unsigned.stderr and "--write" in unsigned.stderr and unsigned.stderr.count("\n") == 1
+    assert verify("--write").returncode == 0 and verify().returncode == 0

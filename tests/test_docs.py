@@ -79,3 +79,23 @@ def test_every_subcommand_has_help():
     for name in get_command(app).commands:
         result = CliRunner().invoke(app, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, name
+
+
+def test_readme_cheap_commands_run_as_written(tiny_model, tmp_path):
+    """The README's quick lines, run (not only parsed) with the documented placeholders filled in."""
+    import shutil
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vitgender.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    shutil.copytree(tiny_model, tmp_path / "my-checkpoint")
+    (tmp_path / "my-checkpoint" / "SHA256SUMS").unlink()
+    assert ["classify", "examples/"] in readme_commands()
+    assert run("classify", "examples/").returncode == 0
+    assert ["verify", "--write", "my-checkpoint/"] in readme_commands() and ["verify", "my-checkpoint/"] in readme_commands()
+    assert run("verify", "--write", "my-checkpoint/").returncode == 0
+    assert run("verify", "my-checkpoint/").returncode == 0

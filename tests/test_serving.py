@@ -311,5 +311,22 @@ def test_demo_page_in_headless_chromium(server, tmp_path):
         assert shown.keys() == api.keys()
         assert all(abs(shown[k] - api[k]) < 1e-4 for k in api)
         driver.save_screenshot(str(tmp_path / "demo.png"))
+
+        pytest.importorskip("cv2", reason="face-first needs the faces extra")
+        import numpy as np
+
+        from benchmarks.scenes import make_scene
+        from vitgender.data import Sample
+
+        faces = sorted((REPO / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))[:2]
+        scene = make_scene([Sample(f, "unused") for f in faces], np.random.default_rng(3))
+        scene.image.save(tmp_path / "scene.jpg")
+        driver.find_element(By.ID, "faces").click()
+        driver.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.jpg"))
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "result").get_attribute("data-status")
+                                        in ("done", "error") and "classifying" not in d.find_element(By.ID, "result").text)
+        sections = driver.find_elements(By.CSS_SELECTOR, "#result .face")
+        assert sections and all("at [" in s.find_element(By.TAG_NAME, "h3").text for s in sections)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#result .face .score")) == 2 * len(sections)
     finally:
         driver.quit()

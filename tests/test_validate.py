@@ -168,14 +168,20 @@ def test_compare_logits_counts_flips_near_and_far():
 
 
 @pytest.mark.slow
-def test_default_model_ci_gate(tmp_path):
-    """The project's own CI gate: export everything, validate against the committed baseline."""
-    out = tmp_path / "default"
-    export = subprocess.run([*CLI, "export", "--formats", "all", "--out", str(out)], capture_output=True, text=True,
-                            timeout=1200)
+def test_default_model_ci_gate_and_the_readme_ci_snippet(tmp_path):
+    """The project's own CI gate (committed baseline), and the README's CI lines run as written,
+    with `./model` left out as the README allows (the embedded default model)."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+
+    export = run("export", "--out", "build/artifacts", "--formats", "all")
     assert export.returncode == 0, export.stderr[-2000:]
-    result = validate(str(out), "--baseline", str(REPO / "artifacts" / "baselines" / "vitgender-default.json"),
-                      "--junit", str(tmp_path / "junit.xml"))
+    out = tmp_path / "build" / "artifacts"
+    first = run("validate", "build/artifacts", "--write-baseline", "parity-baseline.json")
+    assert first.returncode == 0 and (tmp_path / "parity-baseline.json").is_file(), first.stdout[-3000:]
+    gate = run("validate", "build/artifacts", "--baseline", "parity-baseline.json", "--junit", "parity.xml")
+    assert gate.returncode == 0 and (tmp_path / "parity.xml").is_file(), gate.stdout[-3000:]
+    result = run("validate", "build/artifacts", "--baseline", str(REPO / "artifacts" / "baselines" / "vitgender-default.json"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((out / "validation" / "report.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}

@@ -16,7 +16,11 @@ def verify(
     write: bool = typer.Option(False, "--write", help="Create or refresh SHA256SUMS instead of checking it."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights."),
 ) -> None:
-    """Check a checkpoint: SHA256SUMS, safetensors headers, config. Exit 0 only if all pass."""
+    """Check a checkpoint: SHA256SUMS, safetensors headers, config. Exit 0 only if all pass.
+
+    Without SHA256SUMS the headers and config are still checked, and the exit code is 2: a
+    checkpoint whose files nothing vouches for is not verified.
+    """
     from vitgender import checkpoint
 
     if not directory.is_dir():
@@ -25,9 +29,12 @@ def verify(
         target = checkpoint.write_sha256sums(directory)
         typer.echo(f"wrote {target} ({len(checkpoint.read_sha256sums(directory))} files)")
         return
-    if not (directory / checkpoint.SHA256SUMS).is_file():
-        raise UsageError(str(directory), f"no {checkpoint.SHA256SUMS}; create one with 'vitgender verify --write'")
-    ckpt = checkpoint.open_checkpoint(directory, allow_pickle=allow_pickle)
-    typer.echo(f"OK {directory}: {len(ckpt.sha256)} files match {checkpoint.SHA256SUMS}; "
-               f"{len(ckpt.files.weights)} weight file(s) valid; model_type={ckpt.model_type}, "
-               f"labels={list(ckpt.labels)}")
+    ckpt = checkpoint.open_checkpoint(directory, allow_pickle=allow_pickle)  # headers and config, checksums if any
+    described = (f"{len(ckpt.files.weights)} weight file(s) valid; model_type={ckpt.model_type}, "
+                 f"labels={list(ckpt.labels)}")
+    if ckpt.sha256 is None:
+        # Valid files, but nothing proves they are the ones that were published: not a pass.
+        raise UsageError(str(directory), f"{described}, but there is no {checkpoint.SHA256SUMS}, so nothing "
+                                         "proves these are the intended files; record them with "
+                                         f"'vitgender verify {directory} --write' and commit it")
+    typer.echo(f"OK {directory}: {len(ckpt.sha256)} files match {checkpoint.SHA256SUMS}; {described}")

@@ -18,7 +18,7 @@ from vitgender.classify import apply_function
 from vitgender.errors import UsageError
 from vitgender.exporters.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
-from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
 from vitgender.data import Sample, load_labelled
 from vitgender.precision import Precision
@@ -26,7 +26,7 @@ from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.checks import ArtifactResult, Check, ValidationResult
 from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
 from vitgender.validators.inventory import check_precision, inventory
-from vitgender.validators.metrics import compare_logits, logit_diff_histogram
+from vitgender.validators.metrics import compare_logits, logit_diff_histogram, paired_accuracy
 
 REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
 DEFAULT_REFERENCE = "utkface-val-50"
@@ -90,16 +90,16 @@ def group_deltas(reference: list[Prediction], candidate: list[Prediction]) -> li
     return rows
 
 
-def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np.ndarray, resized: np.ndarray,
-             names: list[str], budgets: dict, predictions: tuple[list[Prediction], list[Sample], dict] | None) -> ArtifactResult:
-    """Run one artifact on the reference pixels and judge it: metrics, then checks."""
+def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np.ndarray, names: list[str],
+             budgets: dict, predictions: tuple[list[Prediction], list[Sample], dict] | None) -> ArtifactResult:
+    """Run one artifact on the reference images (preprocessed as its sidecar says) and judge it."""
     precision = Precision.parse(entry["precision"])
     budget = budgets_mod.budget_for(budgets, entry["name"], precision)
     result = ArtifactResult(entry["name"], entry["format"], precision, entry["path"], entry["sha256"], {}, [], budget,
                             calibration=entry.get("calibration"))
     labels = runner.info.labels
     began = time.perf_counter()
-    logits = runner.run(resized if runner.info.raw_input else pixels)
+    logits = runner.run(pixels)
     latency = (time.perf_counter() - began) * 1000 / len(pixels)
     if logits.shape != ref_logits.shape:
         result.checks.append(Check("output_shape", False, str(tuple(logits.shape)), None,
@@ -113,15 +113,21 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
     if predictions:
         ref_preds, samples, index = predictions
         art_preds = _predictions(logits, labels, samples, index)
-        torch_acc, art_acc = accuracy_cell(ref_preds), accuracy_cell(art_preds)
-        result.metrics["accuracy_drop"] = torch_acc["accuracy"] - art_acc["accuracy"]
-        result.accuracy = {"torch": torch_acc, "artifact": art_acc}
+        result.metrics.update(paired_accuracy([p.correct for p in ref_preds], [p.correct for p in art_preds]))
+        result.accuracy = {"torch": accuracy_cell(ref_preds), "artifact": accuracy_cell(art_preds)}
         result.group_deltas = group_deltas(ref_preds, art_preds)
     result.checks = budgets_mod.check(result.metrics, budget)
     result.inventory = inventory(path, entry["format"])
     if result.inventory is not None:
         result.checks.append(check_precision(result.inventory, precision))
     return result
+
+
+def _runner_inputs(image_paths: list[Path], config: PreprocessConfig, raw: bool) -> np.ndarray:
+    """The images as a runner with this preprocessing takes them: resized uint8 NHWC, or pixel_values."""
+    pre = Preprocessor(config)
+    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
+    return resized if raw else pre.normalize(resized)
 
 
 def validate(
@@ -145,16 +151,29 @@ def validate(
     paths = {e["name"]: verify_artifact(artifact_dir, e) for e in entries}  # sha256 first, before any inference
     folder = resolve_images(images, reference)
     image_paths, samples = load_images(folder, labels)
+    model_labels = manifest["model"].get("labels") or []
+    unknown = sorted({s.label for s in samples or []} - set(model_labels))
+    if unknown:  # judged against labels the model cannot give, every artifact would score 0%
+        raise UsageError(", ".join(unknown)[:200], f"labels in {folder} are not the model's labels "
+                                                   f"({', '.join(model_labels)}); rename the class folders, give "
+                                                   "--labels FILE.csv, or --labels none to skip accuracy")
     budgets = budgets_mod.load_budgets(budget_file)
 
     on_artifact("torch (reference)")
     torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"])
-    pre = Preprocessor(torch_runner.info.preprocess)
-    # Decoded and resized once; an unreadable reference image is a usage error. Every runner gets
-    # these exact pixels (normalised, or raw uint8 for artifacts with preprocessing baked in).
-    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
-    pixels = pre.normalize(resized)
+    # Each runner is fed the images preprocessed as its own sidecar says (what a deployment does);
+    # decoding and resizing run once per distinct preprocessing, normally once for all. An
+    # unreadable reference image is a usage error.
+    inputs: dict[tuple[PreprocessConfig, bool], np.ndarray] = {}
+
+    def inputs_for(runner) -> np.ndarray:
+        key = (runner.info.preprocess, runner.info.raw_input)
+        if key not in inputs:
+            inputs[key] = _runner_inputs(image_paths, *key)
+        return inputs[key]
+
     names = [str(p.relative_to(folder)) for p in image_paths]
+    pixels = inputs_for(torch_runner)
     began = time.perf_counter()
     ref_logits = torch_runner.run(pixels)
     torch_ms = (time.perf_counter() - began) * 1000 / len(pixels)
@@ -169,7 +188,7 @@ def validate(
         runner = open_runner(runtime_for(path), path)
         if tuple(runner.info.labels) != tuple(labels_t):
             raise UsageError(entry["name"], f"artifact labels {runner.info.labels} differ from the model's {labels_t}")
-        results.append(_compare(entry, path, runner, ref_logits, pixels, resized, names, budgets,
+        results.append(_compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
                                 (ref_preds, samples, index) if ref_preds else None))
     return ValidationResult(
         artifact_dir=str(artifact_dir),
