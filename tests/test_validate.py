@@ -188,3 +188,27 @@ def test_default_model_ci_gate_and_the_readme_ci_snippet(tmp_path):
     assert len(by_name) == 13 and all(any(c["name"] == "baseline" for c in a["checks"]) for a in report["artifacts"])
     assert by_name["onnx-int8-dynamic"]["metrics"]["top1_agreement"] >= 0.99
     assert by_name["tflite-int8-dynamic"]["metrics"]["top1_agreement"] >= 0.99
+
+
+def test_localize_names_the_block_a_fault_was_injected_into(tiny_model, tmp_path):
+    """A fault in encoder block 1 of an exported ONNX: the report says divergence starts there."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = main_export(tiny_model, tmp_path / "art", "onnx")
+    model = onnx.load(str(out / "model.onnx"))
+    scope = "'model.vit.encoder.layer.1.intermediate'"  # the MLP of the second (last) block
+    node = next(n for n in model.graph.node if n.op_type == "MatMul"
+                and any(p.key == "pkg.torch.onnx.name_scopes" and scope in p.value for p in n.metadata_props))
+    weight = next(i for i in model.graph.initializer if i.name == node.input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(3.0), weight.name))
+    onnx.save(model, str(out / "model.onnx"))
+    _reseal(out, "onnx")
+    result = validate(str(out), "--labels", "none")  # failing: localized without being asked
+    assert result.returncode == 1, result.stdout[-2000:]
+    report = json.loads((out / "validation" / "report.json").read_text())
+    localization = report["artifacts"][0]["localization"]
+    assert localization["divergence"]["stage"] == "block 1 mlp"
+    by_stage = {row["stage"]: row["relative_l2"] for row in localization["stages"]}
+    assert by_stage["block 0"] < 1e-4 < by_stage["block 1"]  # clean before the fault, broken after
+    assert "divergence starts at **block 1 mlp**" in (out / "validation" / "report.md").read_text()

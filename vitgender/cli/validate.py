@@ -24,6 +24,8 @@ def validate(
     write_baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="Also save this run's report.json here as a baseline."),
     report_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where report.json/.md/.html go (default ARTIFACT_DIR/validation)."),
     junit: Optional[Path] = typer.Option(None, metavar="FILE", help="Write JUnit XML (one testcase per artifact x check)."),
+    localize: bool = typer.Option(False, "--localize", help="Compare every ONNX artifact with PyTorch block by block "
+                                  "and name where they start to differ (always done for a failing ONNX artifact)."),
     only: Optional[str] = typer.Option(None, metavar="NAMES", help="Comma list of artifact names to validate (default: all)."),
 ) -> None:
     """Prove every artifact matches PyTorch on the same images. Exit 0 pass, 1 parity regression, 2 usage error."""
@@ -39,7 +41,7 @@ def validate(
         if not isinstance(stored, dict):
             raise UsageError(str(baseline), "not a vitgender report.json (expected a JSON object)")
     result = parity.validate(artifact_dir, model=model, images=images, reference=reference, labels=labels,
-                             budget_file=budget, only=only.split(",") if only else None,
+                             budget_file=budget, only=only.split(",") if only else None, localize=localize,
                              on_artifact=lambda name: typer.echo(f"[validate] {name}", err=True))
     if stored is not None:
         parity.compare_baseline(result, stored)

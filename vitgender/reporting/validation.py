@@ -57,6 +57,17 @@ def markdown(result: ValidationResult) -> str:
     if failing:
         lines += ["", "### Failures", ""]
         lines += [f"- **{_text(a.name)}**: " + _text("; ".join(a.failures)) for a in failing]
+    localized = [a for a in result.artifacts if a.localization]
+    if localized:
+        lines += ["", "### Where artifacts start to differ (block-by-block against PyTorch)", ""]
+        for a in localized:
+            d = a.localization["divergence"]
+            if d is None:
+                lines.append(f"- {_text(a.name)}: no stage differs beyond float32 rounding")
+                continue
+            lines.append(f"- {_text(a.name)}: divergence starts at **{d['stage']}** (relative error "
+                         f"{d['relative_l2']:.3g}, {d['growth']:.3g}x the stage before); logits "
+                         f"{a.localization['stages'][-1]['relative_l2']:.3g}")
     lines += ["", "### Worst images per artifact", ""]
     for a in result.artifacts:
         if not a.metrics:

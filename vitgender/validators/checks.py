@@ -44,6 +44,7 @@ class ArtifactResult:
     group_deltas: list[dict] | None = None
     inventory: dict | None = None
     calibration: dict | None = None
+    localization: dict | None = None  # per-stage error curve against PyTorch (validate --localize)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -59,7 +60,7 @@ class ArtifactResult:
                 "sha256": self.sha256, "passed": self.passed, "failures": self.failures,
                 "checks": [c.to_dict() for c in self.checks], "budget": self.budget, "metrics": self.metrics,
                 "histogram": self.histogram}
-        for key in ("accuracy", "group_deltas", "inventory", "calibration"):
+        for key in ("accuracy", "group_deltas", "inventory", "calibration", "localization"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.notes:

@@ -104,6 +104,7 @@ def compare_logits(
         "flip_rate": len(flips) / n if n else 0.0,
         "flip_rate_lower99": wilson_lower(len(flips), n),
         "confident_flips": confident,
+        "confident_flip_rate": confident / n if n else 0.0,
         "confident_flip_rate_lower99": wilson_lower(confident, n),
         "flips_near_boundary": sum(f["near_boundary"] for f in flips),
         "flips_far_from_boundary": sum(not f["near_boundary"] for f in flips),

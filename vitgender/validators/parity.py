@@ -30,6 +30,7 @@ from vitgender.validators.metrics import compare_logits, logit_diff_histogram, p
 
 REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
 DEFAULT_REFERENCE = "utkface-val-50"
+LOCALIZE_IMAGES = 8  # activations of every block for a few images are enough to see where errors start
 
 
 def reference_sets() -> list[str]:
@@ -90,8 +91,16 @@ def group_deltas(reference: list[Prediction], candidate: list[Prediction]) -> li
     return rows
 
 
+def label_check(artifact_labels: tuple[str, ...], model_labels: tuple[str, ...]) -> Check:
+    """The artifact's sidecar must name the model's labels in the model's order: a swapped order
+    turns every answer into its opposite while the logits still match."""
+    return Check("labels", tuple(artifact_labels) == tuple(model_labels), ", ".join(artifact_labels), None,
+                 f"labels {list(artifact_labels)} differ from the model's {list(model_labels)} (order matters)")
+
+
 def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np.ndarray, names: list[str],
-             budgets: dict, predictions: tuple[list[Prediction], list[Sample], dict] | None) -> ArtifactResult:
+             budgets: dict, predictions: tuple[list[Prediction], list[Sample], dict] | None,
+             model_labels: tuple[str, ...]) -> ArtifactResult:
     """Run one artifact on the reference images (preprocessed as its sidecar says) and judge it."""
     precision = Precision.parse(entry["precision"])
     budget = budgets_mod.budget_for(budgets, entry["name"], precision)
@@ -116,7 +125,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
         result.metrics.update(paired_accuracy([p.correct for p in ref_preds], [p.correct for p in art_preds]))
         result.accuracy = {"torch": accuracy_cell(ref_preds), "artifact": accuracy_cell(art_preds)}
         result.group_deltas = group_deltas(ref_preds, art_preds)
-    result.checks = budgets_mod.check(result.metrics, budget)
+    result.checks = [label_check(labels, model_labels), *budgets_mod.check(result.metrics, budget)]
     result.inventory = inventory(path, entry["format"])
     if result.inventory is not None:
         result.checks.append(check_precision(result.inventory, precision))
@@ -139,8 +148,11 @@ def validate(
     labels: str = "auto",
     budget_file: Path | None = None,
     only: list[str] | None = None,
+    localize: bool = False,
     on_artifact: Callable[[str], None] = lambda name: None,
 ) -> ValidationResult:
+    """Run PyTorch and every artifact on the same images and judge each; with `localize`, every
+    ONNX artifact (and, always, a failing one) gets its block-by-block error curve."""
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
@@ -186,10 +198,15 @@ def validate(
         on_artifact(entry["name"])
         path = paths[entry["name"]]
         runner = open_runner(runtime_for(path), path)
-        if tuple(runner.info.labels) != tuple(labels_t):
-            raise UsageError(entry["name"], f"artifact labels {runner.info.labels} differ from the model's {labels_t}")
-        results.append(_compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
-                                (ref_preds, samples, index) if ref_preds else None))
+        result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
+                          (ref_preds, samples, index) if ref_preds else None, labels_t)
+        if (localize or not result.passed) and entry["format"] == "onnx":
+            from vitgender.validators.localize import localize as localize_artifact
+
+            on_artifact(f"{entry['name']}: localizing")
+            result.localization = localize_artifact(torch_runner.model, path, pixels[:LOCALIZE_IMAGES],
+                                                    inputs_for(runner)[:LOCALIZE_IMAGES])
+        results.append(result)
     return ValidationResult(
         artifact_dir=str(artifact_dir),
         model=manifest["model"],
