@@ -51,7 +51,7 @@ def test_good_export_passes_with_reports_and_junit(work, tmp_path):
     result = validate(str(work), "--junit", str(junit))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((work / "validation" / "report.json").read_text())
-    assert report["schema"] == 1 and report["passed"] and report["images"]["count"] == 50
+    assert report["schema"] == 2 and report["passed"] and report["images"]["count"] == 50
     fp32 = next(a for a in report["artifacts"] if a["name"] == "onnx")
     assert fp32["metrics"]["max_abs_logit_diff"] < 1e-4 and fp32["metrics"]["top1_agreement"] == 1.0
     assert fp32["group_deltas"] and fp32["accuracy"]["torch"]["n"] == 50
@@ -123,7 +123,8 @@ def test_tampered_file_is_exit_2_before_inference(work):
     assert not (work / "validation").exists()
 
 
-@pytest.mark.parametrize("case", ["missing-artifact", "empty-images", "unreadable-image", "no-manifest"])
+@pytest.mark.parametrize("case", ["missing-artifact", "empty-images", "unreadable-image", "no-manifest",
+                                  "foreign-labels", "unknown-budget-section", "missing-baseline"])
 def test_usage_errors_exit_2(work, tmp_path, case):
     args = [str(work)]
     if case == "missing-artifact":
@@ -135,10 +136,23 @@ def test_usage_errors_exit_2(work, tmp_path, case):
         (tmp_path / "imgs").mkdir()
         (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
         args += ["--images", str(tmp_path / "imgs")]
+    elif case == "foreign-labels":  # class folders the model cannot answer: accuracy would read 0%
+        example = sorted((REPO / "examples").glob("*.jpg"))[0]
+        for folder in ("man", "woman"):
+            (tmp_path / "imgs" / folder).mkdir(parents=True)
+            shutil.copy(example, tmp_path / "imgs" / folder / "a.jpg")
+        args += ["--images", str(tmp_path / "imgs")]
+    elif case == "unknown-budget-section":
+        (tmp_path / "budget.toml").write_text("[fp33]\nq90_abs_logit_diff = 1\n")
+        args += ["--budget", str(tmp_path / "budget.toml")]
+    elif case == "missing-baseline":
+        args += ["--baseline", str(tmp_path / "nope.json")]
     else:
         (work / "manifest.json").unlink()
     result = validate(*args)
     assert result.returncode == 2, result.stderr
+    if case in ("foreign-labels", "unknown-budget-section", "missing-baseline"):
+        assert "[validate]" not in result.stderr  # refused before anything ran
     assert result.stderr.strip().splitlines()[-1].startswith("vitgender: ") and "Traceback" not in result.stderr
 
 

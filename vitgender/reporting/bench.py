@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vitgender.reporting import svg
+from vitgender.reporting import figures
 
 
 def table(report: dict) -> str:
@@ -17,11 +17,10 @@ def table(report: dict) -> str:
 
 
 def plot_svg(report: dict) -> str:
+    """One standalone SVG file: throughput per batch size, agreement against speed."""
     names = sorted({r["name"] for r in report["results"]})
     series = {n: [(r["batch_size"], r["images_per_s"]) for r in report["results"] if r["name"] == n] for n in names}
     largest = max(r["batch_size"] for r in report["results"])
     points = [(r["images_per_s"], r["top1_agreement"], r["name"]) for r in report["results"]
               if r["batch_size"] == largest and r["top1_agreement"] is not None]
-    return svg.page([svg.lines(series, "images/s vs batch size", "batch size", "images/s"),
-                     svg.labelled_scatter(points, f"top-1 agreement vs images/s (batch {largest})", "images/s",
-                                          "top-1 agreement")])
+    return figures.bench(series, points, largest)

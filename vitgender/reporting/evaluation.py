@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from vitgender.reporting import svg
+from vitgender.reporting import figures
 
 
 def _pct(value) -> str:
@@ -35,11 +35,48 @@ def terminal(report: dict, console) -> None:
     worst = report.get("worst_group")
     if worst:
         console.print(f"worst group: {' '.join(worst['group'].values())} ({worst['table']}) {_pct(worst['accuracy'])} "
-                      f"on n={worst['n']}, {worst['gap_to_overall']:.1%} below overall")
+                      f"on n={worst['n']}, {100 * worst['gap_to_overall']:.1f} percentage points below overall")
     if "selective" in report:
         sel = report["selective"]
         console.print(f"answering only at confidence >= {sel['min_confidence']}: coverage {_pct(sel['coverage'])}, "
                       f"accuracy on answered {_pct(sel['covered']['accuracy'])}")
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}.charts{display:flex;flex-wrap:wrap;"
+         "gap:1em;align-items:flex-start}table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;"
+         "padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}")
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    header = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def _summary(report: dict) -> str:
+    """What the command prints, first: overall, worst group, calibration, selective answering."""
+    overall, worst = report["overall"], report.get("worst_group")
+    rows = [["accuracy", f"{_pct(report['accuracy'])} {_ci(overall)} on {overall['n']} images"],
+            ["expected calibration error", f"{report['calibration']['ece']:.3f}" if report['calibration']['ece'] is not None else "-"]]
+    rows.append(["worst group (n &ge; 30)",
+                 f"{escape(' '.join(worst['group'].values()))} ({escape(worst['table'])}): {_pct(worst['accuracy'])} "
+                 f"on n={worst['n']}, {100 * worst['gap_to_overall']:.1f} percentage points below overall" if worst
+                 else "none named: no group has 30 or more images"])
+    if "selective" in report:
+        sel = report["selective"]
+        rows.append([f"answering only at confidence &ge; {sel['min_confidence']}",
+                     f"coverage {_pct(sel['coverage'])}, accuracy on the answered {_pct(sel['covered']['accuracy'])}"])
+    return _table(["", ""], rows)
+
+
+def _per_class(report: dict) -> str:
+    labels = list(report["per_class"])
+    classes = _table(["class", "precision", "recall", "support"],
+                     [[escape(c), _pct(v["precision"]), _pct(v["recall"]), str(v["support"])]
+                      for c, v in report["per_class"].items()])
+    confusion = _table(["true \\ predicted", *labels],
+                       [[escape(t), *(str(row.get(p, 0)) for p in labels)] for t, row in report["confusion"].items()])
+    return f"<div class='charts'><div><h3>Per class</h3>{classes}</div><div><h3>Confusion matrix</h3>{confusion}</div></div>"
 
 
 def html(report: dict, title: str = "vitgender evaluation") -> str:
@@ -47,23 +84,26 @@ def html(report: dict, title: str = "vitgender evaluation") -> str:
     for name, rows in report["groups"].items():
         if name == "racexgenderxage_bucket":
             continue
-        charts.append(svg.bars([" ".join(r["group"].values()) for r in rows], [r["accuracy"] or 0 for r in rows],
-                               f"accuracy by {name.replace('x', ' x ')}", low=0.5, high=1.0, reference=report["accuracy"]))
-        body = "".join(f"<tr><td>{escape(' '.join(r['group'].values()))}</td><td>{r['n']}</td>"
-                       f"<td>{_pct(r['accuracy'])}</td><td>{_ci(r)}</td></tr>" for r in rows)
-        tables.append(f"<h3>{escape(name.replace('x', ' × '))}</h3><table><tr><th>group</th><th>n</th>"
-                      f"<th>accuracy</th><th>95% CI</th></tr>{body}</table>")
-    charts.append(svg.reliability(report["calibration"]["bins"], f"reliability (ECE {report['calibration']['ece']:.3f})"))
-    unreadable = "".join(f"<li>{escape(e['image'])}: {escape(e['error'])}</li>" for e in report["unclassified"]["items"][:50])
+        readable = name.replace("x", " × ").replace("_", " ")
+        charts.append(figures.accuracy_bars([" ".join(r["group"].values()) for r in rows],
+                                            [r["accuracy"] or 0 for r in rows], [tuple(r["ci95"]) for r in rows],
+                                            [r["n"] for r in rows], report["accuracy"], f"accuracy by {readable}"))
+        tables.append(f"<h3>{escape(readable)}</h3>" + _table(
+            ["group", "n", "accuracy", "95% CI"],
+            [[escape(" ".join(r["group"].values())), str(r["n"]), _pct(r["accuracy"]), _ci(r)] for r in rows]))
+    ece = report["calibration"]["ece"]
+    charts.append(figures.reliability(report["calibration"]["bins"], f"reliability (ECE {ece:.3f})" if ece is not None
+                                      else "reliability"))
+    unreadable = "".join(f"<li>{escape(e['image'])}: {escape(e['error'])}</li>" for e in report["unclassified"]["items"][:200])
+    unlabelled = "".join(f"<li>{escape(name)}</li>" for name in report["skipped_unlabelled"]["items"][:200])
     return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{escape(title)}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}"
-        ".charts{display:flex;flex-wrap:wrap;gap:1em}table{border-collapse:collapse;margin-bottom:1em}"
-        "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
-        f"<h1>{escape(title)}</h1><p>Overall accuracy {_pct(report['accuracy'])} {_ci(report['overall'])} on "
-        f"{report['overall']['n']} images. {report['unclassified']['count']} unreadable images, "
-        f"{report['skipped_unlabelled']['count']} unlabelled names (listed below, not in the denominator).</p>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{STYLE}</style></head>"
+        f"<body><h1>{escape(title)}</h1>{_summary(report)}"
+        f"<p>{report['unclassified']['count']} unreadable images and {report['skipped_unlabelled']['count']} "
+        "unlabelled names are listed at the end and are not in the denominator.</p>"
         "<p>Labels are perceived binary gender presentation, not identity; see the model card.</p>"
-        f"<div class='charts'>{''.join(charts)}</div>{''.join(tables)}<h3>Unreadable</h3><ul>{unreadable}</ul>"
+        f"<div class='charts'>{''.join(charts)}</div>{_per_class(report)}{''.join(tables)}"
+        f"<h3>Unreadable images</h3><ul>{unreadable or '<li>none</li>'}</ul>"
+        f"<h3>Unlabelled names (skipped)</h3><ul>{unlabelled or '<li>none</li>'}</ul>"
         "</body></html>"
     )

@@ -5,12 +5,16 @@ All of them read the typed `ValidationResult`; none decides a verdict.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
 from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from vitgender.reporting import svg
+from vitgender.reporting import figures
+from vitgender.validators.budgets import KINDS
 from vitgender.validators.checks import ArtifactResult, ValidationResult
 
 
@@ -36,23 +40,37 @@ def _metric(a: ArtifactResult, name: str, digits: int = 4) -> str:
     return _fmt(a.metrics.get(name), digits)
 
 
+def _relative(path: str) -> str:
+    """Paths under the working directory are shown relative to it (reports travel between machines)."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+    except (OSError, ValueError):
+        return path
+
+
+def _budgeted(a: ArtifactResult) -> str:
+    """Each budgeted figure next to its budget, failing ones marked."""
+    return "; ".join(f"{'**' if not c.passed else ''}{c.name} {_fmt(c.value)} "
+                     f"{'≤' if KINDS.get(c.name, 'max') == 'max' else '≥'} {_fmt(c.budget)}{'**' if not c.passed else ''}"
+                     for c in a.checks if c.budget is not None and c.name in KINDS)
+
+
 def markdown(result: ValidationResult) -> str:
     lines = [f"## vitgender parity report: {'PASSED' if result.passed else 'FAILED'}", "",
-             f"{result.images['count']} reference images from {_code(result.images['folder'])} "
+             f"{result.images['count']} reference images from {_code(_relative(result.images['folder']))} "
              f"({result.images['labelled']} labelled); reference = PyTorch fp32 "
              f"({_fmt(result.torch['latency_ms_per_image'], 3)} ms/image).", "",
-             "| artifact | precision | result | max abs logit diff | cosine min | top-1 agreement | flips (near/far) "
-             "| accuracy torch → artifact | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| artifact | precision | result | top-1 agreement | flips (confident) | accuracy torch → artifact "
+             "| ms/image | budgeted figures (value vs budget) |",
+             "|---|---|---|---|---|---|---|---|"]
     for a in result.artifacts:
         m = a.metrics
         acc = a.accuracy
         acc_text = f"{acc['torch']['accuracy']:.3f} → {acc['artifact']['accuracy']:.3f}" if acc else "-"
-        agreement = f"{m['top1_agreement']:.2%}" if m else "-"
-        flips = f"{m['flips_near_boundary']}/{m['flips_far_from_boundary']}" if m else "-"
-        lines.append(f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | "
-                     f"{_metric(a, 'max_abs_logit_diff')} | {_metric(a, 'cosine_min', 6)} | {agreement} | {flips} | "
-                     f"{acc_text} | {_metric(a, 'latency_ms_per_image', 3)} |")
+        agreement = _agreement(a)
+        flips = f"{len(m['flips'])} ({m['confident_flips']})" if m else "-"
+        lines.append(f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | {agreement} | "
+                     f"{flips} | {acc_text} | {_metric(a, 'latency_ms_per_image', 3)} | {_text(_budgeted(a))} |")
     failing = [a for a in result.artifacts if not a.passed]
     if failing:
         lines += ["", "### Failures", ""]
@@ -79,43 +97,88 @@ def markdown(result: ValidationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _charts(a: ArtifactResult) -> list[str]:
+def _thumbnail(folder: str, name: str, size: int = 72) -> str:
+    """A small inline JPEG of a reference image, so a flipped face can be seen in the report itself."""
+    try:
+        from vitgender.preprocess import decode_image
+
+        image = decode_image(Path(folder) / name)
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - a missing thumbnail must not cost the report
+        return ""
+    return f"<img alt='{escape(name)}' src='data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+
+
+def _image_cards(folder: str, label0: str, items: list[dict]) -> str:
+    cards = []
+    for item in items:
+        caption = (f"PyTorch {item['reference']} {item['reference_prob']:.2f} → artifact {item['artifact']} "
+                   f"({item['artifact_prob']:.2f} for {item['reference']})" if "reference" in item else
+                   f"|Δlogit| {_fmt(item['max_abs_logit_diff'])}; P({label0}) PyTorch {item['torch_prob']:.3f}, "
+                   f"artifact {item['artifact_prob']:.3f}")
+        cards.append(f"<figure>{_thumbnail(folder, item['image'])}<figcaption><code>{escape(item['image'])}</code>"
+                     f"<br>{escape(caption)}</figcaption></figure>")
+    return f"<div class='cards'>{''.join(cards)}</div>"
+
+
+def _charts(a: ArtifactResult, label0: str) -> list[str]:
     if not a.metrics:
         return []
-    charts = [svg.histogram(a.histogram["log10_edges"], a.histogram["counts"], f"{a.name}: |logit diff|",
-                            "log10 |PyTorch - artifact| per logit"),
-              svg.scatter(a.probabilities["torch"], a.probabilities["artifact"], f"{a.name}: P(label 0)", "PyTorch",
-                          "artifact")]
+    charts = [figures.histogram(a.histogram["log10_edges"], a.histogram["counts"], f"{a.name}: |logit diff|",
+                                "log10 |PyTorch - artifact| per logit"),
+              figures.scatter(a.probabilities["torch"], a.probabilities["artifact"], f"{a.name}: P({label0})",
+                              "PyTorch", "artifact")]
     deltas = [d for d in a.group_deltas or [] if set(d["group"]) in ({"race"}, {"gender"}, {"gender", "race"})]
     if deltas:
-        charts.append(svg.bars([" ".join(d["group"].values()) for d in deltas], [d["delta"] for d in deltas],
-                               f"{a.name}: accuracy delta per group", "artifact - PyTorch", low=-0.2, high=0.2,
-                               reference=0.0))
+        charts.append(figures.deltas([" ".join(d["group"].values()) for d in deltas], [d["delta"] for d in deltas],
+                                     [d["n"] for d in deltas], f"{a.name}: accuracy change per group"))
+    if a.localization and a.localization["stages"]:
+        charts.append(figures.stage_curve(a.localization["stages"], f"{a.name}: error by stage"))
     return charts
 
 
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}.ok{color:#2a7a2a}.bad{color:#b00}"
+         ".charts,.cards{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:2px 6px}figure{margin:0;width:170px;font-size:11px}"
+         "section{border-top:1px solid #ddd;margin-top:1.5em}figure code{word-break:break-all}")
+
+
+def _agreement(a: ArtifactResult) -> str:
+    return f"{a.metrics['top1_agreement']:.2%}" if a.metrics else "-"
+
+
 def html(result: ValidationResult) -> str:
+    label0 = (result.model.get("labels") or ["label 0"])[0]
+    rows = []
+    for a in result.artifacts:
+        rows.append(f"<tr><td><a href='#{escape(a.name)}'>{escape(a.name)}</a></td><td>{escape(a.precision)}</td>"
+                    f"<td class='{'ok' if a.passed else 'bad'}'>{'PASS' if a.passed else 'FAIL'}</td>"
+                    f"<td>{_agreement(a)}</td>"
+                    f"<td>{escape(_budgeted(a).replace('**', ''))}</td><td>{_metric(a, 'latency_ms_per_image', 3)}</td></tr>")
+    summary = ("<table><tr><th>artifact</th><th>precision</th><th>verdict</th><th>top-1 agreement</th>"
+               "<th>budgeted figures (value vs budget)</th><th>ms/image</th></tr>" + "".join(rows) + "</table>")
     sections = []
     for a in result.artifacts:
-        m = a.metrics
-        failures = "".join(f"<li>{escape(f)}</li>" for f in a.failures) or "<li>none</li>"
-        figures = (f"max |Δlogit| {_metric(a, 'max_abs_logit_diff')}, mean {_metric(a, 'mean_abs_logit_diff')}, "
-                   f"p99 {_metric(a, 'p99_abs_logit_diff')}, cosine min {_metric(a, 'cosine_min', 6)}, "
-                   f"top-1 agreement {m['top1_agreement']:.2%}, flips {len(m['flips'])}; ") if m else ""
+        failures = "".join(f"<li>{escape(f)}</li>" for f in a.failures)
+        flips = _image_cards(result.images["folder"], label0, a.metrics.get("flips", [])[:12]) if a.metrics else ""
+        worst = _image_cards(result.images["folder"], label0, a.metrics.get("worst_images", [])[:5]) if a.metrics else ""
         sections.append(
-            f"<section><h2>{escape(a.name)} <small>{escape(a.precision)}</small> "
+            f"<section id='{escape(a.name)}'><h2>{escape(a.name)} <small>{escape(a.precision)}</small> "
             f"<span class='{'ok' if a.passed else 'bad'}'>{'PASS' if a.passed else 'FAIL'}</span></h2>"
-            f"<p>{figures}weights by dtype {escape(json.dumps((a.inventory or {}).get('weight_share_by_dtype', {})))}</p>"
-            f"<ul>{failures}</ul><div class='charts'>{''.join(_charts(a))}</div></section>"
+            + (f"<p>Why it failed:</p><ul>{failures}</ul>" if failures else "")
+            + f"<p>Weights by dtype: {escape(json.dumps((a.inventory or {}).get('weight_share_by_dtype', {})))}</p>"
+            + f"<div class='charts'>{''.join(_charts(a, label0))}</div>"
+            + (f"<h3>Flipped images</h3>{flips}" if a.metrics and a.metrics["flips"] else "")
+            + (f"<h3>Largest differences</h3>{worst}" if worst else "") + "</section>"
         )
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>vitgender parity report</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}.ok{color:#2a7a2a}.bad{color:#b00}"
-        ".charts{display:flex;flex-wrap:wrap;gap:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:2px 6px}</style></head><body>"
-        f"<h1>Parity report: {'PASSED' if result.passed else 'FAILED'}</h1>"
-        f"<p>{result.images['count']} images from <code>{escape(result.images['folder'])}</code>; "
-        f"model <code>{escape(str(result.model.get('source')))}</code>.</p>{''.join(sections)}</body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vitgender parity report</title><style>{STYLE}</style>"
+        f"</head><body><h1>Parity report: {'PASSED' if result.passed else 'FAILED'}</h1>"
+        f"<p>{result.images['count']} images from <code>{escape(_relative(result.images['folder']))}</code>; model "
+        f"<code>{escape(_relative(str(result.model.get('source'))))}</code>; PyTorch "
+        f"{_fmt(result.torch['latency_ms_per_image'], 3)} ms/image.</p>{summary}{''.join(sections)}</body></html>"
     )
 
 

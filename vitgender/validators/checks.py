@@ -78,13 +78,13 @@ class ValidationResult:
     torch: dict
     artifacts: list[ArtifactResult]
 
-    SCHEMA = 1
+    SCHEMA = 2  # 2: per-artifact `checks` and `localization`; statistical metrics; no cosine for two classes
 
     @property
     def passed(self) -> bool:
         return all(a.passed for a in self.artifacts)
 
     def to_dict(self) -> dict:
-        """report.json (schema 1; `checks` added to each artifact, earlier keys unchanged)."""
+        """report.json; `--baseline` also reads reports of schema 1."""
         return {"schema": self.SCHEMA, "passed": self.passed, "artifact_dir": self.artifact_dir, "model": self.model,
                 "images": self.images, "torch": self.torch, "artifacts": [a.to_dict() for a in self.artifacts]}
