@@ -226,3 +226,24 @@ def test_localize_names_the_block_a_fault_was_injected_into(tiny_model, tmp_path
     by_stage = {row["stage"]: row["relative_l2"] for row in localization["stages"]}
     assert by_stage["block 0"] < 1e-4 < by_stage["block 1"]  # clean before the fault, broken after
     assert "divergence starts at **block 1 mlp**" in (out / "validation" / "report.md").read_text()
+
+
+def test_localize_finds_a_faulty_block_in_onnx_and_tflite(tiny_model, tmp_path):
+    """Artifacts exported from a checkpoint whose block 1 MLP is corrupted, judged against the clean model."""
+    import torch
+    from transformers import ViTForImageClassification
+
+    from tests.conftest import make_tiny_vit
+
+    faulty = make_tiny_vit(tmp_path / "faulty")
+    model = ViTForImageClassification.from_pretrained(faulty)
+    with torch.no_grad():
+        model.vit.encoder.layer[1].intermediate.dense.weight.mul_(3.0)
+    model.save_pretrained(faulty, safe_serialization=True)
+    (faulty / "SHA256SUMS").unlink()
+    out = main_export(faulty, tmp_path / "art", "onnx,tflite")
+    result = validate(str(out), "--model", str(tiny_model), "--labels", "none", "--localize")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((out / "validation" / "report.json").read_text())
+    stages = {a["name"]: a["localization"]["divergence"]["stage"] for a in report["artifacts"]}
+    assert stages == {"onnx": "block 1 mlp", "tflite": "block 1"}

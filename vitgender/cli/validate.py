@@ -24,8 +24,8 @@ def validate(
     write_baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="Also save this run's report.json here as a baseline."),
     report_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where report.json/.md/.html go (default ARTIFACT_DIR/validation)."),
     junit: Optional[Path] = typer.Option(None, metavar="FILE", help="Write JUnit XML (one testcase per artifact x check)."),
-    localize: bool = typer.Option(False, "--localize", help="Compare every ONNX artifact with PyTorch block by block "
-                                  "and name where they start to differ (always done for a failing ONNX artifact)."),
+    localize: bool = typer.Option(False, "--localize", help="Compare every ONNX and TFLite artifact with PyTorch block "
+                                  "by block and name where they start to differ (always done for a failing one)."),
     only: Optional[str] = typer.Option(None, metavar="NAMES", help="Comma list of artifact names to validate (default: all)."),
 ) -> None:
     """Prove every artifact matches PyTorch on the same images. Exit 0 pass, 1 parity regression, 2 usage error."""

@@ -27,7 +27,9 @@ class TfliteRunner:
         self._output = interpreter.get_output_details()[0]
 
     @classmethod
-    def open(cls, source: str | os.PathLike | None, *, threads: int | None = 2) -> TfliteRunner:
+    def open(cls, source: str | os.PathLike | None, *, threads: int | None = 2,
+             keep_intermediates: bool = False) -> TfliteRunner:
+        """`keep_intermediates` keeps every tensor readable after `run` (for localisation; slower)."""
         from ai_edge_litert.interpreter import Interpreter
 
         path = Path(source) if source is not None else None
@@ -35,7 +37,8 @@ class TfliteRunner:
             raise UsageError(str(source), "no such .tflite file")
         try:
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-                interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
+                interpreter = Interpreter(model_path=str(path), num_threads=threads or 2,
+                                          experimental_preserve_all_tensors=keep_intermediates)
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(path), f"LiteRT cannot load it ({str(exc).splitlines()[0][:200]})") from None
@@ -51,11 +54,16 @@ class TfliteRunner:
         info = np.iinfo(dtype)
         return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(dtype)
 
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+    def _dequantize(self, y: np.ndarray, details: dict | None = None) -> np.ndarray:
         if y.dtype in (np.float32, np.float16):
             return y.astype(np.float32)
-        scale, zero = self._output["quantization"]
+        scale, zero = (details or self._output)["quantization"]
         return (y.astype(np.float32) - zero) * scale
+
+    def tensor(self, index: int) -> np.ndarray:
+        """A tensor of the last invocation, as float (needs `keep_intermediates`)."""
+        details = self.interpreter._get_tensor_details(index, 0)
+        return self._dequantize(self.interpreter.get_tensor(index), details)
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         nhwc = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))

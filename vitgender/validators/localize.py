@@ -5,13 +5,16 @@ in: the patch embeddings, each encoder block's attention output, MLP hidden acti
 block output, the final layer norm and the logits. PyTorch's activations come from forward hooks;
 an ONNX artifact's from marking the tensors its exporter tagged with the same module scope
 (`pkg.torch.onnx.name_scopes`, which survives fp16 conversion and QDQ quantization) as extra
-graph outputs. TFLite artifacts are not localised: onnx2tf renames tensors, so there is no
-faithful map from its graph to the PyTorch modules.
+graph outputs. onnx2tf renames every tensor, so a TFLite artifact is mapped through what
+survives: its LayerNorms, named `layer_normalization[_i]` in forward order. A ViT's block `k`
+output is what enters layer norm `2k + 2` (the next block's, or the final one), and the patch
+embeddings are what enters the first: those stages, and the logits, are compared.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +97,36 @@ def onnx_activations(path: Path, inputs: np.ndarray, num_layers: int) -> dict[st
     return {name: np.asarray(value, dtype=np.float32) for name, value in zip(tensors, values)}
 
 
+def _layer_norm_inputs(runner) -> list[int]:
+    """Tensor indices entering each `layer_normalization[_i]` scope of a TFLite graph, in forward order."""
+    interpreter = runner.interpreter
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    entering: dict[int, int] = {}
+    for op in interpreter._get_ops_details():
+        for out in op["outputs"]:
+            match = re.search(r"/layer_normalization(?:_(\d+))?/", names.get(out, ""))
+            if match and op["op_name"] == "MEAN":
+                number = int(match[1] or 0)
+                entering.setdefault(number, op["inputs"][0])  # the first MEAN reads the layer norm's input
+    return [entering[k] for k in sorted(entering)]
+
+
+def tflite_activations(path: Path, pixels: np.ndarray, num_layers: int) -> dict[str, np.ndarray]:
+    from vitgender.runtimes.tflite_runner import TfliteRunner
+
+    runner = TfliteRunner.open(path, keep_intermediates=True)
+    norms = _layer_norm_inputs(runner)
+    if len(norms) != 2 * num_layers + 1:
+        return {}  # not the graph shape this mapping knows: no localisation rather than a wrong one
+    tensors = {"embeddings": norms[0], **{f"block {k}": norms[2 * k + 2] for k in range(num_layers)}}
+    captured: dict[str, list[np.ndarray]] = {name: [] for name in [*tensors, "logits"]}
+    for image in pixels:
+        captured["logits"].append(runner.run(image[None])[0])
+        for name, index in tensors.items():
+            captured[name].append(runner.tensor(index)[0])
+    return {name: np.stack(rows) for name, rows in captured.items()}
+
+
 def compare_stages(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[dict]:
     """Relative L2 error and mean per-image cosine of each stage both sides expose, in forward order."""
     rows = []
@@ -128,9 +161,14 @@ def divergence(rows: list[dict], floor: float = 1e-6) -> dict | None:
     return best
 
 
-def localize(torch_model, artifact: Path, pixels: np.ndarray, inputs: np.ndarray) -> dict:
-    """The per-stage error curve of an ONNX artifact against PyTorch on the same images."""
+RUNTIMES = ("onnx", "tflite")
+
+
+def localize(torch_model, artifact: Path, runtime: str, pixels: np.ndarray, inputs: np.ndarray) -> dict:
+    """The per-stage error curve of an ONNX or TFLite artifact against PyTorch on the same images."""
     reference = torch_activations(torch_model, pixels)
-    candidate = onnx_activations(artifact, inputs, torch_model.config.num_hidden_layers)
+    layers = torch_model.config.num_hidden_layers
+    candidate = (onnx_activations(artifact, inputs, layers) if runtime == "onnx"
+                 else tflite_activations(artifact, inputs, layers))
     rows = compare_stages(reference, candidate)
     return {"stages": rows, "divergence": divergence(rows)}

@@ -152,7 +152,7 @@ def validate(
     on_artifact: Callable[[str], None] = lambda name: None,
 ) -> ValidationResult:
     """Run PyTorch and every artifact on the same images and judge each; with `localize`, every
-    ONNX artifact (and, always, a failing one) gets its block-by-block error curve."""
+    ONNX and TFLite artifact (and, always, a failing one) gets its block-by-block error curve."""
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
@@ -193,6 +193,8 @@ def validate(
     index = {p.resolve(): i for i, p in enumerate(image_paths)}
     ref_preds = _predictions(ref_logits, labels_t, samples, index) if samples else None
 
+    from vitgender.validators.localize import RUNTIMES, localize as localize_artifact
+
     results = []
     for entry in entries:
         on_artifact(entry["name"])
@@ -200,11 +202,9 @@ def validate(
         runner = open_runner(runtime_for(path), path)
         result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
                           (ref_preds, samples, index) if ref_preds else None, labels_t)
-        if (localize or not result.passed) and entry["format"] == "onnx":
-            from vitgender.validators.localize import localize as localize_artifact
-
+        if (localize or not result.passed) and entry["format"] in RUNTIMES:
             on_artifact(f"{entry['name']}: localizing")
-            result.localization = localize_artifact(torch_runner.model, path, pixels[:LOCALIZE_IMAGES],
+            result.localization = localize_artifact(torch_runner.model, path, entry["format"], pixels[:LOCALIZE_IMAGES],
                                                     inputs_for(runner)[:LOCALIZE_IMAGES])
         results.append(result)
     return ValidationResult(
