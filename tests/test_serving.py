@@ -31,11 +31,11 @@ def free_port() -> int:
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    """`vitgender serve` on a free port; its stderr goes to a file (a pipe nobody reads would fill and stall it)."""
+    """`vitgender serve` on a free port; its output goes to a file (a pipe nobody reads would fill and stall it)."""
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, "-m", "vitgender.cli", "serve", "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=log, text=True)
+                            stdout=log, stderr=log, text=True)  # uvicorn's access log goes to stdout
     proc.log = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -28,7 +28,7 @@ def serve(
     min_replicas: int = typer.Option(1, metavar="N", min=0),
     max_replicas: int = typer.Option(4, metavar="N", min=1),
     target_ongoing_requests: float = typer.Option(4.0, metavar="X", min=0.1, help="Autoscaling target per replica."),
-    access_log: bool = typer.Option(True, help="Log one line per request (uvicorn's access log) on stderr."),
+    access_log: bool = typer.Option(True, help="Log one line per request (uvicorn's access log) on stdout."),
 ) -> None:
     """Serve the model over an HTTP API compatible with the HF Inference API (image-classification)."""
     from vitgender.runtimes import runtime_for
