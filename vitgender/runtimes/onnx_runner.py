@@ -1,7 +1,13 @@
-"""ONNX Runtime (CPU execution provider) for every .onnx artifact: fp32, fp16, int8."""
+"""ONNX Runtime (CPU execution provider) for every .onnx artifact: fp32, fp16, int8.
+
+Stage activations (for `validate --localize`) come from marking, as extra graph outputs, the
+tensors the exporter tagged with each PyTorch module's scope (`pkg.torch.onnx.name_scopes`,
+which survives fp16 conversion and QDQ quantization).
+"""
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 
@@ -10,6 +16,10 @@ import numpy as np
 from vitgender.errors import UsageError
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
+from vitgender.runtimes.stages import stages
+
+SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+EXPORT_PREFIX = "model."  # the exporter wraps the HF model as `model` (vitgender.exporters.onnx_export)
 
 
 class OnnxRunner:
@@ -49,3 +59,46 @@ class OnnxRunner:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
         (logits,) = self.session.run(None, {self._input: pixel_values.astype(self._dtype, copy=False)})
         return logits.astype(np.float32, copy=False)
+
+    def stage_activations(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Each identifiable stage's output: the scoped tensors, marked as extra outputs of a second session."""
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper
+
+        if self.info.architecture is None:
+            return {}
+        model = onnx.load(self.info.source)
+        tensors = onnx_stage_tensors(model, self.info.architecture.num_hidden_layers)
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+        existing = {o.name for o in model.graph.output}
+        for tensor in tensors.values():
+            if tensor not in existing:
+                model.graph.output.append(helper.make_tensor_value_info(tensor, types.get(tensor, onnx.TensorProto.FLOAT),
+                                                                        None))
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        values = session.run(list(tensors.values()), {self._input: inputs.astype(self._dtype, copy=False)})
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(tensors, values)}
+
+
+def _scopes(node) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == SCOPES_KEY:
+            try:
+                return ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+    return []
+
+
+def onnx_stage_tensors(model, num_layers: int) -> dict[str, str]:
+    """Stage -> the tensor that leaves that module: the output of its last node in graph order."""
+    last: dict[str, str] = {}
+    for node in model.graph.node:
+        for scope in _scopes(node):
+            if node.output:
+                last[scope] = node.output[0]
+    found = {name: last[EXPORT_PREFIX + path] for name, path in stages(num_layers) if EXPORT_PREFIX + path in last}
+    found["logits"] = model.graph.output[0].name
+    return found

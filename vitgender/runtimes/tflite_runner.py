@@ -8,6 +8,7 @@ own scale and zero point, so int8-I/O models take the same float pixel_values as
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ class TfliteRunner:
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = 2,
              keep_intermediates: bool = False) -> TfliteRunner:
-        """`keep_intermediates` keeps every tensor readable after `run` (for localisation; slower)."""
+        """`keep_intermediates` keeps every tensor readable after `run` (for stage activations; slower)."""
         from ai_edge_litert.interpreter import Interpreter
 
         path = Path(source) if source is not None else None
@@ -60,10 +61,7 @@ class TfliteRunner:
         scale, zero = (details or self._output)["quantization"]
         return (y.astype(np.float32) - zero) * scale
 
-    def tensor(self, index: int) -> np.ndarray:
-        """A tensor of the last invocation, as float (needs `keep_intermediates`)."""
-        details = self.interpreter._get_tensor_details(index, 0)
-        return self._dequantize(self.interpreter.get_tensor(index), details)
+
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         nhwc = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
@@ -73,3 +71,36 @@ class TfliteRunner:
             self.interpreter.invoke()
             rows.append(self._dequantize(self.interpreter.get_tensor(self._output["index"]))[0])
         return np.stack(rows)
+
+    def stage_activations(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Embeddings, each block's output and the logits, read from a second interpreter that keeps
+        every tensor.
+
+        onnx2tf renames all tensors; what survives are the layer norms, named
+        `layer_normalization[_i]` in forward order. A ViT's block `k` output is what enters layer norm
+        `2k + 2` (the next block's, or the final one), the embeddings what enters the first.
+        """
+        layers = self.info.architecture.num_hidden_layers if self.info.architecture else None
+        keeper = TfliteRunner.open(self.info.source, keep_intermediates=True)
+        norms = keeper._layer_norm_inputs()
+        if layers is None or len(norms) != 2 * layers + 1:
+            return {}  # not the graph shape this mapping knows: no localisation rather than a wrong one
+        tensors = {"embeddings": norms[0], **{f"block {k}": norms[2 * k + 2] for k in range(layers)}}
+        captured: dict[str, list[np.ndarray]] = {name: [] for name in [*tensors, "logits"]}
+        for image in pixel_values:
+            captured["logits"].append(keeper.run(image[None])[0])
+            for name, index in tensors.items():
+                details = keeper.interpreter._get_tensor_details(index, 0)
+                captured[name].append(keeper._dequantize(keeper.interpreter.get_tensor(index), details)[0])
+        return {name: np.stack(rows) for name, rows in captured.items()}
+
+    def _layer_norm_inputs(self) -> list[int]:
+        """Tensor indices entering each `layer_normalization[_i]` scope, in forward order."""
+        names = {t["index"]: t["name"] for t in self.interpreter.get_tensor_details()}
+        entering: dict[int, int] = {}
+        for op in self.interpreter._get_ops_details():
+            for out in op["outputs"]:
+                match = re.search(r"/layer_normalization(?:_(\d+))?/", names.get(out, ""))
+                if match and op["op_name"] == "MEAN":
+                    entering.setdefault(int(match[1] or 0), op["inputs"][0])  # the first MEAN reads the input
+        return [entering[k] for k in sorted(entering)]

@@ -9,6 +9,7 @@ import torch
 
 from vitgender import checkpoint
 from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.stages import stages
 
 
 class TorchRunner:
@@ -28,3 +29,23 @@ class TorchRunner:
         with torch.inference_mode():
             logits = self.model(pixel_values=torch.from_numpy(np.ascontiguousarray(pixel_values))).logits
         return logits.float().numpy()
+
+    def stage_activations(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Every stage's output, captured with forward hooks."""
+        captured: dict[str, np.ndarray] = {}
+        handles = []
+        for name, path in stages(self.model.config.num_hidden_layers):
+            module = self.model.get_submodule(path)
+
+            def hook(_module, _inputs, output, name=name):
+                tensor = output[0] if isinstance(output, tuple) else output
+                captured[name] = tensor.detach().float().numpy()
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            with torch.inference_mode():
+                self.model(pixel_values=torch.from_numpy(np.ascontiguousarray(pixels)))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured

@@ -193,7 +193,7 @@ def validate(
     index = {p.resolve(): i for i, p in enumerate(image_paths)}
     ref_preds = _predictions(ref_logits, labels_t, samples, index) if samples else None
 
-    from vitgender.validators.localize import RUNTIMES, localize as localize_artifact
+    from vitgender.validators.localize import can_localize, localize as localize_artifact
 
     results = []
     for entry in entries:
@@ -202,9 +202,9 @@ def validate(
         runner = open_runner(runtime_for(path), path)
         result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
                           (ref_preds, samples, index) if ref_preds else None, labels_t)
-        if (localize or not result.passed) and entry["format"] in RUNTIMES:
+        if (localize or not result.passed) and can_localize(runner):
             on_artifact(f"{entry['name']}: localizing")
-            result.localization = localize_artifact(torch_runner.model, path, entry["format"], pixels[:LOCALIZE_IMAGES],
+            result.localization = localize_artifact(torch_runner, runner, pixels[:LOCALIZE_IMAGES],
                                                     inputs_for(runner)[:LOCALIZE_IMAGES])
         results.append(result)
     return ValidationResult(
