@@ -224,6 +224,8 @@ def fit_budgets(ref, correct: dict, truth, rng) -> dict[str, dict[str, float]]:
             budget[metric] = float(f"{max(RATE_FACTOR * max(m[rate] for m in full), floor):.2g}")
         catastrophic = max(3 * max(m["max_abs_logit_diff"] for m in full), FLOORS["max_abs_logit_diff"])
         budget["max_abs_logit_diff"] = float(f"{catastrophic:.2g}")
+        if "batch_max_abs_logit_diff" in budgets_mod.DEFAULT_BUDGETS.get(precision.value, {}):  # batch_invariance.py's
+            budget["batch_max_abs_logit_diff"] = budgets_mod.DEFAULT_BUDGETS[precision.value]["batch_max_abs_logit_diff"]
         fitted[precision.value] = budget
     return fitted
 
@@ -275,9 +277,11 @@ def main() -> None:
     fit_part = {k: (v[0][:n_fit], v[1], v[2]) for k, v in correct.items()}
     budgets = fit_budgets(ref[:n_fit], fit_part, truth[:n_fit], rng)
     if args.write_budgets:
+        previous = json.loads(BUDGETS_FILE.read_text())
         BUDGETS_FILE.write_text(json.dumps({
             "provenance": f"benchmarks/gate_quality.py --per-half {args.per_half}: fitted on {n_fit} UTKFace validation "
                           "faces (not the bundled reference set) from the default model's artifacts",
+            **{k: v for k, v in previous.items() if k == "batch_provenance"},
             "budgets": budgets}, indent=2) + "\n")
     jr, jt = ref[n_fit:], truth[n_fit:]
     report = {"faces": {"fit": n_fit, "judge": len(judge)}, "budgets": budgets, "correct": {}, "broken": {}}

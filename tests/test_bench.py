@@ -1,4 +1,6 @@
-"""`vitgender bench`: every candidate measured, ratios against PyTorch, schema 1 (no timing asserted)."""
+"""`vitgender bench`: every candidate measured, ratios against PyTorch and the measured roofs, schema 2.
+
+No timing is asserted; what is asserted is that every number is measured in the run."""
 
 from __future__ import annotations
 
@@ -33,20 +35,39 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     export = main_export(tiny_model, tmp_path / "art", "onnx,onnx-int8-dynamic,onnx-uint8-nhwc")
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "vitgender.cli", "bench", "--model", str(tiny_model),
-                             "--artifacts", str(export), "--batch-sizes", "1,2", "--seconds", "0.1",
+                             "--artifacts", str(export), "--batch-sizes", "1,2", "--seconds", "0.1", "--roof-seconds", "0.05",
                              "--json", str(out), "--plot", str(tmp_path / "bench.svg")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["schema"] == 1 and report["machine"]["cores"] >= 1 and report["threads"] >= 1
+    assert report["schema"] == 2 and report["machine"]["cores"] >= 1 and report["threads"] >= 1
+    roofs = report["roofs"]
+    assert set(roofs["roofs"]) == {"fp32", "fp16", "int8"} and all(r["gops"] > 0 for r in roofs["roofs"].values())
+    # the ViT-shaped GEMM is the tiny model's own MLP at the largest batch: batch x tokens, hidden, intermediate
+    assert roofs["measured"]["vit_mlp"]["shape"] == [2 * 17, 32, 64]
+    assert {"torch", "onnxruntime"} <= set(roofs["measured"]["square"]["int8"])
     names = {r["name"] for r in report["results"]}
     assert names == {"torch-eager", "transformers-pipeline", "onnx", "onnx-int8-dynamic", "onnx-uint8-nhwc"}
     for row in report["results"]:
         assert row["images_per_s"] > 0 and row["p90_ms"] >= row["p50_ms"] > 0 and row["bytes"] > 0
-        assert {"ratio_vs_torch", "pct_of_peak", "peak_rss_mb", "load_seconds"} <= set(row)
-    precisions = {r["name"]: r["precision"] for r in report["results"]}  # what each really computes in
-    assert precisions["transformers-pipeline"] == "fp32" and precisions["onnx-int8-dynamic"] == "int8-dynamic"
-    # agreement comes only from a validate report (none here): never filled in, for PyTorch neither
-    assert all(r["top1_agreement"] is None for r in report["results"])
+        assert {"ratio_vs_torch", "peak_rss_mb", "load_seconds"} <= set(row)
+        roof = report["roofs"]["roofs"][row["arithmetic"]]["gops"]
+        assert row["pct_of_roof"] == pytest.approx(100 * row["gflops"] / roof, abs=0.1)
+        assert 0 <= row["top1_agreement"] <= 1
+    by_name = {r["name"]: r for r in report["results"]}  # what each really computes in
+    assert by_name["transformers-pipeline"]["precision"] == "fp32"
+    assert by_name["onnx-int8-dynamic"]["precision"] == "int8-dynamic"
+    assert by_name["onnx-int8-dynamic"]["arithmetic"] == "int8" and by_name["onnx"]["arithmetic"] == "fp32"
+    # agreement is computed in this run on the reference faces, PyTorch's own too
+    assert by_name["torch-eager"]["top1_agreement"] == 1.0 and by_name["onnx"]["top1_agreement"] == 1.0
+    assert report["reference"]["images"] == 50
     assert (tmp_path / "bench.svg").read_text().startswith("<svg")
-    assert "| onnx-int8-dynamic |" in result.stdout
+    assert "| onnx-int8-dynamic |" in result.stdout and "measured roofs: fp32" in result.stdout
+
+
+def test_arithmetic_is_what_the_candidate_computes_in():
+    from vitgender.bench import arithmetic
+
+    assert arithmetic("onnx", "int8") == arithmetic("tflite", "int8-dynamic") == "int8"
+    assert arithmetic("pipeline", "fp16") == "fp16"  # PyTorch runs a float16 checkpoint in float16
+    assert arithmetic("onnx", "fp16") == arithmetic("tflite", "fp16") == "fp32"  # upcast on x86

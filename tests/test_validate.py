@@ -66,6 +66,10 @@ def test_good_export_passes_with_reports_and_junit(work, tmp_path):
     cases = {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")}
     assert ("vitgender.onnx-int8-dynamic", "quantization_proof") in cases
     assert ("vitgender.savedmodel", "quantization_proof") not in cases and not any(n == "sha256" for _, n in cases)
+    # every artifact is checked for answering the same alone and inside batches of other images
+    for artifact in report["artifacts"]:
+        assert ("vitgender." + artifact["name"], "batch_max_abs_logit_diff") in cases
+        assert artifact["metrics"]["batch_probes"] == 8 and artifact["metrics"]["batch_size"] == 32
 
 
 def test_perturbed_weights_fail_with_exit_1(work):

@@ -1,9 +1,12 @@
-"""`vitgender bench`: throughput, latency, memory and size of every runtime, as ratios to PyTorch.
+"""`vitgender bench`: throughput, latency, memory, size and agreement of every runtime, as ratios.
 
 Each candidate runs in its own child process (so peak RSS and load time are its own), with the
 same thread count, on the same random pixel batches; every number is measured in one run on
-this machine. Achieved GFLOP/s is compared with the machine's fp32 peak, estimated from the
-detected ISA (FMA width), core count and clock, and stated as an estimate.
+this machine, nothing is assumed or copied from another report:
+- the machine's fp32/fp16/int8 GEMM roofs (`vitgender.roofs`), and each row's achieved GOP/s as a
+  share of the roof for the arithmetic it really computes in;
+- each candidate's top-1 agreement with PyTorch on the bundled reference faces, PyTorch and the
+  transformers pipeline included (computed, so a pipeline that drifts shows it).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +29,7 @@ from vitgender.errors import ExitCode, ToolchainError, UsageError, VitgenderErro
 from vitgender.precision import Precision
 from vitgender.processes import child_env, die_with_parent
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def available_cores() -> int:
@@ -34,30 +40,35 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm")
+
+
 def machine() -> dict:
-    info = {"cpu": platform.processor() or "unknown", "cores": available_cores(), "isa": [],
-            "mhz": None}
+    """CPU model, usable cores and the ISA flags that decide which kernels run (printed with every bench)."""
+    info = {"cpu": platform.processor() or "unknown", "cores": available_cores(), "isa": [], "mhz": None}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
+        model = re.search(r"^(?:model name|Model)\s*:\s*(.+)$", text, re.M)
+        flags = set((re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
         mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M)
         info["cpu"] = model[1].strip() if model else info["cpu"]
-        info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-                       if f in flags]
+        info["isa"] = [f for f in ISA_FLAGS if f in flags]
         info["mhz"] = float(mhz[1]) if mhz else None
     except OSError:
         pass
-    lanes = 16 if "avx512f" in info["isa"] else 8 if "avx2" in info["isa"] else 4
-    # Two FMA pipes per core (true of the Xeon/EPYC server cores this runs on); a vCPU counts as a core.
-    flops_per_cycle = lanes * 2 * 2
-    if info["mhz"]:
-        info["peak_gflops"] = round(info["cores"] * info["mhz"] / 1000 * flops_per_cycle, 1)
-    else:
-        info["peak_gflops"] = None
-    info["peak_assumption"] = (f"{info['cores']} cores x {info['mhz']} MHz x {flops_per_cycle} fp32 FLOP/cycle "
-                               f"({lanes}-lane FMA, 2 pipes)")
     return info
+
+
+def arithmetic(runtime: str, precision: str) -> str:
+    """The GEMM arithmetic a candidate runs, whose roof it is judged against.
+
+    int8 artifacts run uint8 x int8 GEMMs; PyTorch (and so the pipeline) runs a float16 model in
+    float16; ORT and LiteRT run fp16 artifacts in fp32 on x86 (they upcast the weights).
+    """
+    if Precision(precision).is_int8:
+        return "int8"
+    return "fp16" if precision == Precision.FP16 and runtime in ("torch", "pipeline") else "fp32"
 
 
 def _rss_peak_mb() -> float:
@@ -66,8 +77,16 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _open(candidate: dict, threads: int):
-    """(run(pixels) -> Any, bytes on disk, takes raw uint8 NHWC, precision it computes in) for one candidate."""
+@dataclass
+class _Opened:
+    run: Callable[[np.ndarray], object]  # one timed batch
+    answer: Callable[[dict], list[str]]  # top-1 label of each reference image
+    bytes: int
+    raw_input: bool  # takes resized uint8 NHWC instead of pixel_values
+    precision: Precision  # what it really computes in
+
+
+def _open(candidate: dict, threads: int) -> _Opened:
     from vitgender.runtimes import open_runner
 
     if candidate["runtime"] == "pipeline":
@@ -86,12 +105,20 @@ def _open(candidate: dict, threads: int):
                                  for i in range(batch)]
             return pipe(images[batch], batch_size=batch)
 
+        def answer(reference: dict) -> list[str]:
+            return [top[0]["label"] for top in pipe([Image.open(p).convert("RGB") for p in reference["images"]], top_k=1)]
+
         # what the pipeline really computes in (it follows the config's dtype, else the stored weights')
         computes_in = Precision.FP16 if pipe.model.dtype == torch.float16 else Precision.FP32
-        return run, _size(Path(candidate["path"]) / "model.safetensors"), False, computes_in
+        return _Opened(run, answer, _size(Path(candidate["path"]) / "model.safetensors"), False, computes_in)
     runner = open_runner(candidate["runtime"], candidate["path"], threads=threads)
+
+    def answer(reference: dict) -> list[str]:
+        logits = runner.run(np.load(reference["resized" if runner.info.raw_input else "pixels"]))
+        return [runner.info.labels[i] for i in logits.argmax(1)]
+
     weights = Path(candidate["path"]) / "model.safetensors" if candidate["runtime"] == "torch" else Path(candidate["path"])
-    return runner.run, _size(weights), runner.info.raw_input, runner.info.precision
+    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision)
 
 
 def _size(path: Path) -> int:
@@ -99,10 +126,16 @@ def _size(path: Path) -> int:
 
 
 def _worker(job: dict) -> dict:
-    """Child process: load one candidate, time it at each batch size."""
+    """Child process: measure the roofs, or load one candidate, answer the reference images, time each batch size."""
+    if "roofs" in job:
+        from vitgender.roofs import measure_roofs
+
+        return measure_roofs(**job["roofs"])
     began = time.perf_counter()
-    run, size, raw, precision = _open(job["candidate"], job["threads"])
+    opened = _open(job["candidate"], job["threads"])
     load_seconds = time.perf_counter() - began
+    run, raw = opened.run, opened.raw_input
+    answers = opened.answer(job["reference"])
     shape = job["shape"]
     rows = []
     for batch in job["batch_sizes"]:
@@ -120,8 +153,8 @@ def _worker(job: dict) -> dict:
         p50, p90 = float(np.median(latencies)), float(np.percentile(latencies, 90))
         rows.append({"batch_size": batch, "p50_ms": round(p50 * 1000, 2), "p90_ms": round(p90 * 1000, 2),
                      "images_per_s": round(batch / p50, 2), "runs": len(latencies)})
-    return {"load_seconds": round(load_seconds, 2), "bytes": size, "peak_rss_mb": round(_rss_peak_mb(), 1),
-            "precision": precision, "rows": rows}
+    return {"load_seconds": round(load_seconds, 2), "bytes": opened.bytes, "peak_rss_mb": round(_rss_peak_mb(), 1),
+            "precision": opened.precision, "answers": answers, "rows": rows}
 
 
 def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
@@ -137,48 +170,74 @@ def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
     return found
 
 
+def _in_child(label: str, job: dict, threads: int) -> dict:
+    """Run one worker job in a fresh process (its own RSS, no state shared between candidates)."""
+    env = child_env(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
+                              text=True, env=env)
+    except OSError as exc:
+        raise ToolchainError(label, f"cannot start the benchmark worker ({exc.strerror})") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        # the worker exits 2 for input it refused (a corrupt artifact), anything else is a crash
+        error = UsageError if proc.returncode == ExitCode.USAGE else ToolchainError
+        raise error(label, f"benchmark worker failed: {last.removeprefix('vitgender: ')[:300]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _reference(ckpt, folder: Path, work: Path) -> dict:
+    """The bundled reference faces, decoded once, as every kind of runner takes them (files the workers load)."""
+    from vitgender.inputs import IMAGE_SUFFIXES
+    from vitgender.preprocess import Preprocessor, decode_image
+
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    pre = Preprocessor(ckpt.preprocess)
+    resized = np.stack([pre.resize(decode_image(p)) for p in images])
+    np.save(work / "resized.npy", resized)
+    np.save(work / "pixels.npy", pre.normalize(resized))
+    return {"images": [str(p) for p in images], "resized": str(work / "resized.npy"), "pixels": str(work / "pixels.npy")}
+
+
 def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[int], threads: int,
-                  seconds: float, on_candidate=lambda name: None) -> dict:
+                  seconds: float, on_candidate: Callable[[str], None] = lambda name: None,
+                  roof_seconds: float = 1.0) -> dict:
     from vitgender import checkpoint
+    from vitgender.validators.parity import REFERENCE_ROOT, DEFAULT_REFERENCE
 
     ckpt = checkpoint.open_checkpoint(model)
-    model_dir, pre = ckpt.directory, ckpt.preprocess
-    flops = ckpt.architecture.flops(pre.height, pre.width)
-    info = machine()
-    agreement = {}
-    report_path = artifacts / "validation" / "report.json" if artifacts else None
-    if report_path and report_path.is_file():
-        agreement = {a["name"]: a["metrics"]["top1_agreement"] for a in json.loads(report_path.read_text())["artifacts"]}
-    results = []
-    for candidate in candidates(model_dir, artifacts):
-        on_candidate(candidate["name"])
-        job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
-               "warmup": 2, "shape": [3, pre.height, pre.width]}
-        env = child_env(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
-        try:
-            proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
-                                  text=True, env=env)
-        except OSError as exc:
-            raise ToolchainError(candidate["name"], f"cannot start the benchmark worker ({exc.strerror})") from None
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            # the worker exits 2 for input it refused (a corrupt artifact), anything else is a crash
-            error = UsageError if proc.returncode == ExitCode.USAGE else ToolchainError
-            raise error(candidate["name"], f"benchmark worker failed: {last.removeprefix('vitgender: ')[:300]}")
-        measured = json.loads(proc.stdout.strip().splitlines()[-1])
-        for row in measured["rows"]:
-            results.append({"name": candidate["name"], "runtime": candidate["runtime"],
-                            "precision": measured["precision"], **row, "peak_rss_mb": measured["peak_rss_mb"],
-                            "load_seconds": measured["load_seconds"], "bytes": measured["bytes"],
-                            "gflops": round(row["images_per_s"] * flops / 1e9, 2),
-                            # measured by `vitgender validate`; None where no report has it (PyTorch itself)
-                            "top1_agreement": agreement.get(candidate["name"])})
+    model_dir, pre, arch = ckpt.directory, ckpt.preprocess, ckpt.architecture
+    flops = arch.flops(pre.height, pre.width)
+    on_candidate("roofs: fp32, fp16 and int8 GEMMs")
+    roofs = _in_child("roofs", {"roofs": {"hidden": arch.hidden_size, "intermediate": arch.intermediate_size,
+                                          "tokens": arch.tokens(pre.height, pre.width), "batch": max(batch_sizes),
+                                          "threads": threads, "seconds": roof_seconds}}, threads)
+    results, answers = [], {}
+    with tempfile.TemporaryDirectory(prefix="vitgender-bench-") as work:
+        reference = _reference(ckpt, REFERENCE_ROOT / DEFAULT_REFERENCE, Path(work))
+        for candidate in candidates(model_dir, artifacts):
+            on_candidate(candidate["name"])
+            job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
+                   "warmup": 2, "shape": [arch.num_channels, pre.height, pre.width], "reference": reference}
+            measured = _in_child(candidate["name"], job, threads)
+            answers[candidate["name"]] = measured["answers"]
+            compute = arithmetic(candidate["runtime"], measured["precision"])
+            for row in measured["rows"]:
+                gflops = row["images_per_s"] * flops / 1e9
+                results.append({"name": candidate["name"], "runtime": candidate["runtime"],
+                                "precision": measured["precision"], "arithmetic": compute, **row,
+                                "peak_rss_mb": measured["peak_rss_mb"], "load_seconds": measured["load_seconds"],
+                                "bytes": measured["bytes"], "gflops": round(gflops, 2),
+                                "pct_of_roof": round(100 * gflops / roofs["roofs"][compute]["gops"], 1)})
     baseline = {r["batch_size"]: r["images_per_s"] for r in results if r["name"] == "torch-eager"}
+    torch_answers = answers["torch-eager"]
     for r in results:
         r["ratio_vs_torch"] = round(r["images_per_s"] / baseline[r["batch_size"]], 3)
-        r["pct_of_peak"] = round(100 * r["gflops"] / info["peak_gflops"], 1) if info.get("peak_gflops") else None
-    return {"schema": SCHEMA, "machine": info, "threads": threads, "model": str(model_dir),
-            "gflop_per_image": round(flops / 1e9, 3), "results": results}
+        same = [a == b for a, b in zip(answers[r["name"]], torch_answers, strict=True)]
+        r["top1_agreement"] = round(sum(same) / len(same), 4)
+    return {"schema": SCHEMA, "machine": machine(), "threads": threads, "model": str(model_dir),
+            "gflop_per_image": round(flops / 1e9, 3), "roofs": roofs,
+            "reference": {"set": DEFAULT_REFERENCE, "images": len(torch_answers)}, "results": results}
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ def bench(
     threads: Optional[int] = typer.Option(None, metavar="N", min=1, help="Threads for every runtime, equal for all "
                                           "(default: the CPUs this process may use)."),
     seconds: float = typer.Option(3.0, metavar="SECONDS", min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the results (schema 1) as JSON."),
-    plot: Optional[Path] = typer.Option(None, metavar="FILE", help="Write an SVG: images/s vs batch size, agreement vs speed."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the results (schema 2) as JSON."),
+    plot: Optional[Path] = typer.Option(None, metavar="FILE", help="Write an SVG: images/s per batch size and % of the "
+                                        "measured roof, one bar per candidate."),
+    roof_seconds: float = typer.Option(1.0, metavar="SECONDS", min=0.05, help="Seconds per roof GEMM measurement."),
 ) -> None:
-    """Throughput, latency, memory and size of PyTorch, the HF pipeline and every artifact, as ratios."""
+    """Throughput, latency, memory, size and top-1 agreement of PyTorch, the HF pipeline and every artifact,
+    as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
     from vitgender.bench import available_cores, run_benchmark
-    from vitgender.reporting.bench import plot_svg, table
+    from vitgender.reporting.bench import header, plot_svg, table
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -35,11 +38,8 @@ def bench(
     if not sizes or min(sizes) < 1:
         raise UsageError(batch_sizes, "batch sizes must be positive")
     report = run_benchmark(model, artifacts, sizes, threads or available_cores(), seconds,
-                           on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True))
-    m = report["machine"]
-    typer.echo(f"machine: {m['cpu']}, {m['cores']} cores, ISA {' '.join(m['isa'])}, fp32 peak ~{m['peak_gflops']} "
-               f"GFLOP/s ({m['peak_assumption']}); threads {report['threads']}; "
-               f"{report['gflop_per_image']} GFLOP/image")
+                           on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True), roof_seconds=roof_seconds)
+    typer.echo(header(report))
     typer.echo(table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")

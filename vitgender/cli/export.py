@@ -10,7 +10,8 @@ import typer
 from vitgender.cli.app import app
 from vitgender.cli.common import MODEL_HELP
 from vitgender.exporters.formats import formats_help
-from vitgender.exporters.main import CALIBRATION_METHODS, QUANT_PRESETS
+from vitgender.exporters.main import CALIBRATION_METHODS
+from vitgender.exporters.quantize import STATIC_PRESETS
 
 
 @app.command("export")
@@ -21,8 +22,13 @@ def export_cmd(
     calibration: Optional[Path] = typer.Option(None, metavar="DIR", help="Image folder for int8 calibration (default: the bundled "
                                                "64 UTKFace training-split faces)."),
     calibration_method: str = typer.Option("minmax", metavar="METHOD", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."),
-    quant_preset: str = typer.Option("safe", metavar="PRESET", help="ORT static int8: 'safe' keeps LayerNorm/Softmax/GELU/residual "
-                                     f"adds in float, 'full' quantizes every op ORT can ({', '.join(QUANT_PRESETS)})."),
+    quant_preset: str = typer.Option("safe", metavar="PRESET", help="ORT static int8 (" + ", ".join(STATIC_PRESETS) + "): "
+                                     "'safe' quantizes the weight MatMuls and the patch Conv; 'auto' also the attention "
+                                     "MatMuls, then keeps the most sensitive blocks float until --quant-target is met on "
+                                     "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs)."),
+    quant_target: Optional[float] = typer.Option(None, metavar="Q90", help="'auto' preset: largest q90 |logit difference| "
+                                                 "from PyTorch allowed on the calibration images (default: the gate's "
+                                                 "int8-dynamic budget)."),
     opset: int = typer.Option(20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
     tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT whatever it holds. Without it, an "
@@ -34,6 +40,7 @@ def export_cmd(
     from vitgender.exporters.manifest import read_manifest
 
     options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
+                            quant_target=quant_target,
                             tflite_int8_io=tflite_int8_io)
     if calibration is not None:
         options.calibration = calibration

@@ -45,6 +45,7 @@ class BuildContext:
     base_onnx: Path  # the fp32 ONNX every other format derives from
     base_seconds: float
     calibration: Calibration | None
+    on_step: Callable[[str], None] = lambda message: None  # progress of a long step
 
     def target(self, spec: ArtifactSpec) -> Path:
         path = self.scratch / spec.filename
@@ -56,21 +57,25 @@ class BuildContext:
 class Built:
     seconds: float
     input_dtype: str | None = None  # when the artifact's input dtype differs from its layout's default
+    quantization: dict | None = None  # what a quantizer decided, for the manifest
 
 
 class Builder(Protocol):
     def __call__(self, ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]: ...
 
 
-def per_artifact(convert: Callable[[BuildContext, Path], None]) -> Builder:
-    """A builder that converts the base ONNX into each requested artifact, one at a time."""
+def per_artifact(convert: Callable[[BuildContext, Path], dict | None]) -> Builder:
+    """A builder that converts the base ONNX into each requested artifact, one at a time.
+
+    `convert` may return what it decided (a quantization plan) for the manifest.
+    """
 
     def build(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
         built = {}
         for spec in specs:
             began = time.perf_counter()
-            convert(ctx, ctx.target(spec))
-            built[spec.name] = Built(round(time.perf_counter() - began, 2))
+            decided = convert(ctx, ctx.target(spec))
+            built[spec.name] = Built(round(time.perf_counter() - began, 2), quantization=decided)
         return built
 
     build.__name__ = convert.__name__
@@ -110,11 +115,16 @@ def onnx_int8_dynamic(ctx: BuildContext, target: Path) -> None:
 
 
 @per_artifact
-def onnx_int8_static(ctx: BuildContext, target: Path) -> None:
+def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
     from vitgender.exporters.quantize import to_int8_static
+    from vitgender.validators.budgets import DEFAULT_BUDGETS
 
-    to_int8_static(ctx.base_onnx, target, ctx.export_config.input_name, ctx.calibration.pixels,
-                   method=ctx.options.calibration_method, preset=ctx.options.quant_preset)
+    options = ctx.options
+    auto_target = options.quant_target or DEFAULT_BUDGETS[Precision.INT8_DYNAMIC.value]["q90_abs_logit_diff"]
+    plan = to_int8_static(ctx.base_onnx, target, ctx.export_config.input_name, ctx.calibration.pixels,
+                          method=options.calibration_method, preset=options.quant_preset, auto_target=auto_target,
+                          progress=ctx.on_step)
+    return plan.manifest()
 
 
 @per_artifact

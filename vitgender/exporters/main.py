@@ -21,13 +21,13 @@ from vitgender.exporters.builders import BuildContext, Built, Calibration
 from vitgender.exporters.config import config_for
 from vitgender.exporters.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
 from vitgender.exporters.manifest import describe, write_manifest
+from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes.sidecar import Sidecar, write_sidecar
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANT_PRESETS = ("safe", "full")
 
 
 class ExportError(ToolchainError):
@@ -40,13 +40,16 @@ class ExportOptions:
     calibration: Path = field(default=CALIBRATION_DIR)
     calibration_method: str = "minmax"
     quant_preset: str = "safe"
+    quant_target: float | None = None  # `auto`: q90 |Δlogit| on the calibration images (None: the int8-dynamic budget)
     tflite_int8_io: bool = False
 
     def __post_init__(self) -> None:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise UsageError(self.calibration_method, f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
-        if self.quant_preset not in QUANT_PRESETS:
-            raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(QUANT_PRESETS)}")
+        if self.quant_preset not in STATIC_PRESETS:
+            raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(STATIC_PRESETS)}")
+        if self.quant_target is not None and not self.quant_target > 0:
+            raise UsageError(str(self.quant_target), "quant target must be a positive q90 |logit difference|")
 
 
 def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
@@ -168,7 +171,8 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
     base.parent.mkdir()
     _run_step("onnx", export_onnx, ckpt.load_model(), export_config, ckpt.preprocess.height,
               ckpt.preprocess.width, base, options.opset)
-    ctx = BuildContext(ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2), calibration)
+    ctx = BuildContext(ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2), calibration,
+                       on_step)
     built: dict[str, Built] = {}
     for group in _by_builder(wanted):
         names = ", ".join(s.name for s in group)
@@ -183,6 +187,8 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
         extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
         if spec.needs_calibration:
             extra["calibration"] = calibration.provenance
+        if built[spec.name].quantization:
+            extra["quantization"] = built[spec.name].quantization
         artifacts.append(describe(scratch, spec.name, spec.runtime, spec.precision, path, io,
                                   seconds=built[spec.name].seconds, **extra))
     return artifacts

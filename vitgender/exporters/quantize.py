@@ -1,22 +1,33 @@
 """ONNX Runtime post-training variants of the fp32 ONNX: fp16, int8 dynamic, int8 static (QDQ).
 
-Choices, each forced by a failure seen on ViTs:
-- dynamic int8 quantizes MatMul/Gemm only: ORT's default also turns the patch Conv into
-  `ConvInteger`, which the CPU execution provider cannot run;
-- static int8 is QDQ, per-channel, calibrated on real images preprocessed exactly like
-  inference. The `safe` preset quantizes only weight MatMuls and the patch Conv and keeps the
-  numerically sensitive ops (LayerNorm, Softmax, GELU, residual Adds, the attention
-  activation x activation MatMuls) in float; `full` quantizes everything ORT can, which
-  collapses on ViTs (FQ-ViT: ViT-B MinMax W8A8 23.6% vs 84.5% fp32).
+dynamic int8 quantizes MatMul/Gemm only: ORT's default also turns the patch Conv into
+`ConvInteger`, which the CPU execution provider cannot run. It derives each activation scale
+from the whole input tensor, so an image's answer depends on the other images in its batch;
+static int8 fixes the scales at export time from calibration images (preprocessed exactly like
+inference), so it answers the same whatever the batch. Its presets (`STATIC_PRESETS`):
+`safe` quantizes the weight MatMuls and the patch Conv; `auto` starts from every MatMul/Gemm/Conv,
+including the attention activation x activation MatMuls, measures how much each block moves the
+logits on the calibration images and keeps the fewest blocks in float that meet a target
+(`plan_auto`); `full` quantizes every op ORT can, which collapses on ViTs and is kept to show it.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+
+STATIC_PRESETS = ("safe", "auto", "full")
 
 
 def to_fp16(source: Path, target: Path) -> Path:
@@ -58,32 +69,183 @@ class _Batches:
         return next(self._iter, None)
 
 
-def _weight_matmuls_and_convs(path: Path) -> list[str]:
-    """Names of MatMul/Gemm/Conv nodes with a constant weight: the safe set to quantize."""
-    import onnx
+_QUANTIZABLE = ("MatMul", "Gemm", "Conv")  # the ops with int8 kernels on ORT's CPU provider
+_BLOCK = re.compile(r"\.layer\.(\d+)\.(attention|intermediate|output)\b")
 
-    model = onnx.load(str(path))
+
+def unit_of(node: onnx.NodeProto) -> str:
+    """The part of the ViT a node belongs to, named like the stages `validate --localize` reports.
+
+    The dynamo exporter records each node's module path; a graph without it (another exporter)
+    falls back to one unit per node.
+    """
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+    block = None
+    for match in _BLOCK.finditer(scopes):
+        block = f"block {match[1]} {'attention' if match[2] == 'attention' else 'mlp'}"
+    if block:
+        return block
+    if ".embeddings" in scopes:
+        return "embeddings"
+    if "classifier" in scopes:
+        return "classifier"
+    return node.name
+
+
+def quantizable_units(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """{unit: [node names]} for every MatMul/Gemm/Conv, weight x activation and activation x activation."""
+    units: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type in _QUANTIZABLE:
+            units.setdefault(unit_of(node), []).append(node.name)
+    return units
+
+
+def _weight_nodes(model: onnx.ModelProto) -> list[str]:
+    """MatMul/Gemm/Conv nodes with a constant weight: the `safe` set."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node
-            if n.op_type in ("MatMul", "Gemm", "Conv") and any(i in constants for i in n.input[1:2])]
+    return [n.name for n in model.graph.node if n.op_type in _QUANTIZABLE and any(i in constants for i in n.input[1:2])]
 
 
-def to_int8_static(source: Path, target: Path, input_name: str, pixels: np.ndarray, *,
-                   method: str = "minmax", preset: str = "safe") -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+class StaticQuantizer:
+    """Calibrate once, then quantize any subset of nodes in seconds (QDQ, U8 activations, S8 weights).
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
+    Choices, each measured on this project's default model (2-vCPU AMD EPYC with AVX-512 VNNI):
+    - activations uint8, weights int8 per channel: onnxruntime's MLAS runs U8S8 GEMMs on VNNI at
+      1.7 TOP/s but S8S8 at 0.09 TOP/s (a 20x gap; `benchmarks/roofs.py`), which is why the
+      first static artifact (S8S8) was no faster than fp32;
+    - MatMul/Gemm/Conv outputs stay float: ORT then fuses DQ -> MatMul into one
+      MatMulIntegerToFloat instead of QLinearMatMul -> DequantizeLinear, which is faster and
+      rounds once less;
+    - only MatMul/Gemm/Conv are quantized: LayerNorm, Softmax, GELU and the residual adds have no
+      int8 kernels on ORT's CPU provider, so quantizing them only adds rounding (FQ-ViT: ViT-B
+      MinMax W8A8 23.6% vs 84.5% fp32).
+    """
+
+    def __init__(self, source: Path, workdir: Path, input_name: str, pixels: np.ndarray, method: str = "minmax",
+                 op_types: tuple[str, ...] | None = _QUANTIZABLE) -> None:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+        self._prepared = _preprocessed(source, workdir / "prepared.onnx")
+        self.model = onnx.load(str(self._prepared))
+        if op_types is None:  # every op type onnxruntime has a QDQ rule for
+            from onnxruntime.quantization.registry import QDQRegistry
+
+            op_types = tuple(QDQRegistry)
+        self._op_types = list(op_types)
+        calibrator = create_calibrator(
+            self._prepared, self._op_types, augmented_model_path=str(workdir / "augmented.onnx"),
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method])
+        calibrator.collect_data(_Batches(input_name, pixels))
+        self._ranges = calibrator.compute_data()
+        del calibrator
+
+    def quantize(self, nodes: list[str] | None) -> onnx.ModelProto:
+        """The QDQ model quantizing `nodes` (None: every node of the calibrated op types)."""
+        if nodes is not None and not nodes:  # ORT reads an empty list as "no restriction"
+            return copy.deepcopy(self.model)
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+        quantizer = QDQQuantizer(
+            copy.deepcopy(self.model), True, False, QuantType.QInt8, QuantType.QUInt8, self._ranges, nodes or [], [],
+            self._op_types, {"ActivationSymmetric": False, "WeightSymmetric": True,
+                                 "OpTypesToExcludeOutputQuantization": list(_QUANTIZABLE)})
+        quantizer.quantize_model()
+        return quantizer.model.model
+
+
+@dataclass(frozen=True)
+class StaticPlan:
+    """Which nodes a static int8 artifact quantizes and, for `auto`, the evidence for what stayed float."""
+
+    preset: str
+    nodes: list[str] | None  # None: every op ORT can quantize (`full`)
+    kept_float: list[str] = field(default_factory=list)  # auto: the units left in float, most sensitive first
+    sensitivity: dict[str, float] = field(default_factory=dict)  # auto: unit -> q90 |Δlogit| quantized alone
+    fit: dict | None = None  # auto: the target and what the chosen plan reached on the calibration images
+
+    def manifest(self) -> dict:
+        out = {"preset": self.preset, "activations": "uint8 (per tensor)", "weights": "int8 (per channel)",
+               "quantized_nodes": "every op onnxruntime can" if self.nodes is None else len(self.nodes)}
+        if self.preset == "auto":
+            out |= {"kept_float": self.kept_float, "fit": self.fit,
+                    "sensitivity_q90_abs_logit_diff_alone": self.sensitivity}
+        return out
+
+
+def _logits(model: onnx.ModelProto, input_name: str, pixels: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {input_name: pixels[i : i + 16]})[0] for i in range(0, len(pixels), 16)])
+
+
+def plan_auto(quantizer: StaticQuantizer, input_name: str, pixels: np.ndarray, target: float,
+              progress: Callable[[str], None] = lambda message: None) -> StaticPlan:
+    """Quantize as much as possible while the calibration logits stay within `target`.
+
+    If quantizing every unit meets the target, that is the plan. Otherwise sensitivity is
+    measured, not assumed: each unit (a block's attention, a block's MLP, the
+    patch embedding, the classifier) is quantized alone and its q90 |Δlogit| against the float
+    model on the calibration images is its sensitivity. The most sensitive units are then kept in
+    float, fewest first (a binary search over how many), until the whole artifact has q90 |Δlogit|
+    <= target and no top-1 flip on those images. Validation must use other images.
+    """
+    reference = _logits(quantizer.model, input_name, pixels)
+
+    def error(nodes: list[str]) -> tuple[float, int]:
+        logits = _logits(quantizer.quantize(nodes), input_name, pixels)
+        flips = int((logits.argmax(1) != reference.argmax(1)).sum())
+        return float(np.quantile(np.abs(logits - reference), 0.9)), flips
+
+    units = quantizable_units(quantizer.model)
+    fit = {"target_q90_abs_logit_diff": target, "calibration_images": len(pixels), "units": len(units)}
+    everything = [n for nodes in units.values() for n in nodes]
+    progress(f"fit: all {len(units)} units int8")
+    q90, flips = error(everything)
+    if q90 <= target and flips == 0:  # nothing needs to stay float: skip the sensitivity scan
+        return StaticPlan("auto", everything, fit=fit | {"q90_abs_logit_diff": round(q90, 5), "flips": flips})
+    alone = {}
+    for i, (unit, nodes) in enumerate(units.items(), 1):
+        progress(f"sensitivity {i}/{len(units)}: {unit}")
+        alone[unit] = error(nodes)[0]
+    order = sorted(units, key=alone.__getitem__, reverse=True)
+
+    def nodes_without(k: int) -> list[str]:
+        return [n for unit in order[k:] for n in units[unit]]
+
+    low, high, reached = 1, len(order), {len(order): (0.0, 0)}  # all float is the float model itself
+    while low < high:
+        k = (low + high) // 2
+        progress(f"fit: {k} of {len(order)} units float")
+        q90, flips = reached[k] = error(nodes_without(k))
+        if q90 <= target and flips == 0:
+            high = k
+        else:
+            low = k + 1
+    q90, flips = reached.get(low) or error(nodes_without(low))
+    return StaticPlan("auto", nodes_without(low), kept_float=order[:low],
+                      sensitivity={u: round(alone[u], 5) for u in order},
+                      fit=fit | {"q90_abs_logit_diff": round(q90, 5), "flips": flips})
+
+
+def to_int8_static(source: Path, target: Path, input_name: str, pixels: np.ndarray, *, method: str = "minmax",
+                   preset: str = "safe", auto_target: float = 0.19,
+                   progress: Callable[[str], None] = lambda message: None) -> StaticPlan:
+    import onnx
+
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = _preprocessed(source, Path(tmp) / "prepared.onnx")
-        options = {}
+        quantizer = StaticQuantizer(source, Path(tmp), input_name, pixels, method,
+                                    op_types=None if preset == "full" else _QUANTIZABLE)
         if preset == "safe":
-            options["nodes_to_quantize"] = _weight_matmuls_and_convs(prepared)
-        quantize_static(
-            str(prepared), str(target), _Batches(input_name, pixels), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=calibrate, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            **options,
-        )
-    return target
+            plan = StaticPlan("safe", _weight_nodes(quantizer.model))
+        elif preset == "auto":
+            plan = plan_auto(quantizer, input_name, pixels, auto_target, progress)
+        else:
+            plan = StaticPlan("full", None)
+        onnx.save(quantizer.quantize(plan.nodes), str(target))
+    return plan

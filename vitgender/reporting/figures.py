@@ -89,16 +89,30 @@ def stage_curve(stages: Sequence[dict], title: str) -> str:
     return _svg(fig)
 
 
-def bench(series: dict[str, list[tuple[float, float]]], points: Sequence[tuple[float, float, str]],
-          largest_batch: int) -> str:
-    """`vitgender bench --plot`: images/s per batch size, and top-1 agreement against speed."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.4))
-    for name, line in series.items():
-        left.plot([p[0] for p in line], [p[1] for p in line], marker="o", label=name)
-    left.set(title="images/s vs batch size", xlabel="batch size", ylabel="images/s")
-    left.legend(fontsize=6, ncol=2)
-    for x, y, name in points:
-        right.scatter([x], [y], s=14)
-        right.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    right.set(title=f"top-1 agreement vs images/s (batch {largest_batch})", xlabel="images/s", ylabel="top-1 agreement")
+def bench(names: Sequence[str], throughput: dict[str, dict[int, float]],
+          roof: dict[str, tuple[float, str, float]], largest_batch: int) -> str:
+    """`vitgender bench --plot`: horizontal bars, one row per candidate (readable with 20+).
+
+    Left: images/s at each batch size. Right: % of the measured roof for the candidate's
+    arithmetic at the largest batch, annotated with its top-1 agreement with PyTorch.
+    """
+    import numpy as np
+
+    rows = np.arange(len(names))
+    batches = sorted({b for per in throughput.values() for b in per})
+    height = 0.8 / len(batches)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 1.2 + 0.32 * len(names)), sharey=True)
+    for i, batch in enumerate(batches):
+        left.barh(rows + (i - (len(batches) - 1) / 2) * height, [throughput[n].get(batch, 0) for n in names],
+                  height=height, label=f"batch {batch}")
+    left.set(yticks=rows, title="images/s", xlabel="images/s")
+    left.set_yticklabels(names, fontsize=7)
+    left.legend(fontsize=7, loc="lower right")
+    colours = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+    right.barh(rows, [roof[n][0] for n in names], color=[colours.get(roof[n][1], "tab:gray") for n in names])
+    for row, name in zip(rows, names):
+        right.annotate(f"{roof[name][1]}, agreement {roof[name][2]:.0%}", (roof[name][0], row), fontsize=6,
+                       xytext=(3, -2), textcoords="offset points")
+    right.set(title=f"% of the measured roof for its arithmetic (batch {largest_batch})", xlabel="% of roof")
+    right.set_xlim(0, max(100.0, 1.35 * max(roof[n][0] for n in names)))
     return _svg(fig)

@@ -35,7 +35,7 @@ KINDS = {"max_abs_logit_diff": "max", "mean_abs_logit_diff": "max", "p99_abs_log
          "q90_abs_logit_diff": "max", "max_abs_prob_diff": "max", "q90_abs_prob_diff": "max",
          "cosine_min": "min", "cosine_mean": "min", "top1_agreement": "min", "flip_rate_lower99": "max",
          "confident_flip_rate_lower99": "max", "accuracy_worse_p": "min", "accuracy_drop": "max",
-         "flips_far_from_boundary": "max"}
+         "flips_far_from_boundary": "max", "batch_max_abs_logit_diff": "max"}
 
 
 def load_budgets(path: Path | None) -> dict[str, dict[str, float]]:

@@ -23,6 +23,7 @@ from vitgender.runtimes import open_runner, runtime_for
 from vitgender.data import Sample, load_labelled
 from vitgender.precision import Precision
 from vitgender.validators import budgets as budgets_mod
+from vitgender.validators.batching import batch_variation
 from vitgender.validators.checks import ArtifactResult, Check, ValidationResult
 from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
 from vitgender.validators.inventory import check_precision, inventory
@@ -116,6 +117,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
         return result
     result.metrics = compare_logits(ref_logits, logits, labels, names)
     result.metrics["latency_ms_per_image"] = round(latency, 3)
+    result.metrics.update(batch_variation(runner.run, pixels))
     result.histogram = logit_diff_histogram(ref_logits, logits)
     result.probabilities = {"torch": apply_function(ref_logits, "softmax")[:, 0].tolist(),
                             "artifact": apply_function(np.nan_to_num(logits), "softmax")[:, 0].tolist()}

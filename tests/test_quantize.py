@@ -1,0 +1,73 @@
+"""Static int8: the kernels it picks, batch invariance, and the sensitivity-guided `auto` preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="quantization needs the export extra: pip install .[export]")
+
+from vitgender.exporters import ExportOptions, main_export  # noqa: E402
+from vitgender.exporters.manifest import read_manifest  # noqa: E402
+from vitgender.runtimes import open_runner  # noqa: E402
+from vitgender.validators.batching import batch_variation  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def static_and_dynamic(tiny_model, tmp_path_factory) -> Path:
+    return main_export(tiny_model, tmp_path_factory.mktemp("quant") / "q", "onnx-int8-static,onnx-int8-dynamic")
+
+
+def test_static_int8_runs_uint8_activations_and_float_gemm_outputs(static_and_dynamic):
+    """U8S8 is what MLAS runs fast on VNNI; float MatMul outputs let ORT fuse DQ+MatMul into MatMulIntegerToFloat."""
+    import onnx
+
+    model = onnx.load(str(static_and_dynamic / "model_int8_static.onnx"))
+    initializers = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    activation_zero_points, weight_types = set(), set()
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":  # activations are quantized at run time, weights are stored quantized
+            activation_zero_points.add(initializers[node.input[2]].data_type)
+            assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type not in ("MatMul", "Gemm")
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+            weight_types.add(initializers[node.input[0]].data_type)
+    assert activation_zero_points == {onnx.TensorProto.UINT8}
+    assert onnx.TensorProto.INT8 in weight_types
+    plan = next(a for a in read_manifest(static_and_dynamic)["artifacts"] if a["name"] == "onnx-int8-static")
+    assert plan["quantization"]["preset"] == "safe" and plan["quantization"]["activations"].startswith("uint8")
+
+
+def test_static_int8_answers_the_same_whatever_the_batch(static_and_dynamic):
+    pixels = np.random.default_rng(0).normal(size=(40, 3, 32, 32)).astype(np.float32)
+    static = open_runner("onnx", static_and_dynamic / "model_int8_static.onnx")
+    assert batch_variation(static.run, pixels)["batch_max_abs_logit_diff"] <= 1e-5
+    # the check can see what it is for: dynamic int8 derives its activation scale from the whole batch
+    dynamic = open_runner("onnx", static_and_dynamic / "model_int8_dynamic.onnx")
+    assert batch_variation(dynamic.run, pixels * np.linspace(0.2, 5, 40, dtype=np.float32)[:, None, None, None]
+                           )["batch_max_abs_logit_diff"] > 1e-4
+
+
+def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_model, tmp_path):
+    def auto(target: float) -> dict:
+        out = main_export(tiny_model, tmp_path / str(target), "onnx-int8-static",
+                          ExportOptions(quant_preset="auto", quant_target=target))
+        return read_manifest(out)["artifacts"][0]["quantization"]
+
+    loose = auto(100.0)  # everything int8 meets it: no sensitivity scan needed
+    assert loose["kept_float"] == [] and loose["fit"]["q90_abs_logit_diff"] <= 100.0
+    assert loose["quantized_nodes"] == 2 * 8 + 2  # per block q, k, v, scores, context, out, fc1, fc2; conv; classifier
+
+    target = loose["fit"]["q90_abs_logit_diff"] / 3
+    plan = auto(target)
+    sensitivity = plan["sensitivity_q90_abs_logit_diff_alone"]
+    # units are the stages `validate --localize` names; every one was measured alone
+    assert set(sensitivity) == {"embeddings", "block 0 attention", "block 0 mlp", "block 1 attention", "block 1 mlp",
+                                "classifier"}
+    kept = plan["kept_float"]
+    assert 0 < len(kept) < len(sensitivity), plan  # some float, not all: the search did its job
+    assert kept == sorted(sensitivity, key=sensitivity.get, reverse=True)[: len(kept)]
+    assert plan["fit"]["q90_abs_logit_diff"] <= target and plan["fit"]["flips"] == 0
+    assert plan["quantized_nodes"] < loose["quantized_nodes"] and plan["fit"]["calibration_images"] == 64

@@ -1,0 +1,92 @@
+"""The machine's arithmetic roofs, measured: how fast can a GEMM go here in fp32, fp16 and int8?
+
+`vitgender bench` reports every candidate as a share of the roof for the arithmetic it computes
+in, so the roof must be measured on this machine in the same run, never derived from a clock
+and an assumed number of FMA pipes (that estimate was exceeded by 17% by ORT on an EPYC).
+Each roof is the best of the libraries the runtimes use (PyTorch's oneDNN/MKL, onnxruntime's
+MLAS) on two shapes: the ViT's own MLP GEMM at the benchmark's largest batch, and a square
+GEMM. int8 is uint8 x int8 with int32 accumulation, what ORT runs for quantized MatMuls (MLAS
+runs int8 x int8 some 20x slower on VNNI machines, which is why artifacts use uint8 activations).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+SQUARE = 2048
+
+
+def _rate(fn: Callable[[], object], ops: float, seconds: float) -> float:
+    """Best-of-window GOP/s: the roof is what the machine can do, so noise only lowers it."""
+    fn()
+    best, stop = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        began = time.perf_counter()
+        fn()
+        best = max(best, ops / (time.perf_counter() - began) / 1e9)
+    return best
+
+
+def _ort_session(m: int, k: int, n: int, integer: bool, threads: int):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if integer:
+        weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w")
+        node, x_type, y_type = helper.make_node("MatMulInteger", ["x", "w"], ["y"]), TensorProto.UINT8, TensorProto.INT32
+    else:
+        weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
+        node, x_type, y_type = helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", x_type, [m, k])],
+                              [helper.make_tensor_value_info("y", y_type, None)], initializer=[weight])
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def gemm_rates(m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16: bool = True) -> dict[str, dict[str, float]]:
+    """{arithmetic: {library: GOP/s}} for one (m x k) @ (k x n) GEMM.
+
+    fp16 is PyTorch only (what the transformers pipeline runs a float16 checkpoint in); ORT and
+    LiteRT have no fp16 GEMM on x86 and run fp16 artifacts in fp32 after upcasting the weights.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    ops = 2.0 * m * k * n
+    rng = np.random.default_rng(0)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    ah, bh = a.half(), b.half()
+    out = {"fp32": {"torch": _rate(lambda: a @ b, ops, seconds)},
+           "fp16": {"torch": _rate(lambda: ah @ bh, ops, seconds)} if fp16 else {}, "int8": {}}
+    ai, bi = torch.randint(-128, 128, (m, k), dtype=torch.int8), torch.randint(-128, 128, (k, n), dtype=torch.int8)
+    try:
+        out["int8"]["torch"] = _rate(lambda: torch._int_mm(ai, bi), ops, seconds)
+    except RuntimeError:  # no int8 GEMM kernel for this shape/CPU in this torch build
+        pass
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    session = _ort_session(m, k, n, False, threads)
+    out["fp32"]["onnxruntime"] = _rate(lambda: session.run(None, {"x": x}), ops, seconds)
+    xu = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    session_int = _ort_session(m, k, n, True, threads)
+    out["int8"]["onnxruntime"] = _rate(lambda: session_int.run(None, {"x": xu}), ops, seconds)
+    return {arith: {lib: round(v, 1) for lib, v in libs.items()} for arith, libs in out.items()}
+
+
+def measure_roofs(hidden: int, intermediate: int, tokens: int, batch: int, threads: int, seconds: float = 1.0) -> dict:
+    """Roofs per arithmetic (best over shapes and libraries) with every measurement behind them."""
+    shapes = {"vit_mlp": (batch * tokens, hidden, intermediate), "square": (SQUARE, SQUARE, SQUARE)}
+    # fp16 only on the model's own shape: a square fp16 GEMM takes minutes on CPUs without fp16 units
+    measured = {name: {"shape": list(shape), **gemm_rates(*shape, threads, seconds, fp16=name == "vit_mlp")}
+                for name, shape in shapes.items()}
+    roofs = {}
+    for arith in ("fp32", "fp16", "int8"):
+        candidates = [(rate, shape, lib) for shape, m in measured.items() for lib, rate in m[arith].items()]
+        rate, shape, lib = max(candidates)
+        roofs[arith] = {"gops": rate, "shape": shape, "library": lib}
+    return {"roofs": roofs, "measured": measured, "threads": threads}
