@@ -71,3 +71,26 @@ def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_
     assert kept == sorted(sensitivity, key=sensitivity.get, reverse=True)[: len(kept)]
     assert plan["fit"]["q90_abs_logit_diff"] <= target and plan["fit"]["flips"] == 0
     assert plan["quantized_nodes"] < loose["quantized_nodes"] and plan["fit"]["calibration_images"] == 64
+
+
+def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8_io(tiny_model, tmp_path):
+    """XNNPACK has no int8 LayerNorm/Softmax/GELU; as int8 they ran on reference kernels (3x slower)."""
+    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from vitgender.exporters.main import ExportOptions
+    from vitgender.validators.inventory import tflite_inventory
+
+    out = main_export(tiny_model, tmp_path / "tfl", "tflite-int8", ExportOptions(tflite_int8_io=True))
+    entry = read_manifest(out)["artifacts"][0]
+    assert entry["quantization"]["float_ops"][:2] == ["SOFTMAX", "GELU"]
+    assert entry["quantization"]["float_layer_norm_nodes"] > 0  # found by onnx2tf's layer names
+    details = Interpreter(model_path=str(out / "model_int8.tflite")).get_input_details()[0]
+    assert entry["input"]["dtype"] == "int8" and details["dtype"] == np.int8  # the manifest says what the file takes
+    ops = tflite_inventory(out / "model_int8.tflite")["op_counts"]
+    assert ops.get("SOFTMAX") and ops.get("FULLY_CONNECTED")
+    # int8 I/O only moves the input quantization out of the graph: same answers as float I/O
+    float_io = main_export(tiny_model, tmp_path / "float-io", "tflite-int8")
+    pixels = np.random.default_rng(0).uniform(-1, 1, size=(4, 3, 32, 32)).astype(np.float32)  # like normalised images
+    int8_logits = open_runner("tflite", out / "model_int8.tflite").run(pixels)
+    np.testing.assert_allclose(int8_logits, open_runner("tflite", float_io / "model_int8.tflite").run(pixels), atol=1e-6)

@@ -143,11 +143,13 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     savedmodel = next((ctx.target(s) for s in specs if s.runtime == "savedmodel"), work / "saved_model")
     tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
     int8_wanted = any(s.needs_calibration for s in specs)
-    seconds = tfx.convert(ctx.base_onnx, work, savedmodel, tflite, input_name=ctx.export_config.input_name,
+    converted = tfx.convert(ctx.base_onnx, work, savedmodel, tflite, input_name=ctx.export_config.input_name,
                           shape=(ctx.checkpoint.architecture.num_channels, pre.height, pre.width),
                           representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8_wanted else None,
                           int8_io=ctx.options.tflite_int8_io)
     shutil.rmtree(work, ignore_errors=True)
     int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
+    seconds, plans = converted["seconds"], converted["quantization"]
     return {s.name: Built(seconds["savedmodel" if s.runtime == "savedmodel" else s.precision.value],
-                          int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None) for s in specs}
+                          int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None,
+                          plans.get(s.precision.value) if s.runtime == "tflite" else None) for s in specs}
