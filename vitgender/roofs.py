@@ -5,8 +5,9 @@ in, so the roof must be measured on this machine in the same run, never derived 
 and an assumed number of FMA pipes (that estimate was exceeded by 17% by ORT on an EPYC).
 Each roof is the best of the libraries the runtimes use (PyTorch's oneDNN/MKL, onnxruntime's
 MLAS) on two shapes: the ViT's own MLP GEMM at the benchmark's largest batch, and a square
-GEMM. int8 is uint8 x int8 with int32 accumulation, what ORT runs for quantized MatMuls (MLAS
-runs int8 x int8 some 20x slower on VNNI machines, which is why artifacts use uint8 activations).
+GEMM. int8 is uint8 x int8 with int32 accumulation, what ORT runs for quantized MatMuls; ORT's
+int8 x int8 kernel is measured beside it (`int8_s8s8`, not a roof) because it was 20x slower on
+this project's AVX-512 VNNI machine, which is why artifacts use uint8 activations.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ def _rate(fn: Callable[[], object], ops: float, seconds: float) -> float:
     return best
 
 
-def _ort_session(m: int, k: int, n: int, integer: bool, threads: int):
+def _ort_session(m: int, k: int, n: int, integer: bool, threads: int, signed_activations: bool = False):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     if integer:
         weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w")
-        node, x_type, y_type = helper.make_node("MatMulInteger", ["x", "w"], ["y"]), TensorProto.UINT8, TensorProto.INT32
+        x_type = TensorProto.INT8 if signed_activations else TensorProto.UINT8
+        node, y_type = helper.make_node("MatMulInteger", ["x", "w"], ["y"]), TensorProto.INT32
     else:
         weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
         node, x_type, y_type = helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT
@@ -75,6 +77,10 @@ def gemm_rates(m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16:
     xu = rng.integers(0, 256, (m, k), dtype=np.uint8)
     session_int = _ort_session(m, k, n, True, threads)
     out["int8"]["onnxruntime"] = _rate(lambda: session_int.run(None, {"x": xu}), ops, seconds)
+    # not a roof: the int8 x int8 kernel ORT would run for signed activations, measured to show why artifacts use uint8
+    xs = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    session_s8 = _ort_session(m, k, n, True, threads, signed_activations=True)
+    out["int8_s8s8"] = {"onnxruntime": _rate(lambda: session_s8.run(None, {"x": xs}), ops, seconds)}
     return {arith: {lib: round(v, 1) for lib, v in libs.items()} for arith, libs in out.items()}
 
 

@@ -153,3 +153,39 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     return {s.name: Built(seconds["savedmodel" if s.runtime == "savedmodel" else s.precision.value],
                           int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None,
                           plans.get(s.precision.value) if s.runtime == "tflite" else None) for s in specs}
+
+
+def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
+    """torch.export -> (PT2E int8, calibrated) -> XNNPACK-lowered .pte, in the ExecuTorch environment.
+
+    Runs `vitgender.executorch_worker export` under `.venv-executorch` (see `vitgender.toolchains`):
+    the checkpoint is read there from its directory, the calibration pixels from a .npy file.
+    """
+    import json
+    import subprocess
+
+    from vitgender.toolchains import executorch_command
+
+    work = ctx.scratch / ".executorch-work"
+    work.mkdir(exist_ok=True)
+    pre, arch = ctx.checkpoint.preprocess, ctx.checkpoint.architecture
+    built = {}
+    for spec in specs:
+        began = time.perf_counter()
+        job = {"checkpoint": str(ctx.checkpoint.directory), "target": str(ctx.target(spec).resolve()),
+               "precision": spec.precision.value, "shape": [arch.num_channels, pre.height, pre.width]}
+        if spec.needs_calibration:
+            np.save(work / "calibration.npy", ctx.calibration.pixels)
+            job["calibration"] = str((work / "calibration.npy").resolve())
+        (work / "job.json").write_text(json.dumps(job))
+        argv, env = executorch_command("export", str((work / "job.json").resolve()))
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=work)
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("[", "W1", "I1"))]
+            raise RuntimeError(f"ExecuTorch export exit code {result.returncode}: " + " | ".join(lines[-2:])[:400])
+        lowered = json.loads(result.stdout.strip().splitlines()[-1])
+        built[spec.name] = Built(round(time.perf_counter() - began, 2), quantization=(
+            {"scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights", **lowered}
+            if spec.precision is Precision.INT8 else None))
+    shutil.rmtree(work, ignore_errors=True)
+    return built

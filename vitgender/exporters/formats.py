@@ -38,6 +38,7 @@ class ArtifactSpec:
 
 _ORT_QUANT = "onnxruntime.quantization"
 _TFLITE = "tf.lite.TFLiteConverter from the SavedModel (built-in ops only)"
+_EXECUTORCH = "torch.export + executorch to_edge_transform_and_lower (XNNPACK), dynamic batch 1-32"
 _SPECS = (
     ArtifactSpec("onnx", "onnx", Precision.FP32, "model.onnx", builders.copy_base_onnx, "torch.onnx.export (dynamo)"),
     ArtifactSpec("onnx-fp16", "onnx", Precision.FP16, "model_fp16.onnx", builders.onnx_fp16,
@@ -58,6 +59,9 @@ _SPECS = (
                  builders.tensorflow, _TFLITE, layout=InputLayout.NHWC_BATCH1),
     ArtifactSpec("tflite-int8", "tflite", Precision.INT8, "model_int8.tflite", builders.tensorflow, _TFLITE,
                  layout=InputLayout.NHWC_BATCH1, needs_calibration=True),
+    ArtifactSpec("executorch", "executorch", Precision.FP32, "model.pte", builders.executorch, _EXECUTORCH),
+    ArtifactSpec("executorch-int8", "executorch", Precision.INT8, "model_int8.pte", builders.executorch,
+                 _EXECUTORCH + " + PT2E int8", needs_calibration=True),
     # transformers.js / optimum layout: web/{config,preprocessor_config}.json + web/onnx/*.onnx
     ArtifactSpec("web-onnx", "onnx", Precision.FP32, "web/onnx/model.onnx", builders.web(builders.copy_base_onnx),
                  "torch.onnx.export (dynamo)"),
@@ -72,6 +76,7 @@ GROUPS: dict[str, list[str]] = {
     "onnx-all": [s.name for s in _SPECS if s.name.startswith("onnx")],
     "tf": [s.name for s in _SPECS if s.runtime in ("savedmodel", "tflite")],
     "web": [s.name for s in _SPECS if s.name.startswith("web-")],
+    "mobile": [s.name for s in _SPECS if s.runtime in ("tflite", "executorch")],
 }
 
 

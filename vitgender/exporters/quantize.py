@@ -113,8 +113,8 @@ class StaticQuantizer:
 
     Choices, each measured on this project's default model (2-vCPU AMD EPYC with AVX-512 VNNI):
     - activations uint8, weights int8 per channel: onnxruntime's MLAS runs U8S8 GEMMs on VNNI at
-      1.7 TOP/s but S8S8 at 0.09 TOP/s (a 20x gap; `benchmarks/roofs.py`), which is why the
-      first static artifact (S8S8) was no faster than fp32;
+      1.7 TOP/s but S8S8 at 0.09 TOP/s (a 20x gap; `vitgender bench` measures both, see
+      `vitgender.roofs`), which is why the first static artifact (S8S8) was no faster than fp32;
     - MatMul/Gemm/Conv outputs stay float: ORT then fuses DQ -> MatMul into one
       MatMulIntegerToFloat instead of QLinearMatMul -> DequantizeLinear, which is faster and
       rounds once less;

@@ -107,5 +107,7 @@ register_runtime(Runtime("tflite", _opener("vitgender.runtimes.tflite_runner", "
                          lambda p: p.suffix == ".tflite"))
 register_runtime(Runtime("savedmodel", _opener("vitgender.runtimes.savedmodel_runner", "SavedModelRunner"),
                          lambda p: (p / "saved_model.pb").is_file()))
+register_runtime(Runtime("executorch", _opener("vitgender.runtimes.executorch_runner", "ExecuTorchRunner"),
+                         lambda p: p.suffix == ".pte"))
 register_runtime(Runtime("torch", _opener("vitgender.runtimes.torch_runner", "TorchRunner"),
                          lambda p: (p / "config.json").is_file()))

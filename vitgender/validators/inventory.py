@@ -70,13 +70,29 @@ def tflite_inventory(path: Path) -> dict:
             "op_counts": op_counts}
 
 
+def executorch_inventory(path: Path) -> dict:
+    """Weight bytes by dtype from the XNNPACK graphs inside the .pte (decoded in the ExecuTorch environment)."""
+    import json
+    import subprocess
+
+    from vitgender.errors import ToolchainError
+    from vitgender.toolchains import executorch_command
+
+    argv, env = executorch_command("inventory", str(path))
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise ToolchainError(str(path), "cannot read the ExecuTorch program's weights: "
+                                        + (result.stderr.strip().splitlines() or ["?"])[-1][:200])
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    weights = Counter(found["weight_bytes_by_dtype"])
+    return {"weight_bytes_by_dtype": dict(weights), "weight_share_by_dtype": _weight_bytes_share(weights),
+            "quantization_ops": {}, "op_counts": found["op_counts"], "delegates": found["delegates"]}
+
+
 def inventory(path: Path, runtime: str) -> dict | None:
     """What the file holds, for the runtimes whose files can be read without running them."""
-    if runtime == "onnx":
-        return onnx_inventory(path)
-    if runtime == "tflite":
-        return tflite_inventory(path)
-    return None
+    readers = {"onnx": onnx_inventory, "tflite": tflite_inventory, "executorch": executorch_inventory}
+    return readers[runtime](path) if runtime in readers else None
 
 
 def check_precision(inv: dict, precision: Precision, minimum_share: float = 0.25) -> Check:

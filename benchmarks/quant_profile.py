@@ -1,0 +1,83 @@
+"""Where an int8 artifact spends its time: ORT's profiler for .onnx, XNNPACK coverage for .tflite.
+
+For an ONNX file: per op type, its share of kernel time at `--batch` (after warm-up), with the
+node count, from onnxruntime's own profiler, i.e. the graph ORT really runs after its fusions
+(it shows QLinearMatMul vs MatMulIntegerToFloat, leftover Quantize/DequantizeLinear, float GELU).
+For a TFLite file: how many XNNPACK partitions LiteRT makes and which ops stay on LiteRT's builtin
+reference kernels (an int8 LayerNorm/Softmax/GELU there split the graph into 76 partitions).
+
+    .venv/bin/python benchmarks/quant_profile.py artifacts/vitgender-default/model_int8_static.onnx \\
+        artifacts/vitgender-default/model_int8_dynamic.onnx artifacts/vitgender-default/model_int8.tflite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.bench import machine
+
+
+def onnx_profile(path: Path, batch: int, runs: int = 5) -> list[tuple[str, float, int]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        shape = [batch if not isinstance(d, int) else d for d in session.get_inputs()[0].shape]
+        dtype = np.uint8 if "uint8" in session.get_inputs()[0].type else np.float32
+        x = np.random.default_rng(0).normal(size=shape).astype(dtype)
+        for _ in range(runs):  # the first run (warm-up) is among them: shares, not absolute times, are reported
+            session.run(None, {session.get_inputs()[0].name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    time, count = Counter(), Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            time[event["args"]["op_name"]] += event["dur"]
+            count[event["args"]["op_name"]] += 1
+    total = sum(time.values()) or 1
+    return [(op, 100 * t / total, count[op] // runs) for op, t in time.most_common()]
+
+
+def tflite_coverage(path: Path) -> tuple[int, int, Counter]:
+    """(original ops, XNNPACK partitions, ops left on builtin kernels by type)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only view of the delegated graph
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    originals = [o for o in ops if o["op_name"] != "DELEGATE"]
+    delegated = {int(t) for o in delegates for t in o["outputs"]}
+    builtin = Counter(o["op_name"] for o in originals if not {int(t) for t in o["outputs"]} <= delegated)
+    return len(originals), len(delegates), builtin
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifacts", nargs="+", type=Path)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, ISA flags: {' '.join(m['isa'])}")
+    for path in args.artifacts:
+        if path.suffix == ".onnx":
+            print(f"\n{path.name} (ORT profiler, batch {args.batch}): op type, % of kernel time, nodes")
+            for op, share, n in onnx_profile(path, args.batch):
+                if share >= 0.5:
+                    print(f"  {op:<28} {share:5.1f}%  {n}")
+        elif path.suffix == ".tflite":
+            total, partitions, builtin = tflite_coverage(path)
+            print(f"\n{path.name}: {total} ops, {partitions} XNNPACK partitions, on builtin kernels: {dict(builtin)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""ExecuTorch: .pte export (fp32 and PT2E int8) and its runner, across the environment boundary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
+
+from vitgender.errors import ExitCode  # noqa: E402
+from vitgender.exporters import main_export  # noqa: E402
+from vitgender.exporters.manifest import read_manifest  # noqa: E402
+from vitgender.runtimes import open_runner, runtime_for  # noqa: E402
+from vitgender.toolchains import EXECUTORCH_ENV, executorch_python  # noqa: E402
+
+CLI = [sys.executable, "-m", "vitgender.cli"]
+
+
+@pytest.fixture(scope="module")
+def pte(tiny_model, tmp_path_factory) -> Path:
+    try:
+        executorch_python()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no ExecuTorch environment ({exc}); scripts/setup.sh creates it")
+    return main_export(tiny_model, tmp_path_factory.mktemp("et") / "et", "executorch,executorch-int8")
+
+
+def test_pte_has_a_dynamic_batch_and_matches_torch(pte, tiny_model):
+    entries = {e["name"]: e for e in read_manifest(pte)["artifacts"]}
+    assert entries["executorch"]["path"] == "model.pte" and entries["executorch-int8"]["precision"] == "int8"
+    assert entries["executorch-int8"]["quantization"]["delegates"] >= 1
+    assert runtime_for(pte / "model.pte") == "executorch"
+    torch_runner = open_runner("torch", tiny_model)
+    runner = open_runner("executorch", pte / "model.pte")
+    rng = np.random.default_rng(0)
+    for batch in (1, 7, 32, 40):  # 40 > the exported maximum: split into 32 + 8
+        pixels = rng.uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
+        logits = runner.run(pixels)
+        assert logits.shape == (batch, 2) and np.abs(logits - torch_runner.run(pixels)).max() < 1e-4
+
+
+def test_validate_judges_pte_with_a_quantization_proof(pte):
+    result = subprocess.run([*CLI, "validate", str(pte)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    report = json.loads((pte / "validation" / "report.json").read_text())
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    int8 = by_name["executorch-int8"]
+    # weights read from the XNNPACK graphs inside the .pte: mostly 8-bit for int8, float32 for fp32
+    assert int8["inventory"]["weight_share_by_dtype"].get("int8", 0) >= 0.5
+    assert by_name["executorch"]["inventory"]["weight_share_by_dtype"].get("float32", 0) >= 0.9
+    assert {c["name"] for c in int8["checks"]} >= {"quantization_proof", "batch_max_abs_logit_diff"}
+
+
+def test_classify_runs_a_pte(pte, image_dir):
+    result = subprocess.run([*CLI, "classify", str(image_dir), "--model", str(pte / "model.pte")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 6 and all(line["predictions"][0]["label"] in ("female", "male") for line in lines)
+
+
+def test_missing_executorch_environment_is_a_toolchain_error(tiny_model, tmp_path):
+    env = {**__import__("os").environ, EXECUTORCH_ENV: str(tmp_path / "nowhere" / "python")}
+    result = subprocess.run([*CLI, "export", str(tiny_model), "--out", str(tmp_path / "x"), "--formats", "executorch"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == ExitCode.TOOLCHAIN
+    assert "no ExecuTorch environment" in result.stderr and "scripts/setup.sh" in result.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,189 @@
+"""Everything that needs ExecuTorch, run inside its own Python environment (`.venv-executorch`).
+
+ExecuTorch releases that support torch 2.13 (1.2.0-1.4.1) require numpy >= 2, while onnx2tf
+1.29.24 pins numpy 1.26.4 and MediaPipe 0.10.21 needs numpy < 2, so ExecuTorch cannot share the
+main environment. The main process starts this module with the side environment's Python
+(`vitgender.toolchains`) and talks to it over pipes. It imports nothing from vitgender but
+`processes`, so the side environment needs only torch, executorch, transformers and safetensors.
+
+    python -m vitgender.executorch_worker export JOB.json   # checkpoint -> .pte (fp32 or PT2E int8)
+    python -m vitgender.executorch_worker run MODEL.pte     # serve logits over stdin/stdout
+    python -m vitgender.executorch_worker inventory MODEL.pte  # weight bytes by dtype, as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.processes import die_with_parent
+
+MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
+
+
+def _logits_module(checkpoint: str):
+    import torch
+    from transformers import ViTForImageClassification
+
+    model = ViTForImageClassification.from_pretrained(checkpoint, attn_implementation="eager",
+                                                      torch_dtype=torch.float32).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).logits
+
+    return Logits().eval()
+
+
+def export(job: dict) -> dict:
+    """torch.export with a dynamic batch -> (PT2E int8) -> XNNPACK-lowered ExecuTorch program."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    module = _logits_module(job["checkpoint"])
+    channels, height, width = job["shape"]
+    example = (torch.zeros(2, channels, height, width),)
+    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+    with torch.no_grad():
+        if job["precision"] == "int8":
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            graph = torch.export.export(module, example, dynamic_shapes=dynamic).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            calibration = torch.from_numpy(np.load(job["calibration"]))
+            for start in range(0, len(calibration), 8):
+                prepared(calibration[start : start + 8])
+            module = convert_pt2e(prepared)
+        program = torch.export.export(module, example, dynamic_shapes=dynamic)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    Path(job["target"]).write_bytes(lowered.buffer)
+    return {"delegates": len(lowered.executorch_program.execution_plan[0].delegates)}
+
+
+def _read_exact(stream, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError
+    return data
+
+
+def send_array(stream, array: np.ndarray) -> None:
+    """Frame: 4-byte header length, JSON header {dtype, shape}, raw bytes (C order)."""
+    array = np.ascontiguousarray(array)
+    header = json.dumps({"dtype": array.dtype.str, "shape": list(array.shape)}).encode()
+    stream.write(struct.pack("<I", len(header)) + header)
+    stream.write(array.tobytes())
+    stream.flush()
+
+
+def receive_array(stream) -> np.ndarray:
+    (size,) = struct.unpack("<I", _read_exact(stream, 4))
+    header = json.loads(_read_exact(stream, size))
+    dtype = np.dtype(header["dtype"])
+    count = int(np.prod(header["shape"])) if header["shape"] else 1
+    return np.frombuffer(_read_exact(stream, count * dtype.itemsize), dtype).reshape(header["shape"])
+
+
+def serve(pte: str) -> None:
+    """Load the program once, then answer pixel_values with logits until stdin closes."""
+    import torch
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(pte).load_method("forward")
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    send_array(stdout, np.zeros(0, np.float32))  # ready
+    while True:
+        try:
+            pixels = receive_array(stdin)
+        except EOFError:
+            return
+        outputs = [method.execute([torch.from_numpy(pixels[i : i + MAX_BATCH].copy())])[0].numpy()
+                   for i in range(0, len(pixels), MAX_BATCH)]
+        send_array(stdout, np.concatenate(outputs).astype(np.float32))
+
+
+# XNNPACK value datatypes (backends/xnnpack/serialization/schema.fbs) -> bytes per element
+_XNN_BYTES = {"xnn_datatype_fp32": ("float32", 4), "xnn_datatype_fp16": ("float16", 2),
+              "xnn_datatype_bf16": ("bfloat16", 2), "xnn_datatype_qint8": ("int8", 1),
+              "xnn_datatype_quint8": ("uint8", 1), "xnn_datatype_qcint8": ("int8", 1),
+              "xnn_datatype_qint32": ("int32", 4), "xnn_datatype_qcint32": ("int32", 4),
+              "xnn_datatype_int32": ("int32", 4), "xnn_datatype_qcint4": ("int4", 0.5),
+              "xnn_datatype_qbint4": ("int4", 0.5)}
+
+
+def inventory(pte: str) -> dict:
+    """Constant (weight) bytes by dtype, read from the XNNPACK graphs inside the program.
+
+    The weights of a lowered program live in its XNNPACK delegate blobs, so the blobs'
+    flatbuffers are decoded with the schema ExecuTorch ships (flatc) and every constant tensor
+    value is counted with its element type; constants left outside a delegate are counted from
+    the program's own tensor table.
+    """
+    import tempfile
+
+    from executorch.backends.xnnpack.serialization import xnnpack_graph_serialize as xs
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(Path(pte).read_bytes()).program
+    schema = Path(xs.__file__).with_name("schema.fbs")
+    weights: dict[str, float] = {}
+    ops: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, blob in enumerate(program.backend_delegate_data):
+            data = blob.data
+            header = xs.XNNHeader.from_bytes(data[: xs.XNNHeader.EXPECTED_LENGTH])
+            graph = data[header.flatbuffer_offset : header.flatbuffer_offset + header.flatbuffer_size]
+            binary = Path(tmp) / f"g{i}.bin"
+            binary.write_bytes(graph)
+            _flatc_decompile(tmp, str(schema), str(binary), ["--raw-binary"])
+            decoded = json.loads((Path(tmp) / f"g{i}.json").read_text())
+            for node in decoded.get("xnodes", []):
+                kind = node["xnode_union_type"]
+                ops[kind] = ops.get(kind, 0) + 1
+            for value in decoded.get("xvalues", []):
+                tensor = value["xvalue_union"]
+                tensor = tensor.get("tensor_value", tensor)
+                if not tensor.get("constant_buffer_idx"):
+                    continue
+                dtype, size = _XNN_BYTES.get(tensor["datatype"], (tensor["datatype"], 4))
+                count = int(np.prod(tensor.get("dims") or [1]))
+                weights[dtype] = weights.get(dtype, 0) + count * size
+    sizes = {0: ("uint8", 1), 1: ("int8", 1), 2: ("int16", 2), 3: ("int32", 4), 4: ("int64", 8), 5: ("float16", 2),
+             6: ("float32", 4), 15: ("bfloat16", 2)}  # exir ScalarType
+    for value in program.execution_plan[0].values:  # constants the delegates did not take
+        tensor = value.val
+        if getattr(tensor, "data_buffer_idx", 0) > 0:
+            dtype, size = sizes.get(int(tensor.scalar_type), (str(tensor.scalar_type), 4))
+            weights[dtype] = weights.get(dtype, 0) + int(np.prod(tensor.sizes or [1])) * size
+    return {"weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()}, "delegates": len(program.backend_delegate_data),
+            "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+
+
+def main(argv: list[str]) -> None:
+    die_with_parent()
+    command, path = argv[1], argv[2]
+    if command == "export":
+        print(json.dumps(export(json.loads(Path(path).read_text()))))
+    elif command == "run":
+        serve(path)
+    elif command == "inventory":
+        print(json.dumps(inventory(path)))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,71 @@
+"""ExecuTorch (.pte, XNNPACK delegate) through a worker in the ExecuTorch environment.
+
+The program runs in `vitgender.executorch_worker run` under `.venv-executorch`'s Python (see
+`vitgender.toolchains` for why it has its own environment); pixel_values go to it over a pipe
+and logits come back, so `validate`, `evaluate`, `bench`, `classify` and `serve` use it like any
+other runner. Exported programs take a dynamic batch of 1-32; larger batches are split in the worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.errors import ToolchainError, UsageError
+from vitgender.executorch_worker import receive_array, send_array
+from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.sidecar import read_sidecar
+from vitgender.toolchains import executorch_command
+
+
+class ExecuTorchRunner:
+    def __init__(self, process: subprocess.Popen, info: RunnerInfo) -> None:
+        self._process = process
+        self.info = info
+        atexit.register(self.close)
+
+    @classmethod
+    def open(cls, source: str | os.PathLike | None, *, threads: int | None = None) -> ExecuTorchRunner:
+        path = Path(source) if source is not None else None
+        if path is None or not path.is_file():
+            raise UsageError(str(source), "no such .pte file")
+        if path.read_bytes()[4:8] != b"ET12":  # ExecuTorch program flatbuffer identifier
+            raise UsageError(str(path), "not an ExecuTorch program (.pte)")
+        sidecar = read_sidecar(path)
+        argv, env = executorch_command("run", str(path))
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        runner = cls(process, RunnerInfo("executorch", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
+                                         architecture=sidecar.architecture))
+        runner._receive()  # the worker says it is ready once the program is loaded
+        return runner
+
+    def _receive(self) -> np.ndarray:
+        try:
+            return receive_array(self._process.stdout)
+        except (EOFError, OSError, ValueError):
+            self._process.kill()
+            lines = [line for line in self._process.stderr.read().decode(errors="replace").splitlines()
+                     if line.strip() and not line.startswith("[")]  # "[cpuinfo_utils.cpp:87] ..." noise
+            raise ToolchainError(self.info.source, "ExecuTorch worker failed: " + (lines[-1] if lines else
+                                 f"exit code {self._process.wait()}")[:300]) from None
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        try:
+            send_array(self._process.stdin, np.asarray(pixel_values, np.float32))
+        except (BrokenPipeError, OSError):
+            pass  # the worker died: _receive reports why
+        return self._receive().copy()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
