@@ -71,3 +71,12 @@ def test_missing_executorch_environment_is_a_toolchain_error(tiny_model, tmp_pat
     assert result.returncode == ExitCode.TOOLCHAIN
     assert "no ExecuTorch environment" in result.stderr and "scripts/setup.sh" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_file_that_is_not_a_program_is_a_usage_error(tmp_path):
+    from vitgender.errors import UsageError
+
+    fake = tmp_path / "model.pte"
+    fake.write_bytes(b"\0" * 64)
+    with pytest.raises(UsageError, match="not an ExecuTorch program"):
+        open_runner("executorch", fake)

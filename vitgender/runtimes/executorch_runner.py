@@ -33,7 +33,9 @@ class ExecuTorchRunner:
         path = Path(source) if source is not None else None
         if path is None or not path.is_file():
             raise UsageError(str(source), "no such .pte file")
-        if path.read_bytes()[4:8] != b"ET12":  # ExecuTorch program flatbuffer identifier
+        with path.open("rb") as handle:
+            identifier = handle.read(8)[4:8]
+        if identifier != b"ET12":  # ExecuTorch program flatbuffer identifier
             raise UsageError(str(path), "not an ExecuTorch program (.pte)")
         sidecar = read_sidecar(path)
         argv, env = executorch_command("run", str(path))
