@@ -46,6 +46,7 @@ def test_static_int8_answers_the_same_whatever_the_batch(static_and_dynamic):
     assert batch_variation(static.run, pixels)["batch_max_abs_logit_diff"] <= 1e-5
     # the check can see what it is for: dynamic int8 derives its activation scale from the whole batch
     dynamic = open_runner("onnx", static_and_dynamic / "model_int8_dynamic.onnx")
+    assert static.info.batch_invariant and not dynamic.info.batch_invariant  # what `serve` warns about
     assert batch_variation(dynamic.run, pixels * np.linspace(0.2, 5, 40, dtype=np.float32)[:, None, None, None]
                            )["batch_max_abs_logit_diff"] > 1e-4
 

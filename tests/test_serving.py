@@ -201,21 +201,19 @@ def test_loading_state_answers_503_with_estimated_time(tiny_model):
         assert client.post("/", content=EXAMPLE.read_bytes()).status_code == 200
 
 
-@pytest.mark.parametrize("precision, batch, warned", [("int8-dynamic", 16, True), ("int8-dynamic", 1, False),
-                                                      ("int8", 16, False)])
-def test_serving_a_batch_dependent_artifact_behind_the_batcher_warns(tiny_model, precision, batch, warned):
+@pytest.mark.parametrize("invariant, batch, warned", [(False, 16, True), (False, 1, False), (True, 16, False)])
+def test_serving_a_batch_dependent_artifact_behind_the_batcher_warns(tiny_model, invariant, batch, warned):
     """Dynamic int8 answers depend on the batch: say so where an operator reads it."""
     import dataclasses
 
     from fastapi.testclient import TestClient
 
-    from vitgender.precision import Precision
     from vitgender.runtimes import open_runner
     from vitgender.serving.app import ServeSettings, create_app
 
     def as_onnx():
         runner = open_runner("torch", tiny_model)
-        runner.info = dataclasses.replace(runner.info, runtime="onnx", precision=Precision(precision))
+        runner.info = dataclasses.replace(runner.info, batch_invariant=invariant)
         return runner
 
     lines = []

@@ -28,6 +28,9 @@ class RunnerInfo:
     # Sizes of the network (token count, FLOPs, activation memory); None for artifacts exported
     # before sidecars recorded it.
     architecture: ViTArchitecture | None = None
+    # False where an image's answer depends on the other images in its batch (ORT dynamic int8
+    # derives activation scales from the whole batch tensor); `validate` measures it for every runner.
+    batch_invariant: bool = True
 
 
 class Runner(Protocol):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.errors import UsageError
+from vitgender.precision import Precision
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
 from vitgender.runtimes.stages import stages
@@ -53,7 +54,8 @@ class OnnxRunner:
         sidecar = read_sidecar(path)
         raw = session.get_inputs()[0].type == "tensor(uint8)"
         return cls(session, RunnerInfo("onnx", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
-                                       raw_input=raw, architecture=sidecar.architecture))
+                                       raw_input=raw, architecture=sidecar.architecture,
+                                       batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC))
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""

@@ -24,7 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 
 from vitgender.errors import ImageError, VitgenderError
-from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor
 from vitgender.serving.batcher import DynamicBatcher, QueueFull
 from vitgender.serving.protocol import HTTPError, answer, parse_request, prepare
@@ -119,10 +118,10 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
             info = state.runner.info
             announce(f"ready: {info.source} ({info.runtime}, {info.precision}, labels {', '.join(info.labels)}) "
                      f"in {time.monotonic() - state.started:.1f} s")
-            if info.precision is Precision.INT8_DYNAMIC and info.runtime == "onnx" and settings.max_batch_size > 1:
-                announce("warning: dynamic int8 derives activation scales from the whole batch, so an image's answer "
-                         "depends on the other requests batched with it; serve the static int8 artifact "
-                         "(onnx-int8-static) or pass --max-batch-size 1")
+            if not info.batch_invariant and settings.max_batch_size > 1:
+                announce(f"warning: {info.runtime} {info.precision} derives activation scales from the whole batch, "
+                         "so an image's answer depends on the other requests batched with it; serve a static int8 "
+                         "artifact (onnx-int8-static) or pass --max-batch-size 1")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
