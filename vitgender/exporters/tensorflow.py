@@ -66,7 +66,8 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
 # 234 images/s with them float. The residual ADDs and the attention BATCH_MATMULs are kept float
 # for accuracy: on 800 validation faces that halves the mean |Δlogit| against PyTorch (0.090 ->
 # 0.038) and the max (1.92 -> 1.09), at 13% of the speed (177 -> 154 images/s in one run).
-# int16 activations do not run (LiteRT has no int16 SQUARED_DIFFERENCE).
+# int16 activations do not run (LiteRT has no int16 SQUARED_DIFFERENCE). These figures come from
+# one-off investigation scripts (not in the repo); benchmarks/quant_profile.py counts partitions.
 INT8_FLOAT_OPS = ("SOFTMAX", "GELU", "ADD", "BATCH_MATMUL")
 LAYER_NORM_NODE = "/layer_normalization"  # onnx2tf names every op of a LayerNorm after its Keras layer
 LAYER_NORM_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT")  # the same, by op type, if those names change
