@@ -55,6 +55,61 @@ def test_onnx_has_dynamic_batch_and_matches_torch(exported, tiny_model):
         assert np.abs(open_runner(runtime, exported / name).run(pixels) - reference).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["saved_model", "model_float32.tflite", "model_float16.tflite",
+                                  "model_int8_dynamic.tflite", "model_int8.tflite"])
+def test_tf_artifacts_take_any_batch_in_one_call(exported, tiny_model, name):
+    """A free batch, not a per-image loop: batches of 1, 7 and 32 in one call each, same answers."""
+    entry = next(a for a in read_manifest(exported)["artifacts"] if a["path"] == name)
+    assert entry["input"]["shape"][0] == "batch" and "note" not in entry["input"]
+    runner = open_runner(runtime_for(exported / name), exported / name)
+    assert runner.dynamic_batch
+    pixels = np.random.default_rng(1).normal(size=(32, 3, 32, 32)).astype(np.float32)
+    one_by_one = np.concatenate([runner.run(pixels[i : i + 1]) for i in range(32)])
+    reference = open_runner("torch", tiny_model).run(pixels)
+    tolerance = {"fp32": 1e-4, "fp16": 0.05}.get(entry["precision"])  # int8 accuracy: validate's budgets
+    for n in (1, 7, 32):
+        batched = runner.run(pixels[:n])
+        assert batched.shape == (n, 2)
+        assert np.abs(batched - one_by_one[:n]).max() < 1e-5  # the batch changes nothing
+        assert tolerance is None or np.abs(batched - reference[:n]).max() < tolerance
+
+
+def test_batch_free_embeddings_is_the_same_function(tiny_model):
+    """The export-time [CLS] rewrite changes the graph, not the numbers, and is undone afterwards."""
+    import torch
+
+    from vitgender.checkpoint import load_model
+    from vitgender.exporters.onnx_export import batch_free_embeddings
+
+    model = load_model(tiny_model)
+    pixels = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+        with batch_free_embeddings(model) as applied:
+            rewritten = model(pixel_values=pixels).logits
+            assert "forward" in vars(model.vit.embeddings)
+        assert applied and "forward" not in vars(model.vit.embeddings)
+    assert torch.allclose(rewritten, expected, atol=1e-6)
+    model.vit.embeddings.distillation_token = torch.nn.Parameter(torch.zeros(1, 1, 8))  # DeiT: not rewritten
+    with batch_free_embeddings(model) as applied:
+        assert not applied
+
+
+def test_exported_onnx_reads_no_shape(exported, tmp_path):
+    """What lets onnx2tf keep the batch free; a graph with a Shape op gets the batch-1 fallback."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vitgender.exporters.tensorflow import batch_free
+
+    assert batch_free(exported / "model.onnx")
+    node = helper.make_node("Shape", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    onnx.save(helper.make_model(graph), tmp_path / "shape.onnx")
+    assert not batch_free(tmp_path / "shape.onnx")
+
+
 def test_baked_preprocessing_takes_raw_pixels_end_to_end(exported, tiny_model, image_dir):
     """decoded image -> resize -> uint8 -> artifact  ==  decoded image -> ViTImageProcessor -> PyTorch."""
     from transformers import ViTImageProcessor

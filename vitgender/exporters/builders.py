@@ -58,6 +58,7 @@ class Built:
     seconds: float
     input_dtype: str | None = None  # when the artifact's input dtype differs from its layout's default
     quantization: dict | None = None  # what a quantizer decided, for the manifest
+    fixed_batch: int | None = None  # the one batch size the artifact takes; None: any
 
 
 class Builder(Protocol):
@@ -150,9 +151,10 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     shutil.rmtree(work, ignore_errors=True)
     int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
     seconds, plans = converted["seconds"], converted["quantization"]
+    fixed_batch = None if converted["dynamic_batch"] else 1
     return {s.name: Built(seconds["savedmodel" if s.runtime == "savedmodel" else s.precision.value],
                           int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None,
-                          plans.get(s.precision.value) if s.runtime == "tflite" else None) for s in specs}
+                          plans.get(s.precision.value) if s.runtime == "tflite" else None, fixed_batch) for s in specs}
 
 
 def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:

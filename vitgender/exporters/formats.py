@@ -21,7 +21,7 @@ from vitgender.precision import Precision
 class InputLayout(StrEnum):
     NCHW = "NCHW"  # float32 pixel_values, dynamic batch: what PyTorch takes
     NHWC_UINT8 = "NHWC-uint8"  # resized RGB bytes; rescale/normalise/transpose inside the graph
-    NHWC_BATCH1 = "NHWC-batch1"  # onnx2tf's layout; it cannot convert a dynamic batch
+    NHWC = "NHWC"  # float32 pixel_values transposed: onnx2tf's layout
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,15 @@ _SPECS = (
     ArtifactSpec("onnx-uint8-nhwc", "onnx", Precision.FP32, "model_uint8_nhwc.onnx", builders.onnx_baked_preprocessing,
                  "vitgender preprocessing graph + torch.onnx.export", layout=InputLayout.NHWC_UINT8),
     ArtifactSpec("savedmodel", "savedmodel", Precision.FP32, "saved_model", builders.tensorflow, "onnx2tf",
-                 layout=InputLayout.NHWC_BATCH1),
+                 layout=InputLayout.NHWC),
     ArtifactSpec("tflite", "tflite", Precision.FP32, "model_float32.tflite", builders.tensorflow, _TFLITE,
-                 layout=InputLayout.NHWC_BATCH1),
+                 layout=InputLayout.NHWC),
     ArtifactSpec("tflite-fp16", "tflite", Precision.FP16, "model_float16.tflite", builders.tensorflow, _TFLITE,
-                 layout=InputLayout.NHWC_BATCH1),
+                 layout=InputLayout.NHWC),
     ArtifactSpec("tflite-int8-dynamic", "tflite", Precision.INT8_DYNAMIC, "model_int8_dynamic.tflite",
-                 builders.tensorflow, _TFLITE, layout=InputLayout.NHWC_BATCH1),
+                 builders.tensorflow, _TFLITE, layout=InputLayout.NHWC),
     ArtifactSpec("tflite-int8", "tflite", Precision.INT8, "model_int8.tflite", builders.tensorflow, _TFLITE,
-                 layout=InputLayout.NHWC_BATCH1, needs_calibration=True),
+                 layout=InputLayout.NHWC, needs_calibration=True),
     ArtifactSpec("executorch", "executorch", Precision.FP32, "model.pte", builders.executorch, _EXECUTORCH),
     ArtifactSpec("executorch-int8", "executorch", Precision.INT8, "model_int8.pte", builders.executorch,
                  _EXECUTORCH + " + PT2E int8", needs_calibration=True),

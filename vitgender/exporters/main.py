@@ -70,21 +70,23 @@ def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibra
     return Calibration(tuple(images), pixels, provenance)
 
 
-def input_spec(spec: ArtifactSpec, ctx: BuildContext, dtype: str | None = None) -> dict:
+def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
     """The input an artifact takes, as written to its manifest entry and sidecar."""
     pre, channels = ctx.checkpoint.preprocess, ctx.checkpoint.architecture.num_channels
-    name = ctx.export_config.input_name
+    name, dtype = ctx.export_config.input_name, built.input_dtype
+    batch = built.fixed_batch or "batch"
     if spec.layout is InputLayout.NCHW:
-        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32", "shape": ["batch", channels, pre.height, pre.width]}
+        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32", "shape": [batch, channels, pre.height, pre.width]}
     if spec.layout is InputLayout.NHWC_UINT8:
         from vitgender.exporters.baked import RAW_INPUT
 
         return {"name": RAW_INPUT, "layout": "NHWC", "dtype": dtype or "uint8",
-                "shape": ["batch", pre.height, pre.width, channels],
+                "shape": [batch, pre.height, pre.width, channels],
                 "note": f"resize to {pre.height}x{pre.width} ({pre.resample_name}); "
                         "rescale/normalise/transpose are inside the graph"}
-    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32", "shape": [1, pre.height, pre.width, channels],
-            "note": "batch fixed at 1 by onnx2tf; feed images one at a time"}
+    fixed = {"note": f"batch fixed at {batch} by onnx2tf (the graph reads a tensor shape)"} if built.fixed_batch else {}
+    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32", "shape": [batch, pre.height, pre.width, channels],
+            **fixed}
 
 
 def _run_step(name: str, fn: Callable, *args, **kwargs):
@@ -182,7 +184,7 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
     artifacts = []
     for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
         path = scratch / spec.filename
-        io = input_spec(spec, ctx, built[spec.name].input_dtype)
+        io = input_spec(spec, ctx, built[spec.name])
         write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, spec.precision, ckpt.architecture), io)
         extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
         if spec.needs_calibration:

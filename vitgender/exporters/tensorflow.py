@@ -6,12 +6,25 @@ allowed*; converting its SavedModel with `tf.lite.TFLiteConverter` takes ~7 s pe
 admits built-in ops only (what LiteRT runs). So onnx2tf is stopped right after it has written
 the SavedModel, and all four TFLite variants are derived from it.
 
+A free batch dimension. The SavedModel's serving signature takes `[None, H, W, 3]` (NHWC) and the
+TFLite files keep `shape_signature` -1 on the batch, so `resize_tensor_input` runs any batch in one
+invoke. What was tried, cheapest first (onnx2tf 1.29.24, TF 2.19):
+- onnx2tf on HF's graph with the batch left symbolic: fails at the position-embedding Add (its
+  layout inference mis-shapes the [CLS] Shape -> Concat -> Expand branch when the batch is unknown).
+- onnx2tf `-b N` / `-ois 1,...`: fixes the batch; LiteRT's `resize_tensor_input` then fails in
+  XNNPACK because every Reshape carries the constant batch.
+- wrapping the batch-1 signature in `tf.vectorized_map`: segfaulted TensorFlow; `tf.map_fn` would
+  be a per-image loop in the graph.
+- what works: the ONNX export rewrites the [CLS] step so the graph has no Shape op
+  (`onnx_export.batch_free_embeddings`); onnx2tf then keeps the batch symbolic and needs no input
+  shape override. Graphs that still contain a Shape op (architectures the rewrite does not cover)
+  are converted at batch 1 as before, and the sidecar says so.
+
 All of it runs in a child process (`python -m vitgender.exporters.tensorflow job.json`):
 TensorFlow's memory is returned when the child exits, and a crash cannot take the caller down.
-onnx2tf also needs: a copy of the ONNX (it rewrites its input), a fixed input shape (a dynamic
-batch fails at the position-embedding Add, so artifacts have batch 1), the venv's bin on PATH
-(it shells out to onnxsim) and a calibration sample in its working directory (it tries to
-download one otherwise).
+onnx2tf also needs: a copy of the ONNX (it rewrites its input), the venv's bin on PATH (it shells
+out to onnxsim) and a calibration sample in its working directory (it tries to download one
+otherwise).
 """
 
 from __future__ import annotations
@@ -38,7 +51,15 @@ class _SavedModelWritten(Exception):
     """Raised from onnx2tf's first TFLite converter call: the SavedModel is on disk by then."""
 
 
-def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list[int]) -> None:
+def batch_free(onnx_path: Path) -> bool:
+    """Whether onnx2tf can keep this graph's batch symbolic: nothing in it reads a tensor's shape."""
+    import onnx
+
+    return not any(node.op_type == "Shape" for node in onnx.load(str(onnx_path), load_external_data=False).graph.node)
+
+
+def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list[int] | None) -> None:
+    """`shape` fixes the input shape (a graph onnx2tf cannot convert with a free batch); None keeps it."""
     import onnx2tf
     import tensorflow as tf
 
@@ -50,7 +71,7 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
     try:
         onnx2tf.convert(
             input_onnx_file_path=str(onnx_path), output_folder_path=str(savedmodel),
-            overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"],
+            overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"] if shape else None,
             output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True, non_verbose=True,
         )
     except _SavedModelWritten:
@@ -148,16 +169,18 @@ def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, 
             int8_io: bool = False) -> dict[str, dict]:
     """SavedModel + a TFLite file per requested precision.
 
-    Returns {"seconds": {"savedmodel" or precision: s}, "quantization": {precision: plan or None}}.
+    Returns {"seconds": {"savedmodel" or precision: s}, "quantization": {precision: plan or None},
+    "dynamic_batch": bool}.
     """
     workdir, savedmodel = workdir.resolve(), savedmodel.resolve()  # the child runs in workdir
     tflite = {k: v.resolve() for k, v in tflite.items()}
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "model.onnx"
     shutil.copy2(onnx_path, model)
+    dynamic_batch = batch_free(model)
     np.save(workdir / ONNX2TF_SAMPLE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
     job = {"workdir": str(workdir), "onnx": str(model), "savedmodel": str(savedmodel), "input_name": input_name,
-           "shape": [1, *shape], "tflite": {str(k): str(v) for k, v in tflite.items()}, "int8_io": int8_io}
+           "shape": None if dynamic_batch else [1, *shape], "tflite": {str(k): str(v) for k, v in tflite.items()}, "int8_io": int8_io}
     if representative is not None:
         np.save(workdir / "representative.npy", representative.astype(np.float32))
         job["representative"] = str(workdir / "representative.npy")
@@ -172,7 +195,7 @@ def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, 
             raise RuntimeError(f"{error['type']}: {error['message'].splitlines()[0] if error['message'] else ''}"[:400])
         lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
         raise RuntimeError(f"converter process exit code {result.returncode}: " + " | ".join(lines[-3:])[:400])
-    return json.loads((workdir / "result.json").read_text())
+    return {**json.loads((workdir / "result.json").read_text()), "dynamic_batch": dynamic_batch}
 
 
 if __name__ == "__main__":

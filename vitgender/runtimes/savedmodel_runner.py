@@ -1,4 +1,8 @@
-"""TensorFlow SavedModel (as written by onnx2tf: NHWC input, batch 1) through its serving signature."""
+"""TensorFlow SavedModel (as written by onnx2tf: NHWC input) through its serving signature.
+
+A signature with a free batch (`[None, H, W, 3]`, what `vitgender export` writes for ViTs) takes
+the whole batch in one call; one fixed at batch 1 (older exports) is called image by image.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ class SavedModelRunner:
     def __init__(self, signature, info: RunnerInfo) -> None:
         self.signature = signature
         self.info = info
-        self._input = next(iter(signature.structured_input_signature[1]))
+        self._input, spec = next(iter(signature.structured_input_signature[1].items()))
+        self.dynamic_batch = spec.shape[0] is None
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = None) -> SavedModelRunner:
@@ -41,7 +46,10 @@ class SavedModelRunner:
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         import tensorflow as tf  # already loaded (quietly) by open()
 
+        def call(nhwc: np.ndarray) -> np.ndarray:
+            return next(iter(self.signature(**{self._input: tf.constant(nhwc)}).values())).numpy()
+
         nhwc = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
-        rows = [next(iter(self.signature(**{self._input: tf.constant(image[None])}).values())).numpy()[0]
-                for image in nhwc]
-        return np.stack(rows).astype(np.float32)
+        if self.dynamic_batch:
+            return call(nhwc).astype(np.float32)
+        return np.concatenate([call(image[None]) for image in nhwc]).astype(np.float32)

@@ -1,8 +1,10 @@
 """LiteRT (`ai-edge-litert`) interpreter, XNNPACK delegate, for .tflite artifacts.
 
-onnx2tf emits NHWC graphs with a fixed batch of 1 (see the README's export notes), so
-batches run image by image; quantized inputs/outputs are (de)quantized with the tensor's
-own scale and zero point, so int8-I/O models take the same float pixel_values as the rest.
+Files whose input keeps a free batch (`shape_signature` -1, what `vitgender export` writes for
+ViTs) run a whole batch per invoke, the input resized when the batch size changes; files with a
+fixed batch of 1 (older exports, architectures onnx2tf converts only at batch 1) run image by
+image. Quantized inputs/outputs are (de)quantized with the tensor's own scale and zero point, so
+int8-I/O models take the same float pixel_values as the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ class TfliteRunner:
         interpreter.allocate_tensors()
         self._input = interpreter.get_input_details()[0]
         self._output = interpreter.get_output_details()[0]
+        self.dynamic_batch = int(self._input["shape_signature"][0]) == -1
+
+    def _invoke(self, nhwc: np.ndarray) -> np.ndarray:
+        if nhwc.shape[0] != self.interpreter.get_input_details()[0]["shape"][0]:
+            self.interpreter.resize_tensor_input(self._input["index"], list(nhwc.shape))
+            self.interpreter.allocate_tensors()
+        self.interpreter.set_tensor(self._input["index"], self._quantize(nhwc))
+        self.interpreter.invoke()
+        return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = 2,
@@ -61,16 +72,11 @@ class TfliteRunner:
         scale, zero = (details or self._output)["quantization"]
         return (y.astype(np.float32) - zero) * scale
 
-
-
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         nhwc = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))
-        rows = []
-        for image in nhwc:
-            self.interpreter.set_tensor(self._input["index"], self._quantize(image[None]))
-            self.interpreter.invoke()
-            rows.append(self._dequantize(self.interpreter.get_tensor(self._output["index"]))[0])
-        return np.stack(rows)
+        if self.dynamic_batch:
+            return self._invoke(nhwc)
+        return np.concatenate([self._invoke(image[None]) for image in nhwc])
 
     def stage_activations(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Embeddings, each block's output and the logits, read from a second interpreter that keeps
