@@ -19,6 +19,7 @@ class OutputFormat(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     json = "json"
+    parquet = "parquet"  # classify --ray only (sharded)
 
 
 class ResultWriter:
