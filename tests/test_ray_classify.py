@@ -83,6 +83,26 @@ def test_two_nodes_match_single_machine_classify(cluster, images, tiny_model, tm
     assert {Path(k).name for k, v in rows.items() if "error" in v} == set(BAD)
 
 
+def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_path):
+    """The actors only open a Runner: exported ONNX and TFLite files work like the checkpoint."""
+    from vitgender.classify import load_classifier
+    from vitgender.exporters import main_export
+    from vitgender.runtimes import runtime_for
+
+    exported = main_export(tiny_model, tmp_path / "export", "onnx,tflite")
+    subset = sorted(images.glob("img00*"))[:100]
+    for name in ("model.onnx", "model_float32.tflite"):
+        artifact = str(exported / name)
+        options = RayClassifyOptions(address=cluster.address, batch_size=16, rows_per_shard=1000)
+        summary = classify_on_ray([str(p) for p in subset], tmp_path / name, model=artifact, options=options)
+        assert summary.images == 100 and summary.errors == 0
+        rows = in_order(read_results(tmp_path / name))
+        single = load_classifier(artifact, runtime=runtime_for(artifact)).classify([str(p) for p in subset])
+        for path, expected in zip(subset, single):
+            got = rows[str(path)]["predictions"]
+            assert np.allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
+
+
 def run_cli(*args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "classify", "--ray", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

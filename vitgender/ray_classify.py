@@ -72,10 +72,18 @@ class RaySummary:
     nodes: int
     actors: int
     shards: list[str] = field(default_factory=list)
+    startup_seconds: float = 0.0  # until the first results reached the driver (Ray, actors, model loads)
+    first_batch: int = 0  # images in those first results
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """After start-up: what a long job runs at (the end-to-end figure includes the fixed start-up)."""
+        running = self.seconds - self.startup_seconds
+        return (self.images - self.first_batch) / running if running > 0 else 0.0
 
     def line(self) -> str:
         return (f"classified {self.images} images ({self.errors} errors, {self.skipped} skipped as done) "
@@ -309,6 +317,7 @@ def classify_on_ray(
     nodes = _cpu_nodes(ray)
     actors = options.actors_per_node * max(1, len(nodes))
     threads = max(1, math.ceil(options.num_cpus_per_actor))
+    startup, first_batch = 0.0, 0
     if todo:
         import pyarrow as pa
 
@@ -330,6 +339,8 @@ def classify_on_ray(
                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
         for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
             rows = list(_rows(batch, info.labels, options))
+            if not startup:
+                startup, first_batch = time.perf_counter() - began, len(rows)
             for row in rows:
                 if "error" in row:
                     errors += 1
@@ -337,4 +348,5 @@ def classify_on_ray(
             sink.add(rows)
     sink.commit()
     return RaySummary(images=sink.rows, errors=errors, skipped=skipped, seconds=time.perf_counter() - began,
-                      nodes=len(nodes), actors=actors, shards=sink.committed())
+                      nodes=len(nodes), actors=actors, shards=sink.committed(), startup_seconds=startup,
+                      first_batch=first_batch)
