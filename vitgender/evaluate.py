@@ -74,8 +74,9 @@ def evaluate_samples(
     min_confidence: float | None = None,
     batch_size: int = 16,
     advance: Callable[[int], None] = lambda n: None,
-) -> dict:
+) -> tuple[dict, list[Prediction]]:
+    """The report, and the per-image predictions it summarises (for `--explain`)."""
     predictions, errors = predict_samples(runner, samples, batch_size=batch_size, advance=advance)
     report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence)
     report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
-    return report
+    return report, predictions

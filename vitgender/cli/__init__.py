@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from vitgender.cli import bench, classify, evaluate, export, serve, train, validate, verify  # noqa: F401 - registers
+from vitgender.cli import explain  # noqa: F401 - registers `vitgender explain`
 from vitgender.cli.app import app
 from vitgender.cli.common import error
 from vitgender.errors import VitgenderError

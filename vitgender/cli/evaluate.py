@@ -10,6 +10,7 @@ import typer
 
 from vitgender.cli.app import app
 from vitgender.cli.common import progress_bar
+from vitgender.explain.api import DEFAULT_METHOD
 
 
 @app.command()
@@ -24,20 +25,34 @@ def evaluate(
     batch_size: int = typer.Option(16, metavar="N", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the full report as JSON."),
     html_out: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML page with charts."),
+    explain: int = typer.Option(0, "--explain", metavar="N", min=0, help="Add, per race x gender cell, the mean "
+                                "attention map of up to N right and N wrong answers (PyTorch checkpoints only)."),
+    explain_method: str = typer.Option(DEFAULT_METHOD, metavar="METHOD", help="Map method for --explain: attribution "
+                                       "(the default) or rollout; see docs/explain.md."),
 ) -> None:
     """Accuracy with 95% CIs, calibration and per-group fairness on a labelled set."""
     from rich.console import Console
 
+    from vitgender.errors import UsageError
     from vitgender.evaluate import evaluate_samples, select
     from vitgender.reporting import evaluation
     from vitgender.runtimes import open_runner, runtime_for
 
     runner = open_runner(runtime or runtime_for(model), model)
+    if explain and runner.info.runtime != "torch":
+        raise UsageError("--explain", "maps explain the PyTorch model: evaluate its checkpoint, not an exported artifact")
     samples, skipped = select(data, split, min_age)
     with progress_bar("evaluating", total=len(samples)) as advance:
-        report = evaluate_samples(runner, samples, skipped, min_confidence=min_confidence, batch_size=batch_size,
-                                  advance=advance)
+        report, predictions = evaluate_samples(runner, samples, skipped, min_confidence=min_confidence,
+                                               batch_size=batch_size, advance=advance)
     report["data"] = {"source": str(data), "split": split, "min_age": min_age, "images": len(samples)}
+    if explain:
+        from vitgender.explain import Explainer
+        from vitgender.explain.cells import cell_maps
+
+        with progress_bar("explaining") as step:
+            cells = cell_maps(Explainer(model), predictions, explain, explain_method, advance=step)
+        report["explain"] = {"method": explain_method, "per_cell": explain, "cells": cells}
     evaluation.terminal(report, Console(stderr=False))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")

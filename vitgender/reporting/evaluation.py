@@ -36,6 +36,10 @@ def terminal(report: dict, console) -> None:
     if worst:
         console.print(f"worst group: {' '.join(worst['group'].values())} ({worst['table']}) {_pct(worst['accuracy'])} "
                       f"on n={worst['n']}, {100 * worst['gap_to_overall']:.1f} percentage points below overall")
+    if report.get("explain"):
+        explain = report["explain"]
+        console.print(f"explained: mean {explain['method']} map of right and wrong answers in {len(explain['cells'])} "
+                      f"race x gender cells (up to {explain['per_cell']} images each; in the JSON and HTML reports)")
     if "selective" in report:
         sel = report["selective"]
         console.print(f"answering only at confidence >= {sel['min_confidence']}: coverage {_pct(sel['coverage'])}, "
@@ -94,6 +98,10 @@ def html(report: dict, title: str = "vitgender evaluation") -> str:
     ece = report["calibration"]["ece"]
     charts.append(figures.reliability(report["calibration"]["bins"], f"reliability (ECE {ece:.3f})" if ece is not None
                                       else "reliability"))
+    if report.get("explain"):
+        explain = report["explain"]
+        charts.append(figures.cell_maps(explain["cells"], f"what decisions rest on ({explain['method']}, mean map per "
+                                                          f"cell, up to {explain['per_cell']} images each)"))
     unreadable = "".join(f"<li>{escape(e['image'])}: {escape(e['error'])}</li>" for e in report["unclassified"]["items"][:200])
     unlabelled = "".join(f"<li>{escape(name)}</li>" for name in report["skipped_unlabelled"]["items"][:200])
     return (

@@ -116,3 +116,25 @@ def bench(names: Sequence[str], throughput: dict[str, dict[int, float]],
     right.set(title=f"% of the measured roof for its arithmetic (batch {largest_batch})", xlabel="% of roof")
     right.set_xlim(0, max(100.0, 1.35 * max(roof[n][0] for n in names)))
     return _svg(fig)
+
+
+def cell_maps(cells: Sequence[dict], title: str) -> str:
+    """`evaluate --explain`: per race x gender cell, the average map of right and of wrong answers
+    (patch grid, brighter = more of the decision rests there), with how many images each averages."""
+    import numpy as np
+
+    fig, axes = plt.subplots(2, len(cells), figsize=(1.15 * len(cells) + 0.8, 3.0), squeeze=False)
+    for column, cell in enumerate(cells):
+        for row, side in enumerate(("correct", "wrong")):
+            ax = axes[row][column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            entry = cell[side]
+            if entry["map"] is not None:
+                ax.imshow(np.asarray(entry["map"]), cmap="inferno")
+            ax.set_xlabel(f"n={entry['n']}", fontsize=6)
+            if column == 0:
+                ax.set_ylabel(side, fontsize=7)
+        axes[0][column].set_title(" ".join(cell["group"].values()), fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    return _svg(fig)

@@ -1,0 +1,74 @@
+"""`vitgender explain`: heat maps of what the model looked at, one PNG per image and an HTML sheet."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vitgender.cli.app import app
+from vitgender.cli.common import MODEL_HELP, error, progress_bar
+from vitgender.explain.api import DEFAULT_METHOD
+
+
+class Method(str, Enum):
+    rollout = "rollout"
+    attribution = "attribution"
+
+
+@app.command()
+def explain(
+    paths: list[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders (recursive) or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the overlays and index.html "
+                             "(written complete or not at all)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=MODEL_HELP),
+    method: Method = typer.Option(Method(DEFAULT_METHOD), help="attribution: gradient-weighted attention rollout "
+                                  "(Chefer et al. 2021), the default, most faithful in the deletion test "
+                                  "(docs/explain.md); rollout: attention rollout (Abnar & Zuidema 2020)."),
+    faces: bool = typer.Option(False, "--faces", help="Face-first: detect faces, explain each crop, draw its map "
+                               "inside its box on the original photo."),
+    detector: str = typer.Option("haar", metavar="NAME",
+                                 help="Face detector for --faces: haar (default) or blazeface."),
+    max_faces: int = typer.Option(20, metavar="N", min=1,
+                                  help="With --faces, explain at most this many faces per image."),
+    min_confidence: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=1.0, help="Flag answers below this "
+                                                   "score as uncertain, and put flagged images (uncertain, "
+                                                   "contradicting a UTKFace-style label in the file name, or "
+                                                   "without a face under --faces) first."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it holds an earlier explain output "
+                                   "(an index.html); any other non-empty folder is refused."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights (loaded weights_only)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", metavar="N", min=1, help="Images per forward pass."),
+) -> None:
+    """Explain the PyTorch model's predictions: a heat map over the patch grid per image (or face),
+    overlaid on the image with its label and score, plus one self-contained index.html.
+
+    A bad input never aborts the run: it is listed on the sheet as an error and on stderr, and the
+    exit code is 2 if any input failed, 0 otherwise.
+    """
+    from vitgender.explain.api import Explainer
+    from vitgender.explain.render import SheetWriter, atomic_folder
+    from vitgender.inputs import expand_inputs
+
+    explainer = Explainer(model, allow_pickle=allow_pickle)
+    face_detector = None
+    if faces:
+        from vitgender.faces import open_detector
+
+        face_detector = open_detector(detector)
+    failures = 0
+    with atomic_folder(out, overwrite) as folder, progress_bar("explaining") as advance:
+        sheet = SheetWriter(folder, explainer, method=method.value, faces=faces, min_confidence=min_confidence)
+        for item in explainer.stream(expand_inputs(paths), method.value, detector=face_detector, max_faces=max_faces,
+                                     batch_size=batch_size):
+            if item.error is not None:
+                failures += 1
+                error(f"{item.name}: {item.error}")
+            sheet.add(item)
+            advance()
+        sheet.close(model or "embedded default model")
+    typer.echo(f"{sheet.written} overlays and {out / 'index.html'} written ({failures} inputs failed)")
+    if failures:
+        raise typer.Exit(2)
