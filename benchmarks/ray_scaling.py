@@ -145,7 +145,7 @@ def main() -> None:
     result: dict = {"machine": machine(), "model": args.model, "images": len(paths), "batch": args.batch}
     print(json.dumps(result["machine"]))
     result["bare_runner"] = {f"threads_{t}": round(bare_runner(args.model, paths, t, args.batch), 1) for t in (1, cores)}
-    result["plain_classify"] = round(plain_classify(args.model, paths, args.batch), 1)
+    result["plain_classify"] = plain_classify(args.model, paths, args.batch)
     result["ray_local"] = [on_ray(args.model, paths, work / f"local-{a}", None, args.batch, a, cores / a)
                            for a in (1, cores)]
     cluster = LocalCluster()
