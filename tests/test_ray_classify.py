@@ -7,6 +7,7 @@ killing exactly the processes it started.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -32,11 +33,17 @@ BAD = {"empty.jpg": b"", "garbage.png": b"not an image at all", "truncated.jpg":
 @pytest.fixture(scope="module")
 def cluster():
     local = LocalCluster().start(nodes=2)
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = local.env["RAY_AUTH_MODE"]  # this process joins it too (classify_on_ray)
     yield local
     import ray
 
     ray.shutdown()
     local.stop()
+    if previous is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous
 
 
 @pytest.fixture(scope="module")
