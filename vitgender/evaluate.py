@@ -66,6 +66,14 @@ def predict_samples(
     return predictions, errors
 
 
+def report_of(runner: Runner, predictions: list[Prediction], errors: list[dict], skipped: list[str], *,
+              min_confidence: float | None = None) -> dict:
+    """The evaluation report for predictions already made (the CLI keeps them for `--explain`)."""
+    report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence)
+    report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
+    return report
+
+
 def evaluate_samples(
     runner: Runner,
     samples: list[Sample],
@@ -74,9 +82,6 @@ def evaluate_samples(
     min_confidence: float | None = None,
     batch_size: int = 16,
     advance: Callable[[int], None] = lambda n: None,
-) -> tuple[dict, list[Prediction]]:
-    """The report, and the per-image predictions it summarises (for `--explain`)."""
+) -> dict:
     predictions, errors = predict_samples(runner, samples, batch_size=batch_size, advance=advance)
-    report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence)
-    report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
-    return report, predictions
+    return report_of(runner, predictions, errors, skipped, min_confidence=min_confidence)

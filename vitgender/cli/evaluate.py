@@ -34,7 +34,7 @@ def evaluate(
     from rich.console import Console
 
     from vitgender.errors import UsageError
-    from vitgender.evaluate import evaluate_samples, select
+    from vitgender.evaluate import predict_samples, report_of, select
     from vitgender.reporting import evaluation
     from vitgender.runtimes import open_runner, runtime_for
 
@@ -43,8 +43,8 @@ def evaluate(
         raise UsageError("--explain", "maps explain the PyTorch model: evaluate its checkpoint, not an exported artifact")
     samples, skipped = select(data, split, min_age)
     with progress_bar("evaluating", total=len(samples)) as advance:
-        report, predictions = evaluate_samples(runner, samples, skipped, min_confidence=min_confidence,
-                                               batch_size=batch_size, advance=advance)
+        predictions, errors = predict_samples(runner, samples, batch_size=batch_size, advance=advance)
+    report = report_of(runner, predictions, errors, skipped, min_confidence=min_confidence)
     report["data"] = {"source": str(data), "split": split, "min_age": min_age, "images": len(samples)}
     if explain:
         from vitgender.explain import Explainer

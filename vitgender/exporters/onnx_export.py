@@ -10,10 +10,11 @@ The only op of a ViT that needs the batch size is HF's `cls_token.expand(batch, 
 the concatenation with the patch tokens (Shape -> Concat -> Expand in ONNX). onnx2tf cannot
 convert that with a free batch (its layout inference mis-shapes the position-embedding Add), so
 the TF artifacts used to be batch-1 only. `batch_free_embeddings` rewrites the step as an
-identity: pad the patch tokens with one zero token in front and add a constant table whose row 0
-is cls_token + position 0 and whose other rows are the position embeddings. The graph then has
-no Shape op, every artifact derived from it takes any batch, and the logits agree with HF's
-forward within float rounding (tested).
+identity: pad the patch tokens with one zero token in front, add a constant holding the [CLS]
+token in row 0 (zeros elsewhere), then the position embeddings. The graph then has no Shape op,
+every artifact derived from it takes any batch, and each element sees the same additions in the
+same order as in HF's forward (x + 0 is exact), so the logits agree with HF's within float
+rounding (tested).
 """
 
 from __future__ import annotations
@@ -59,13 +60,17 @@ def batch_free_embeddings(model: torch.nn.Module) -> Iterator[bool]:
         yield False
         return
 
-    # One constant in the graph (summed here, not in it: ORT has no fp16 CPU kernel to fold an Add with).
+    # (tokens + cls_row) + positions: every element sees the same additions, in the same order, as
+    # HF's concat + add (x + 0 is exact), so fp16 exports round exactly as before. Summing cls_row
+    # and the positions into one table rounded differently in fp16 (a tiny model's q90 |dlogit|
+    # grew from under to over the fp16 budget); adding them to each other inside the graph made
+    # ORT warn that it cannot fold an fp16 Add of two constants.
     with torch.no_grad():
-        summed = (table + torch.nn.functional.pad(cls_token, (0, 0, 0, table.shape[1] - 1))).detach().clone()
+        cls_row = torch.nn.functional.pad(cls_token, (0, 0, 0, table.shape[1] - 1)).detach().clone()
 
     def forward(pixel_values, bool_masked_pos=None, interpolate_pos_encoding=False):
         tokens = torch.nn.functional.pad(embeddings.patch_embeddings(pixel_values), (0, 0, 1, 0))
-        return embeddings.dropout(tokens + summed)
+        return embeddings.dropout((tokens + cls_row) + embeddings.position_embeddings)
 
     embeddings.forward = forward
     try:
