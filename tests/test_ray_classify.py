@@ -110,6 +110,37 @@ def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_pa
             assert np.allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
 
 
+def test_face_first_mode_on_ray_matches_single_machine(cluster, tiny_model, tmp_path):
+    pytest.importorskip("cv2", reason="face-first mode needs the faces extra: pip install .[faces]")
+    from benchmarks.scenes import make_scene
+    from vitgender.classify import load_classifier
+    from vitgender.data import Sample, parse_utkface_name
+    from vitgender.faces import open_detector
+
+    reference = sorted((Path(__file__).resolve().parent.parent / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))
+    pool = [Sample(p, parse_utkface_name(p.name).label, parse_utkface_name(p.name).groups) for p in reference[:8]]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(0, len(pool), 2):
+        paths.append(tmp_path / f"scene{i}.png")
+        make_scene(pool[i : i + 2], rng).image.save(paths[-1])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    inputs = [str(p) for p in [*paths, tmp_path / "empty.jpg"]]
+    options = RayClassifyOptions(address=cluster.address, batch_size=2, faces=True, detector="haar")
+    summary = classify_on_ray(inputs, tmp_path / "out", model=str(tiny_model), options=options)
+    assert summary.images == 5 and summary.errors == 1
+    rows = in_order(read_results(tmp_path / "out"))
+    single = load_classifier(str(tiny_model)).classify_faces([str(p) for p in paths], open_detector("haar"))
+    assert sum(len(f) for f in single) > 0  # the scenes do hold detectable faces
+    for path, faces in zip(paths, single):
+        got = rows[str(path)]["faces"]
+        assert [f["box"] for f in got] == [f["box"] for f in faces]
+        for mine, theirs in zip(got, faces):
+            assert np.allclose([p["score"] for p in mine["predictions"]], [p["score"] for p in theirs["predictions"]],
+                               atol=1e-5)
+    assert rows[str(tmp_path / "empty.jpg")] == {"image": str(tmp_path / "empty.jpg"), "error": "not an image (0 bytes)"}
+
+
 def run_cli(*args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "classify", "--ray", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

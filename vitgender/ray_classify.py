@@ -173,6 +173,11 @@ def read_image_bytes(source: str) -> bytes | str:
 
 # ---- the Ray stages (run in Ray workers) ------------------------------------------------------
 
+def _why(exc: ImageError | OSError) -> str:
+    """The error text of an input row: `classify`'s words for an image, the OS reason for a read."""
+    return exc.why if isinstance(exc, ImageError) else f"cannot read it ({exc.strerror or type(exc).__name__})"
+
+
 def decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, max_pixels: int) -> dict[str, np.ndarray]:
     """Ray task: paths -> resized uint8 NHWC pixels, or an error string per path."""
     preprocessor = Preprocessor(preprocess)
@@ -183,10 +188,8 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, max
         try:
             pixels[i] = preprocessor.resize(decode_image(read_image_bytes(str(source)), max_pixels=max_pixels))
             errors.append("")
-        except ImageError as exc:
-            errors.append(exc.why)
-        except OSError as exc:
-            errors.append(f"cannot read it ({exc.strerror or type(exc).__name__})")
+        except (ImageError, OSError) as exc:
+            errors.append(_why(exc))
     return {"image": paths, "pixels": pixels, "error": np.array(errors, dtype=object)}
 
 
@@ -233,12 +236,9 @@ class PredictFaces:
                                                        min_confidence=o.min_confidence)[0]
                 faces.append(json.dumps(found))
                 errors.append("")
-            except ImageError as exc:
+            except (ImageError, OSError) as exc:
                 faces.append("")
-                errors.append(exc.why)
-            except OSError as exc:
-                faces.append("")
-                errors.append(f"cannot read it ({exc.strerror or type(exc).__name__})")
+                errors.append(_why(exc))
         return {"image": batch["image"], "error": np.array(errors, dtype=object),
                 "faces": np.array(faces, dtype=object)}
 
