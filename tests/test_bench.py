@@ -71,3 +71,15 @@ def test_arithmetic_is_what_the_candidate_computes_in():
     assert arithmetic("onnx", "int8") == arithmetic("tflite", "int8-dynamic") == "int8"
     assert arithmetic("pipeline", "fp16") == "fp16"  # PyTorch runs a float16 checkpoint in float16
     assert arithmetic("onnx", "fp16") == arithmetic("tflite", "fp16") == "fp32"  # upcast on x86
+
+
+def test_tta_adds_a_flip_row_per_runner_but_not_for_the_pipeline(tiny_model, tmp_path):
+    from vitgender.bench import candidates
+
+    export = main_export(tiny_model, tmp_path / "art", "onnx")
+    plain = candidates(tiny_model, export)
+    flipped = candidates(tiny_model, export, tta="flip")
+    extra = flipped[len(plain):]
+    assert flipped[: len(plain)] == plain
+    assert [c["name"] for c in extra] == ["torch-eager+flip", "onnx+flip"] and all(c["tta"] == "flip" for c in extra)
+    assert candidates(tiny_model, export, tta="none") == plain

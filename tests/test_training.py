@@ -113,3 +113,69 @@ def test_finetune_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path, tiny_m
                  run_dir=run_dir, log=logs.append)
     assert any("resumed" in line and "after epoch 1" in line for line in logs)
     assert [e["epoch"] for e in json.loads((run_dir / "log.json").read_text())["epochs"]] == [1, 2]
+
+
+def test_balanced_weights_give_every_cell_the_same_mass():
+    from vitgender.data import parse_utkface_name
+    from vitgender.training.sampling import balanced_weights
+
+    names = [f"{age}_{g}_{r}_20170101000000000.jpg.chip.jpg"
+             for age, g, r, copies in [(30, 0, 0, 6), (30, 0, 4, 1), (5, 0, 4, 1), (40, 1, 2, 2)] for _ in range(copies)]
+    samples = [parse_utkface_name(n) for n in names]
+    w = balanced_weights(samples, ("race", "gender"), min_age=10)
+    cells = {}
+    for s, weight in zip(samples, w.tolist()):
+        cells.setdefault((s.groups["race"], s.groups["gender"]), []).append(weight)
+    # cells are sized by their faces aged >= 10: the child in (Other, male) adds mass, not dilution
+    assert cells[("White", "male")] == [pytest.approx(1 / 6)] * 6
+    assert cells[("Other", "male")] == [1.0, 1.0]
+    assert sum(cells[("Asian", "female")]) == pytest.approx(1.0)
+
+
+def test_refit_top_blocks_freezes_the_rest_reuses_its_cache_and_folds_a_temperature(tmp_path, tiny_model):
+    from vitgender.checkpoint import load_model, verify_sha256sums
+    from vitgender.training.recipe import run_refit
+    from vitgender.training.top_blocks import TopBlocksConfig
+
+    data = make_utk(tmp_path / "utk", n=40)
+    out, logs = tmp_path / "refit", []
+    cfg = TopBlocksConfig(trainable=1, epochs=2, batch_size=8, lr=1e-3, head_lr=1e-2, holdout_fraction=0.3)
+    with pytest.warns(UserWarning):
+        run_refit(data, out, init=tiny_model, cfg=cfg, log=logs.append)
+    verify_sha256sums(out)
+    before, after = load_model(tiny_model).state_dict(), load_model(out).state_dict()
+    frozen = [k for k in before if ".encoder.layer.0." in k or ".embeddings." in k]
+    refit = [k for k in before if ".encoder.layer.1." in k]
+    # fp16 storage rounds, so "unchanged" means within fp16 precision
+    assert all(torch.allclose(before[k], after[k], rtol=1e-3, atol=1e-4) for k in frozen)
+    assert any(not torch.allclose(before[k], after[k], rtol=1e-2, atol=1e-3) for k in refit)
+    log = json.loads((tmp_path / "refit.run" / "log.json").read_text())
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2] and "holdout_accuracy" in log["epochs"][0]
+    assert 0.5 <= log["temperature"] <= 3.0 and log["holdout_images"] + log["fit_images"] <= 40
+    # a second run reuses the cached tokens instead of recomputing them
+    with pytest.warns(UserWarning):
+        run_refit(data, tmp_path / "again", init=tiny_model, cfg=cfg, run_dir=tmp_path / "refit.run", log=logs.append)
+    assert sum("reusing cached tokens" in line for line in logs) == 2
+
+
+def test_temperature_fit_recovers_a_known_scale():
+    from vitgender.training.calibration import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 2, generator=g) * 3
+    labels = torch.multinomial(true_logits.softmax(1), 1, generator=g).squeeze(1)
+    assert fit_temperature(true_logits * 2.0, labels) == pytest.approx(2.0, rel=0.1)
+
+
+def test_full_recipe_with_balance_and_holdout_logs_and_calibrates_on_the_holdout(tmp_path, tiny_model):
+    from vitgender.checkpoint import load_model
+
+    data = make_utk(tmp_path / "utk", n=40)
+    out, logs = tmp_path / "model", []
+    cfg = TrainConfig(epochs=1, batch_size=8, balance=("race", "gender"), holdout_fraction=0.3)
+    with pytest.warns(UserWarning):
+        run_training(data, out, image_size=32, init=tiny_model, cfg=cfg, log=logs.append)
+    assert any(line.startswith("train ") and ", holdout " in line for line in logs)  # not the validation split
+    temperature = json.loads((tmp_path / "model.run" / "temperature.json").read_text())["temperature"]
+    assert 0.5 <= temperature <= 3.0
+    assert load_model(out).config.id2label == {0: "female", 1: "male"}

@@ -111,7 +111,7 @@ def _open(candidate: dict, threads: int) -> _Opened:
         # what the pipeline really computes in (it follows the config's dtype, else the stored weights')
         computes_in = Precision.FP16 if pipe.model.dtype == torch.float16 else Precision.FP32
         return _Opened(run, answer, _size(Path(candidate["path"]) / "model.safetensors"), False, computes_in)
-    runner = open_runner(candidate["runtime"], candidate["path"], threads=threads)
+    runner = open_runner(candidate["runtime"], candidate["path"], threads=threads, tta=candidate.get("tta"))
 
     def answer(reference: dict) -> list[str]:
         logits = runner.run(np.load(reference["resized" if runner.info.raw_input else "pixels"]))
@@ -157,7 +157,9 @@ def _worker(job: dict) -> dict:
             "precision": opened.precision, "answers": answers, "rows": rows}
 
 
-def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
+def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) -> list[dict]:
+    """PyTorch, the HF pipeline and every artifact; with `tta`, each runner again wrapped in it
+    (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run."""
     found = [{"name": "torch-eager", "runtime": "torch", "path": str(model_dir)},
              {"name": "transformers-pipeline", "runtime": "pipeline", "path": str(model_dir)}]
     if artifacts is not None:
@@ -167,7 +169,9 @@ def candidates(model_dir: Path, artifacts: Path | None) -> list[dict]:
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
             found.append({"name": entry["name"], "runtime": runtime_for(path), "path": str(path)})
-    return found
+    if tta in (None, "none"):
+        return found
+    return found + [{**c, "name": f"{c['name']}+{tta}", "tta": tta} for c in found if c["runtime"] != "pipeline"]
 
 
 def _in_child(label: str, job: dict, threads: int) -> dict:
@@ -201,7 +205,7 @@ def _reference(ckpt, folder: Path, work: Path) -> dict:
 
 def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[int], threads: int,
                   seconds: float, on_candidate: Callable[[str], None] = lambda name: None,
-                  roof_seconds: float = 1.0) -> dict:
+                  roof_seconds: float = 1.0, tta: str | None = None) -> dict:
     from vitgender import checkpoint
     from vitgender.validators.parity import REFERENCE_ROOT, DEFAULT_REFERENCE
 
@@ -215,15 +219,16 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
     results, answers = [], {}
     with tempfile.TemporaryDirectory(prefix="vitgender-bench-") as work:
         reference = _reference(ckpt, REFERENCE_ROOT / DEFAULT_REFERENCE, Path(work))
-        for candidate in candidates(model_dir, artifacts):
+        for candidate in candidates(model_dir, artifacts, tta):
             on_candidate(candidate["name"])
             job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
                    "warmup": 2, "shape": [arch.num_channels, pre.height, pre.width], "reference": reference}
             measured = _in_child(candidate["name"], job, threads)
             answers[candidate["name"]] = measured["answers"]
             compute = arithmetic(candidate["runtime"], measured["precision"])
+            passes = 2 if candidate.get("tta") == "flip" else 1  # each image runs twice, mirrored
             for row in measured["rows"]:
-                gflops = row["images_per_s"] * flops / 1e9
+                gflops = row["images_per_s"] * passes * flops / 1e9
                 results.append({"name": candidate["name"], "runtime": candidate["runtime"],
                                 "precision": measured["precision"], "arithmetic": compute, **row,
                                 "peak_rss_mb": measured["peak_rss_mb"], "load_seconds": measured["load_seconds"],

@@ -225,10 +225,12 @@ def load_classifier(
     runtime: str = "torch",
     allow_pickle: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    tta: str | None = None,
 ) -> Classifier:
-    """A Classifier over `model` (None = the embedded default model) on the given runtime."""
+    """A Classifier over `model` (None = the embedded default model) on the given runtime;
+    `tta="flip"` averages each image with its mirror image."""
     options = {"allow_pickle": allow_pickle} if runtime == "torch" else {}
-    return Classifier(open_runner(runtime, model, **options), max_pixels=max_pixels)
+    return Classifier(open_runner(runtime, model, tta=tta, **options), max_pixels=max_pixels)
 
 
 __all__ = ["Classifier", "Result", "VitgenderError", "load_classifier"]

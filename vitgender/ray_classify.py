@@ -61,6 +61,7 @@ class RayClassifyOptions:
     detector: str = "haar"
     max_faces: int = 20
     max_pixels: int = DEFAULT_MAX_PIXELS
+    tta: str | None = None  # "flip": horizontal-flip test-time averaging in every actor
 
 
 @dataclass
@@ -196,10 +197,11 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, max
 class Predict:
     """Ray actor: one Runner per actor, loaded once; scores (NaN rows for errors) per batch."""
 
-    def __init__(self, model: str | None, runtime: str, threads: int, function_to_apply: str) -> None:
+    def __init__(self, model: str | None, runtime: str, threads: int, function_to_apply: str,
+                 tta: str | None = None) -> None:
         from vitgender.runtimes import open_runner
 
-        self.runner = open_runner(runtime, model, threads=threads)
+        self.runner = open_runner(runtime, model, threads=threads, tta=tta)
         self.function_to_apply = function_to_apply
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -221,7 +223,8 @@ class PredictFaces:
         from vitgender.faces import open_detector
         from vitgender.runtimes import open_runner
 
-        self.classifier = Classifier(open_runner(runtime, model, threads=threads), max_pixels=options.max_pixels)
+        self.classifier = Classifier(open_runner(runtime, model, threads=threads, tta=options.tta),
+                                     max_pixels=options.max_pixels)
         self.detector = open_detector(options.detector)
         self.options = options
 
@@ -305,7 +308,7 @@ def classify_on_ray(
     todo = list(dict.fromkeys(item for item in listed if isinstance(item, str) and item not in done))
     skipped = sum(1 for item in listed if (item[0] if isinstance(item, tuple) else item) in done)
 
-    info = open_runner(runtime, model).info  # labels and preprocessing; the actors open their own
+    info = open_runner(runtime, model, tta=options.tta).info  # labels and preprocessing; the actors open their own
     for spec, why in failed:
         on_error(f"{spec}: {why}")
     sink.add(Result(spec, error=why).to_dict() for spec, why in failed)
@@ -331,7 +334,7 @@ def classify_on_ray(
                                           batch_size=options.batch_size, batch_format="numpy",
                                           num_cpus=options.decode_cpus,
                                           concurrency=options.decode_tasks_per_node * max(1, len(nodes)))
-            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply)
+            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply, options.tta)
         else:
             predictor, arguments = PredictFaces, (model, runtime, threads, options)
         dataset = dataset.map_batches(predictor, fn_constructor_args=arguments, batch_size=options.batch_size,

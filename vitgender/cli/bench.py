@@ -25,11 +25,16 @@ def bench(
     plot: Optional[Path] = typer.Option(None, metavar="FILE", help="Write an SVG: images/s per batch size and % of the "
                                         "measured roof, one bar per candidate."),
     roof_seconds: float = typer.Option(1.0, metavar="SECONDS", min=0.05, help="Seconds per roof GEMM measurement."),
+    tta: str = typer.Option("none", metavar="MODE", help="Also measure every runner with this test-time "
+                            "augmentation (flip), as extra NAME+flip rows."),
 ) -> None:
     """Throughput, latency, memory, size and top-1 agreement of PyTorch, the HF pipeline and every artifact,
     as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
     from vitgender.bench import available_cores, run_benchmark
     from vitgender.reporting.bench import header, plot_svg, table
+    from vitgender.runtimes.tta import check_tta
+
+    check_tta(tta)
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -38,7 +43,8 @@ def bench(
     if not sizes or min(sizes) < 1:
         raise UsageError(batch_sizes, "batch sizes must be positive")
     report = run_benchmark(model, artifacts, sizes, threads or available_cores(), seconds,
-                           on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True), roof_seconds=roof_seconds)
+                           on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True), roof_seconds=roof_seconds,
+                           tta=tta)
     typer.echo(header(report))
     typer.echo(table(report))
     if json_out is not None:

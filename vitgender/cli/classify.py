@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import MODEL_HELP, RUNTIME_HELP, closed_pipe_ends_quietly, error, progress_bar
+from vitgender.cli.common import MODEL_HELP, RUNTIME_HELP, TTA_HELP, closed_pipe_ends_quietly, error, progress_bar
 from vitgender.cli.output import OutputFormat, ResultWriter, atomic_output
 
 
@@ -34,6 +34,7 @@ def classify(
                                                "csv or json; with --ray: parquet (the default) or jsonl shards."),
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write here instead of stdout "
                                          "(atomically); with --ray, the folder (or URI) of the result shards."),
+    tta: str = typer.Option("none", metavar="MODE", help=TTA_HELP),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights (loaded weights_only)."),
     min_confidence: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=1.0, help="Answers whose top score is below "
                                                    "this start with the label 'uncertain' (scored with that top "
@@ -71,13 +72,14 @@ def classify(
             address=ray_address, batch_size=64 if size == "auto" else size, actors_per_node=actors_per_node,
             num_cpus_per_actor=num_cpus_per_actor, output_format=(fmt or OutputFormat.parquet).value,
             rows_per_shard=rows_per_shard, resume=resume, path_column=path_column, top_k=top_k,
-            min_confidence=min_confidence, faces=faces, detector=detector, max_faces=max_faces)
+            min_confidence=min_confidence, faces=faces, detector=detector, max_faces=max_faces,
+            tta=tta)
         _classify_on_ray(paths, output, model, runtime, options)
         return
     if fmt is OutputFormat.parquet:
         raise typer.BadParameter("parquet output is for --ray (sharded); choose jsonl, csv or json", param_hint="--format")
     _classify_here(paths, model, runtime, size, top_k, fmt or OutputFormat.jsonl, Path(output) if output else None,
-                   allow_pickle, min_confidence, faces, detector, max_faces)
+                   allow_pickle, min_confidence, faces, detector, max_faces, tta)
 
 
 def _classify_on_ray(paths: list[str], output: str, model: str | None, runtime: str | None, options) -> None:
@@ -93,12 +95,12 @@ def _classify_on_ray(paths: list[str], output: str, model: str | None, runtime: 
 
 def _classify_here(paths: list[str], model: str | None, runtime: str | None, size: int | str, top_k: int | None,
                    fmt: OutputFormat, output: Path | None, allow_pickle: bool, min_confidence: float | None,
-                   faces: bool, detector: str, max_faces: int) -> None:
+                   faces: bool, detector: str, max_faces: int, tta: str) -> None:
     from vitgender.classify import auto_batch_size, load_classifier
     from vitgender.inputs import expand_inputs
     from vitgender.runtimes import runtime_for
 
-    classifier = load_classifier(model, runtime=runtime or runtime_for(model), allow_pickle=allow_pickle)
+    classifier = load_classifier(model, runtime=runtime or runtime_for(model), allow_pickle=allow_pickle, tta=tta)
     from vitgender.faces import FaceCropHint, open_detector
 
     face_detector = open_detector(detector) if faces else None

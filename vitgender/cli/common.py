@@ -11,6 +11,8 @@ import typer
 
 MODEL_HELP = "Checkpoint directory or hub id owner/name[@revision]; default: the embedded model."
 RUNTIME_HELP = "torch, onnx, tflite or savedmodel (default: by --model's file type)."
+TTA_HELP = ("flip: average each image's logits with its mirror image's (twice the compute; its measured "
+            "accuracy gain is in the model card). Default none.")
 
 
 def error(message: str) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import progress_bar
+from vitgender.cli.common import TTA_HELP, progress_bar
 from vitgender.explain.api import DEFAULT_METHOD
 
 
@@ -23,6 +23,7 @@ def evaluate(
     min_confidence: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=1.0,
                                                    help="Also report coverage/accuracy when answering only above this."),
     batch_size: int = typer.Option(16, metavar="N", min=1),
+    tta: str = typer.Option("none", metavar="MODE", help=TTA_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the full report as JSON."),
     html_out: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML page with charts."),
     explain: int = typer.Option(0, "--explain", metavar="N", min=0, help="Add, per race x gender cell, the mean "
@@ -38,7 +39,7 @@ def evaluate(
     from vitgender.reporting import evaluation
     from vitgender.runtimes import open_runner, runtime_for
 
-    runner = open_runner(runtime or runtime_for(model), model)
+    runner = open_runner(runtime or runtime_for(model), model, tta=tta)
     if explain and runner.info.runtime != "torch":
         raise UsageError("--explain", "maps explain the PyTorch model: evaluate its checkpoint, not an exported artifact")
     samples, skipped = select(data, split, min_age)

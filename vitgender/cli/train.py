@@ -16,9 +16,19 @@ def train(
     data: Path = typer.Option(..., "--data", metavar="DATA", help="UTKFace-named folder, ImageFolder tree, CSV (path,label) or a pack .zip."),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Where to write the fine-tuned checkpoint directory."),
     image_size: int = typer.Option(140, metavar="N", help="Input resolution (multiple of 14); the model ships at it."),
-    epochs: int = typer.Option(30, metavar="N", min=1),
+    epochs: Optional[int] = typer.Option(None, metavar="N", min=1, help="Default 30 (full fine-tune) or 4 (--refit-top)."),
     batch_size: int = typer.Option(128, metavar="N", min=1),
-    lr: float = typer.Option(1e-4, metavar="X", help="Peak learning rate of the last block (earlier blocks decay by 0.75 per block)."),
+    lr: Optional[float] = typer.Option(None, metavar="X", help="Peak learning rate of the last block (default 1e-4; "
+                                       "earlier blocks decay by 0.75 per block), or of the refit blocks (default 2e-5)."),
+    refit_top: int = typer.Option(0, metavar="N", min=0, help="CPU path: freeze all but the last N blocks of --init "
+                                  "(default: the embedded model), cache the frozen blocks' tokens once, refit the last "
+                                  "N with race x gender balanced sampling and fold a held-out temperature into the head."),
+    balance: Optional[str] = typer.Option(None, metavar="KEYS", help="Draw training faces balanced over these groups, "
+                                          "e.g. race,gender (default: none; race,gender with --refit-top)."),
+    holdout: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=0.5, help="Keep this fraction of the "
+                                            "training split out of training, log on it instead of the validation "
+                                            "split and fold a temperature fitted on it into the head (default 0; "
+                                            "0.1 with --refit-top)."),
     device: str = typer.Option("auto", metavar="DEVICE", help="auto, cpu or cuda."),
     init: Optional[Path] = typer.Option(None, metavar="DIR", help="Start from this checkpoint instead of the imported DINOv2 backbone."),
     resume: bool = typer.Option(True, help="Continue from OUT.run/checkpoint.pt if present."),
@@ -26,9 +36,8 @@ def train(
 ) -> None:
     """Fine-tune a ViT gender classifier (the recipe that built the default model)."""
     from vitgender.training.finetune import TrainConfig
-    from vitgender.training.recipe import run_training
-
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    from vitgender.training.recipe import run_refit, run_training
+    from vitgender.training.top_blocks import TopBlocksConfig
 
     def rich_iter(items):
         with progress_bar("decoding", total=len(items)) as advance:
@@ -36,6 +45,21 @@ def train(
                 yield item
                 advance()
 
-    written = run_training(data, out, image_size=image_size, init=init, cfg=cfg, device=device,
-                           resume=resume, pack=pack, progress=rich_iter, log=lambda m: typer.echo(m, err=True))
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    given = {"epochs": epochs, "lr": lr, "holdout_fraction": holdout,
+             "balance": None if balance is None else tuple(k for k in balance.split(",") if k)}
+    given = {k: v for k, v in given.items() if v is not None}  # unset options keep each recipe's defaults
+    if refit_top:
+        if pack is not None or device not in ("auto", "cpu"):
+            from vitgender.errors import UsageError
+
+            raise UsageError("--refit-top", "the CPU path (cached tokens) takes neither --pack nor --device cuda")
+        cfg = TopBlocksConfig(trainable=refit_top, batch_size=batch_size, **given)
+        written = run_refit(data, out, init=init, cfg=cfg, progress=rich_iter, log=log)
+    else:
+        cfg = TrainConfig(batch_size=batch_size, **given)
+        written = run_training(data, out, image_size=image_size, init=init, cfg=cfg, device=device,
+                               resume=resume, pack=pack, progress=rich_iter, log=log)
     typer.echo(f"wrote {written}")

@@ -79,10 +79,14 @@ def runtime_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def open_runner(runtime: str, source: str | Path | None, **options) -> Runner:
+def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, **options) -> Runner:
+    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging."""
     if runtime not in _REGISTRY:
         raise UsageError(runtime, f"unknown runtime (choose from {', '.join(runtime_names())})")
-    return _REGISTRY[runtime].load()(source, **options)
+    from vitgender.runtimes.tta import check_tta, with_tta
+
+    check_tta(tta)
+    return with_tta(_REGISTRY[runtime].load()(source, **options), tta)
 
 
 def runtime_for(path: str | Path | None) -> str:

@@ -41,6 +41,7 @@ class ServeSettings:
     max_queue: int = 256
     max_body_bytes: int = 2 * 1024 * 1024
     threads: int | None = None
+    tta: str | None = None
     expected_load_seconds: float = 10.0
     detector: str = "haar"
     max_faces: int = 20
@@ -105,7 +106,7 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
                 from vitgender.runtimes import open_runner as opener
 
                 options = {"threads": settings.threads} if settings.threads else {}
-                runner = opener(settings.runtime, settings.model, **options)
+                runner = opener(settings.runtime, settings.model, tta=settings.tta, **options)
             state.preprocessor = Preprocessor(runner.info.preprocess)
             state.runner = runner
         except VitgenderError as exc:

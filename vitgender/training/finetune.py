@@ -35,6 +35,10 @@ class TrainConfig:
     warmup_fraction: float = 0.08
     label_smoothing: float = 0.1
     seed: int = 0
+    # Default model v2 recipe (issue #21): draw training faces balanced over these groups, and keep
+    # this fraction of the training split out of training to fit a temperature on (see run_training).
+    balance: tuple[str, ...] = ()
+    holdout_fraction: float = 0.0
 
 
 def _param_groups(model, cfg: TrainConfig) -> list[dict]:
@@ -110,8 +114,13 @@ def finetune(
     device: torch.device,
     resume: bool = True,
     progress: Callable[[str], None] = print,
+    sample_weights: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Train `model` in place; returns the per-epoch log (also written to run_dir/log.json)."""
+    """Train `model` in place; returns the per-epoch log (also written to run_dir/log.json).
+
+    With `sample_weights`, each epoch draws as many images as the set holds, with replacement,
+    in proportion to the weights (e.g. `top_blocks.balanced_weights`), instead of a permutation.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -133,7 +142,10 @@ def finetune(
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        order = torch.randperm(len(images), generator=generator)
+        if sample_weights is None:
+            order = torch.randperm(len(images), generator=generator)
+        else:
+            order = torch.multinomial(sample_weights, len(images), replacement=True, generator=generator)
         began, seen, loss_sum = time.time(), 0, 0.0
         for start in range(0, len(order), cfg.batch_size):
             index = order[start : start + cfg.batch_size]

@@ -26,7 +26,9 @@ import torch
 from PIL import Image
 
 from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
-from vitgender.training.finetune import TrainConfig, finetune
+from vitgender.training.calibration import fit_temperature, fold_temperature
+from vitgender.training.finetune import TrainConfig, finetune, predict
+from vitgender.training.sampling import balanced_weights, holdout_of
 from vitgender.data import Sample, load_labelled, split_samples
 
 Arrays = dict[str, tuple[torch.Tensor, list[Sample]]]
@@ -174,13 +176,100 @@ def run_training(
     label2id = {v: k for k, v in id2label.items()}
     train_pixels, train_samples = arrays["train"]
     val = None
-    if "val" in arrays and len(arrays["val"][1]):
+    if cfg.holdout_fraction > 0:  # the validation split is not read at all: log and calibrate on the holdout
+        held = torch.tensor([holdout_of(s, cfg.holdout_fraction) for s in train_samples])
+        val = (train_pixels[held], label_tensor([s for s, h in zip(train_samples, held) if h], label2id))
+        train_pixels, train_samples = train_pixels[~held], [s for s, h in zip(train_samples, held) if not h]
+    elif "val" in arrays and len(arrays["val"][1]):
         val = (arrays["val"][0], label_tensor(arrays["val"][1], label2id))
-    log(f"train {len(train_samples)} images, val {len(val[1]) if val else 0}; labels {id2label}")
+    log(f"train {len(train_samples)} images, {'holdout' if cfg.holdout_fraction else 'val'} "
+        f"{len(val[1]) if val else 0}; labels {id2label}")
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 ("cpu" if device == "auto" else device))
     model = build_start_model(init, image_size, id2label, Path.home() / ".cache" / "vitgender")
+    weights = balanced_weights(train_samples, cfg.balance, min_age=10) if cfg.balance else None
+    run_dir = run_dir or out.with_name(out.name + ".run")
     finetune(model, (train_pixels, label_tensor(train_samples, label2id)), val, pre_cfg, cfg,
-             run_dir or out.with_name(out.name + ".run"), torch_device, resume=resume, progress=log)
+             run_dir, torch_device, resume=resume, progress=log, sample_weights=weights)
+    if cfg.holdout_fraction > 0:
+        temperature = fit_temperature(predict(model, val[0], pre_cfg, torch_device), val[1])
+        fold_temperature(model, temperature)
+        log(f"temperature {temperature:.3f} (fitted on the holdout) folded into the head")
+        (run_dir / "temperature.json").write_text(json.dumps({"temperature": temperature}) + "\n")
     write_checkpoint(model.float().cpu(), pre_cfg, out)
+    return out
+
+
+def _cached_views(model, pixels: torch.Tensor, pre: PreprocessConfig, first: int, run_dir: Path,
+                  log: Callable[[str], None], progress) -> list[torch.Tensor]:
+    """[original, flipped] frozen-block tokens for the training images, reused from run_dir when present.
+
+    The cache is keyed by the image count and block index; delete it after changing the data or
+    the starting model.
+    """
+    from vitgender.training.top_blocks import cache_tokens
+
+    views = []
+    for view in ("orig", "flip"):
+        path = run_dir / f"tokens_block{first}_{view}.pt"
+        if path.exists():
+            tokens = torch.load(path)
+            if len(tokens) == len(pixels):
+                log(f"reusing cached tokens {path}")
+                views.append(tokens)
+                continue
+        log(f"caching the {view} tokens entering block {first} of {len(pixels)} images")
+        tokens = cache_tokens(model, pixels, pre, first, flip=view == "flip", progress=progress)
+        partial = path.with_suffix(".partial")
+        torch.save(tokens, partial)
+        partial.replace(path)
+        views.append(tokens)
+    return views
+
+
+def run_refit(
+    data: Path,
+    out: Path,
+    *,
+    init: Path | None = None,
+    cfg=None,
+    run_dir: Path | None = None,
+    progress=iter,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The CPU recipe of default model v2: refit the last blocks of `init` (default: the embedded
+    model) on cached tokens with balanced sampling, then fold a held-out temperature into the head.
+
+    Never reads the validation split: choices and the temperature use a fixed holdout of the
+    training split (`top_blocks.holdout_of`).
+    """
+    from vitgender.checkpoint import open_checkpoint
+    from vitgender.training.top_blocks import TopBlocksConfig, predict_tokens, refit_top_blocks, write_log
+
+    cfg = cfg or TopBlocksConfig()
+    ckpt = open_checkpoint(init)
+    model, pre_cfg = ckpt.load_model().float(), ckpt.preprocess
+    label2id = {label: i for i, label in enumerate(ckpt.labels)}
+    samples = split_samples(load_labelled(data)[0])["train"]
+    pixels, samples = decode_split(samples, Preprocessor(pre_cfg), progress)
+    run_dir = run_dir or out.with_name(out.name + ".run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    first = model.config.num_hidden_layers - cfg.trainable
+    views = _cached_views(model, pixels, pre_cfg, first, run_dir, log, progress)
+    labels = label_tensor(samples, label2id)
+    held = torch.tensor([holdout_of(s, cfg.holdout_fraction) for s in samples])
+    fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
+    log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
+    holdout = ([views[0][hold]], labels[hold])
+    before = predict_tokens(model, holdout[0][0], first)
+    epochs = refit_top_blocks(model, [v[fit] for v in views], labels[fit], [samples[i] for i in fit], cfg,
+                              holdout=holdout, progress=log)
+    logits = predict_tokens(model, holdout[0][0], first)
+    temperature = fit_temperature(logits, holdout[1])
+    fold_temperature(model, temperature)
+    log(f"temperature {temperature:.3f} folded into the head")
+    write_log(run_dir / "log.json", cfg, epochs, {
+        "init": str(ckpt.directory), "temperature": temperature, "fit_images": len(fit), "holdout_images": len(hold),
+        "holdout_accuracy_before": float((before.argmax(1) == holdout[1]).float().mean())})
+    write_checkpoint(model.cpu(), pre_cfg, out)
     return out
