@@ -179,3 +179,14 @@ def test_full_recipe_with_balance_and_holdout_logs_and_calibrates_on_the_holdout
     temperature = json.loads((tmp_path / "model.run" / "temperature.json").read_text())["temperature"]
     assert 0.5 <= temperature <= 3.0
     assert load_model(out).config.id2label == {0: "female", 1: "male"}
+
+
+def test_refit_without_a_holdout_folds_no_temperature(tmp_path, tiny_model):
+    from vitgender.training.recipe import run_refit
+    from vitgender.training.top_blocks import TopBlocksConfig
+
+    cfg = TopBlocksConfig(trainable=1, epochs=1, batch_size=8, holdout_fraction=0.0)
+    with pytest.warns(UserWarning):
+        run_refit(make_utk(tmp_path / "utk", n=24), tmp_path / "refit", init=tiny_model, cfg=cfg, log=lambda _: None)
+    log = json.loads((tmp_path / "refit.run" / "log.json").read_text())
+    assert log["holdout_images"] == 0 and "temperature" not in log and "holdout_accuracy" not in log["epochs"][0]

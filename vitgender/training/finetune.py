@@ -119,7 +119,7 @@ def finetune(
     """Train `model` in place; returns the per-epoch log (also written to run_dir/log.json).
 
     With `sample_weights`, each epoch draws as many images as the set holds, with replacement,
-    in proportion to the weights (e.g. `top_blocks.balanced_weights`), instead of a permutation.
+    in proportion to the weights (e.g. `sampling.balanced_weights`), instead of a permutation.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

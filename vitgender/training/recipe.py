@@ -237,11 +237,11 @@ def run_refit(
     progress=iter,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """The CPU recipe of default model v2: refit the last blocks of `init` (default: the embedded
-    model) on cached tokens with balanced sampling, then fold a held-out temperature into the head.
+    """The CPU path: refit the last blocks of `init` (default: the embedded model) on cached
+    tokens with balanced sampling, then fold a held-out temperature into the head.
 
-    Never reads the validation split: choices and the temperature use a fixed holdout of the
-    training split (`top_blocks.holdout_of`).
+    Never reads the validation split: the per-epoch log and the temperature use a fixed holdout
+    of the training split (`sampling.holdout_of`); with no holdout there is no temperature.
     """
     from vitgender.checkpoint import open_checkpoint
     from vitgender.training.top_blocks import TopBlocksConfig, predict_tokens, refit_top_blocks, write_log
@@ -260,16 +260,17 @@ def run_refit(
     held = torch.tensor([holdout_of(s, cfg.holdout_fraction) for s in samples])
     fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
     log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
-    holdout = ([views[0][hold]], labels[hold])
-    before = predict_tokens(model, holdout[0][0], first)
+    holdout = ([views[0][hold]], labels[hold]) if len(hold) else None
+    summary = {"init": str(ckpt.directory), "fit_images": len(fit), "holdout_images": len(hold)}
+    if holdout:
+        before = predict_tokens(model, holdout[0][0], first)
+        summary["holdout_accuracy_before"] = float((before.argmax(1) == holdout[1]).float().mean())
     epochs = refit_top_blocks(model, [v[fit] for v in views], labels[fit], [samples[i] for i in fit], cfg,
                               holdout=holdout, progress=log)
-    logits = predict_tokens(model, holdout[0][0], first)
-    temperature = fit_temperature(logits, holdout[1])
-    fold_temperature(model, temperature)
-    log(f"temperature {temperature:.3f} folded into the head")
-    write_log(run_dir / "log.json", cfg, epochs, {
-        "init": str(ckpt.directory), "temperature": temperature, "fit_images": len(fit), "holdout_images": len(hold),
-        "holdout_accuracy_before": float((before.argmax(1) == holdout[1]).float().mean())})
+    if holdout:
+        summary["temperature"] = fit_temperature(predict_tokens(model, holdout[0][0], first), holdout[1])
+        fold_temperature(model, summary["temperature"])
+        log(f"temperature {summary['temperature']:.3f} folded into the head")
+    write_log(run_dir / "log.json", cfg, epochs, summary)
     write_checkpoint(model.cpu(), pre_cfg, out)
     return out

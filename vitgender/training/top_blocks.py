@@ -52,7 +52,7 @@ class TopBlocksConfig:
     label_smoothing: float = 0.0
     balance: tuple[str, ...] = ("race", "gender")
     balance_min_age: int = 10
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = 0.1  # 0: no per-epoch holdout score and no temperature
     seed: int = 0
 
 
