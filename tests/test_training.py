@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import random_image
 from vitgender.data import age_bucket, load_labelled, parse_utkface_name, split_of, split_samples
+from vitgender.errors import UsageError
 from vitgender.training.finetune import TrainConfig, augment
 from vitgender.training.recipe import canonical_key, read_pack, run_training
 
@@ -115,7 +116,7 @@ def test_finetune_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path, tiny_m
     assert [e["epoch"] for e in json.loads((run_dir / "log.json").read_text())["epochs"]] == [1, 2]
 
 
-def test_balanced_weights_give_every_cell_the_same_mass():
+def test_balanced_weights_give_every_cell_the_same_weight_per_adult_face():
     from vitgender.data import parse_utkface_name
     from vitgender.training.sampling import balanced_weights
 
@@ -126,10 +127,22 @@ def test_balanced_weights_give_every_cell_the_same_mass():
     cells = {}
     for s, weight in zip(samples, w.tolist()):
         cells.setdefault((s.groups["race"], s.groups["gender"]), []).append(weight)
-    # cells are sized by their faces aged >= 10: the child in (Other, male) adds mass, not dilution
+    # a cell's adults share a total of 1; the child in (Other, male) comes on top instead of diluting it
     assert cells[("White", "male")] == [pytest.approx(1 / 6)] * 6
     assert cells[("Other", "male")] == [1.0, 1.0]
     assert sum(cells[("Asian", "female")]) == pytest.approx(1.0)
+    with pytest.raises(UsageError, match="no image carries the group"):
+        balanced_weights(samples, ("skin",), min_age=10)
+
+
+def test_holdout_follows_pixels_so_duplicates_stay_on_one_side():
+    from vitgender.training.sampling import holdout_mask
+
+    images = torch.randint(0, 256, (400, 8, 8, 3), dtype=torch.uint8)
+    images[200:] = images[:200]  # the same pictures again, as UTKFace's duplicate files under other names
+    held = holdout_mask(images, 0.25)
+    assert torch.equal(held[:200], held[200:]) and 20 < int(held[:200].sum()) < 80
+    assert torch.equal(holdout_mask(images, 0.25), held)  # fixed, not random
 
 
 def test_refit_top_blocks_freezes_the_rest_reuses_its_cache_and_folds_a_temperature(tmp_path, tiny_model):
@@ -151,20 +164,35 @@ def test_refit_top_blocks_freezes_the_rest_reuses_its_cache_and_folds_a_temperat
     assert any(not torch.allclose(before[k], after[k], rtol=1e-2, atol=1e-3) for k in refit)
     log = json.loads((tmp_path / "refit.run" / "log.json").read_text())
     assert [e["epoch"] for e in log["epochs"]] == [1, 2] and "holdout_accuracy" in log["epochs"][0]
-    assert 0.5 <= log["temperature"] <= 3.0 and log["holdout_images"] + log["fit_images"] <= 40
-    # a second run reuses the cached tokens instead of recomputing them
+    train_split = len(split_samples(load_labelled(data)[0])["train"])
+    assert log["holdout_images"] > 0 and log["holdout_images"] + log["fit_images"] == train_split
+    assert "temperature" in log
+    # a second run reuses the cached tokens; --no-resume or another starting model recomputes them
     with pytest.warns(UserWarning):
         run_refit(data, tmp_path / "again", init=tiny_model, cfg=cfg, run_dir=tmp_path / "refit.run", log=logs.append)
     assert sum("reusing cached tokens" in line for line in logs) == 2
+    with pytest.warns(UserWarning):
+        run_refit(data, tmp_path / "third", init=out, cfg=cfg, run_dir=tmp_path / "refit.run", log=logs.append)
+    assert sum("reusing cached tokens" in line for line in logs) == 2
+    with pytest.raises(UsageError, match="between 1 and 1"):
+        run_refit(data, tmp_path / "bad", init=tiny_model, cfg=TopBlocksConfig(trainable=2), log=logs.append)
 
 
-def test_temperature_fit_recovers_a_known_scale():
-    from vitgender.training.calibration import fit_temperature
+def test_temperature_fit_recovers_a_known_scale_and_folds_into_the_head(tiny_model):
+    from vitgender.checkpoint import load_model
+    from vitgender.training.calibration import fit_temperature, fold_temperature
 
     g = torch.Generator().manual_seed(0)
     true_logits = torch.randn(4000, 2, generator=g) * 3
     labels = torch.multinomial(true_logits.softmax(1), 1, generator=g).squeeze(1)
     assert fit_temperature(true_logits * 2.0, labels) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature(true_logits * 0.8, labels) == pytest.approx(0.8, rel=0.1)
+    model = load_model(tiny_model).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(pixel_values=x).logits
+        fold_temperature(model, 1.7)
+        torch.testing.assert_close(model(pixel_values=x).logits, plain / 1.7)
 
 
 def test_full_recipe_with_balance_and_holdout_logs_and_calibrates_on_the_holdout(tmp_path, tiny_model):
@@ -176,9 +204,13 @@ def test_full_recipe_with_balance_and_holdout_logs_and_calibrates_on_the_holdout
     with pytest.warns(UserWarning):
         run_training(data, out, image_size=32, init=tiny_model, cfg=cfg, log=logs.append)
     assert any(line.startswith("train ") and ", holdout " in line for line in logs)  # not the validation split
-    temperature = json.loads((tmp_path / "model.run" / "temperature.json").read_text())["temperature"]
-    assert 0.5 <= temperature <= 3.0
+    assert "holdout_accuracy" in json.loads((tmp_path / "model.run" / "log.json").read_text())["epochs"][0]
+    assert (tmp_path / "model.run" / "temperature.json").exists()
     assert load_model(out).config.id2label == {0: "female", 1: "male"}
+    # resuming with other sampling would mix two different draws of the data: refused
+    with pytest.warns(UserWarning), pytest.raises(UsageError, match="balance"):
+        run_training(data, out, image_size=32, init=tiny_model, cfg=TrainConfig(epochs=2, batch_size=8, holdout_fraction=0.3),
+                     log=logs.append)
 
 
 def test_refit_without_a_holdout_folds_no_temperature(tmp_path, tiny_model):

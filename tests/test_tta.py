@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,5 +64,8 @@ def test_unknown_mode_is_a_usage_error_before_loading(tiny_model):
 def test_cli_classify_with_flip(tiny_model):
     result = run_cli("classify", str(EXAMPLE), "--model", str(tiny_model), "--tta", "flip")
     assert result.returncode == ExitCode.OK, result.stderr
+    plain = run_cli("classify", str(EXAMPLE), "--model", str(tiny_model))
+    scores = [json.loads(r.stdout)["predictions"][0]["score"] for r in (result, plain)]
+    assert scores[0] != pytest.approx(scores[1], abs=1e-6)  # the flag reached the runner
     bad = run_cli("classify", str(EXAMPLE), "--model", str(tiny_model), "--tta", "rotate")
     assert bad.returncode == ExitCode.USAGE and "Traceback" not in bad.stderr

@@ -33,7 +33,9 @@ def serve(
 ) -> None:
     """Serve the model over an HTTP API compatible with the HF Inference API (image-classification)."""
     from vitgender.runtimes import runtime_for
+    from vitgender.runtimes.tta import check_tta
 
+    check_tta(tta)  # before the server starts: the model loads in the background
     chosen = runtime or runtime_for(model)
     max_body_bytes = int(max_body_mb * 1024 * 1024)
     if ray:

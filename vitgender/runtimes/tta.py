@@ -44,5 +44,5 @@ def check_tta(mode: str | None) -> None:
 
 
 def with_tta(runner: Runner, mode: str | None) -> Runner:
-    check_tta(mode)
+    """`runner`, wrapped for `mode` (already checked with `check_tta`)."""
     return FlipAveragedRunner(runner) if mode == "flip" else runner

@@ -115,11 +115,14 @@ def finetune(
     resume: bool = True,
     progress: Callable[[str], None] = print,
     sample_weights: torch.Tensor | None = None,
+    val_name: str = "val",
 ) -> list[dict]:
     """Train `model` in place; returns the per-epoch log (also written to run_dir/log.json).
 
     With `sample_weights`, each epoch draws as many images as the set holds, with replacement,
     in proportion to the weights (e.g. `sampling.balanced_weights`), instead of a permutation.
+    `val` is scored after every epoch and logged as `<val_name>_accuracy`. Resuming refuses a
+    checkpoint written with other sampling, holdout or seed: its epochs were drawn differently.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -134,6 +137,14 @@ def finetune(
     checkpoint = run_dir / "checkpoint.pt"
     if resume and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = state.get("config", {})
+        for name in ("balance", "holdout_fraction", "seed"):
+            was, now = saved.get(name, getattr(TrainConfig, name)), getattr(cfg, name)
+            if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now) if isinstance(now, tuple) else now):
+                from vitgender.errors import UsageError
+
+                raise UsageError(str(checkpoint), f"was trained with {name}={was!r}, not {now!r}: resume with the same "
+                                 "option, or start over with --no-resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -166,7 +177,7 @@ def finetune(
             loss_sum += float(loss.detach()) * len(index)
         entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "seconds": round(time.time() - began, 1)}
         if val is not None:
-            entry["val_accuracy"] = float((predict(model, val[0], pre, device).argmax(1) == val[1]).float().mean())
+            entry[f"{val_name}_accuracy"] = float((predict(model, val[0], pre, device).argmax(1) == val[1]).float().mean())
         log.append(entry)
         progress(json.dumps(entry))
         _save_atomic(

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitgender.errors import UsageError
 from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
 from vitgender.training.calibration import fit_temperature, fold_temperature
 from vitgender.training.finetune import TrainConfig, finetune, predict
-from vitgender.training.sampling import balanced_weights, holdout_of
+from vitgender.training.sampling import balanced_weights, holdout_mask
 from vitgender.data import Sample, load_labelled, split_samples
 
 Arrays = dict[str, tuple[torch.Tensor, list[Sample]]]
@@ -176,8 +177,8 @@ def run_training(
     label2id = {v: k for k, v in id2label.items()}
     train_pixels, train_samples = arrays["train"]
     val = None
-    if cfg.holdout_fraction > 0:  # the validation split is not read at all: log and calibrate on the holdout
-        held = torch.tensor([holdout_of(s, cfg.holdout_fraction) for s in train_samples])
+    if cfg.holdout_fraction > 0:  # the validation split goes unused: log and calibrate on the holdout
+        held = _holdout(train_pixels, cfg.holdout_fraction)
         val = (train_pixels[held], label_tensor([s for s, h in zip(train_samples, held) if h], label2id))
         train_pixels, train_samples = train_pixels[~held], [s for s, h in zip(train_samples, held) if not h]
     elif "val" in arrays and len(arrays["val"][1]):
@@ -190,7 +191,8 @@ def run_training(
     weights = balanced_weights(train_samples, cfg.balance, min_age=10) if cfg.balance else None
     run_dir = run_dir or out.with_name(out.name + ".run")
     finetune(model, (train_pixels, label_tensor(train_samples, label2id)), val, pre_cfg, cfg,
-             run_dir, torch_device, resume=resume, progress=log, sample_weights=weights)
+             run_dir, torch_device, resume=resume, progress=log, sample_weights=weights,
+             val_name="holdout" if cfg.holdout_fraction > 0 else "val")
     if cfg.holdout_fraction > 0:
         temperature = fit_temperature(predict(model, val[0], pre_cfg, torch_device), val[1])
         fold_temperature(model, temperature)
@@ -200,24 +202,37 @@ def run_training(
     return out
 
 
-def _cached_views(model, pixels: torch.Tensor, pre: PreprocessConfig, first: int, run_dir: Path,
-                  log: Callable[[str], None], progress) -> list[torch.Tensor]:
+def _holdout(pixels: torch.Tensor, fraction: float) -> torch.Tensor:
+    held = holdout_mask(pixels, fraction)
+    if not held.any() or held.all():
+        raise UsageError(str(fraction), f"a holdout of {fraction:g} leaves {int(held.sum())} of {len(held)} training "
+                         "images held out: choose a fraction that keeps some on each side, or 0")
+    return held
+
+
+def _cached_views(model, checkpoint_dir: Path, pixels: torch.Tensor, pre: PreprocessConfig, first: int, run_dir: Path,
+                  reuse: bool, log: Callable[[str], None], progress) -> list[torch.Tensor]:
     """[original, flipped] frozen-block tokens for the training images, reused from run_dir when present.
 
-    The cache is keyed by the image count and block index; delete it after changing the data or
-    the starting model.
+    The file name carries a hash of the starting weights, the preprocessing, the block and the
+    images, so another model or other data never picks up stale tokens.
     """
+    import hashlib
+
     from vitgender.training.top_blocks import cache_tokens
 
+    key = hashlib.sha256()
+    for weights in sorted(checkpoint_dir.glob("*.safetensors")):
+        key.update(hashlib.sha256(weights.read_bytes()).digest())
+    key.update(json.dumps(pre.to_dict(), sort_keys=True).encode() + str(first).encode())
+    key.update(pixels.contiguous().numpy().tobytes())
     views = []
     for view in ("orig", "flip"):
-        path = run_dir / f"tokens_block{first}_{view}.pt"
-        if path.exists():
-            tokens = torch.load(path)
-            if len(tokens) == len(pixels):
-                log(f"reusing cached tokens {path}")
-                views.append(tokens)
-                continue
+        path = run_dir / f"tokens_{key.hexdigest()[:16]}_block{first}_{view}.pt"
+        if reuse and path.exists():
+            log(f"reusing cached tokens {path}")
+            views.append(torch.load(path))
+            continue
         log(f"caching the {view} tokens entering block {first} of {len(pixels)} images")
         tokens = cache_tokens(model, pixels, pre, first, flip=view == "flip", progress=progress)
         partial = path.with_suffix(".partial")
@@ -234,14 +249,17 @@ def run_refit(
     init: Path | None = None,
     cfg=None,
     run_dir: Path | None = None,
+    resume: bool = True,
     progress=iter,
     log: Callable[[str], None] = print,
 ) -> Path:
     """The CPU path: refit the last blocks of `init` (default: the embedded model) on cached
     tokens with balanced sampling, then fold a held-out temperature into the head.
 
-    Never reads the validation split: the per-epoch log and the temperature use a fixed holdout
-    of the training split (`sampling.holdout_of`); with no holdout there is no temperature.
+    Never uses the validation split: the per-epoch log and the temperature use a fixed holdout
+    of the training split (`sampling.holdout_mask`); with no holdout there is no temperature. The
+    temperature is only meaningful when `init` never trained on these faces. `resume=False`
+    recomputes the cached tokens.
     """
     from vitgender.checkpoint import open_checkpoint
     from vitgender.training.top_blocks import TopBlocksConfig, predict_tokens, refit_top_blocks, write_log
@@ -249,15 +267,18 @@ def run_refit(
     cfg = cfg or TopBlocksConfig()
     ckpt = open_checkpoint(init)
     model, pre_cfg = ckpt.load_model().float(), ckpt.preprocess
+    layers = model.config.num_hidden_layers
+    if not 1 <= cfg.trainable < layers:
+        raise UsageError(str(cfg.trainable), f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model")
     label2id = {label: i for i, label in enumerate(ckpt.labels)}
-    samples = split_samples(load_labelled(data)[0])["train"]
-    pixels, samples = decode_split(samples, Preprocessor(pre_cfg), progress)
+    pixels, samples = load_arrays(data, Preprocessor(pre_cfg), progress)["train"]
     run_dir = run_dir or out.with_name(out.name + ".run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    first = model.config.num_hidden_layers - cfg.trainable
-    views = _cached_views(model, pixels, pre_cfg, first, run_dir, log, progress)
+    first = layers - cfg.trainable
+    views = _cached_views(model, ckpt.directory, pixels, pre_cfg, first, run_dir, resume, log,
+                          progress)
     labels = label_tensor(samples, label2id)
-    held = torch.tensor([holdout_of(s, cfg.holdout_fraction) for s in samples])
+    held = _holdout(pixels, cfg.holdout_fraction) if cfg.holdout_fraction > 0 else torch.zeros(len(samples), dtype=torch.bool)
     fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
     log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
     holdout = ([views[0][hold]], labels[hold]) if len(hold) else None

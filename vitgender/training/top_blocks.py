@@ -15,7 +15,8 @@ each piece is there:
   was under-confident on the 91% of faces it answers with confidence >= 0.9 (the largest
   term of its ECE).
 - **Temperature** fitted afterwards on faces held out from the refit and folded into the
-  head, so every exported artifact carries the calibration without a runtime option.
+  head, so every exported artifact carries the calibration without a runtime option (honest
+  only when the starting model never trained on those faces either).
 
 Augmentation is only the cached flip: the frozen blocks see the un-augmented image.
 Measured on the default model (its card, "Version history"): no gain, because refitting a model
