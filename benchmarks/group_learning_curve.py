@@ -43,7 +43,9 @@ def cell(sample: Sample) -> str:
 def features(samples: list[Sample], cache: Path, batch: int = 64) -> np.ndarray:
     """[CLS, mean of patch tokens] after the final LayerNorm of frozen DINOv2 at 140 px (cached)."""
     if cache.exists():
-        return np.load(cache)
+        cached = np.load(cache)
+        if len(cached) == len(samples):  # else another data set was cached there: recompute
+            return cached
     from vitgender.training.backbone import IMAGENET_MEAN, IMAGENET_STD, fetch_backbone_onnx, import_backbone
 
     model = import_backbone(fetch_backbone_onnx(Path.home() / ".cache" / "vitgender"), 140, {0: "female", 1: "male"}).eval()

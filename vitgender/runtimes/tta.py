@@ -31,10 +31,6 @@ class FlipAveragedRunner:
         logits = self.inner.run(np.ascontiguousarray(both))
         return (logits[: len(pixel_values)] + logits[len(pixel_values) :]) / 2
 
-    def __getattr__(self, name: str):
-        # Runner extras (dynamic_batch, stage_activations, ...) stay those of the wrapped runner.
-        return getattr(self.inner, name)
-
 
 def check_tta(mode: str | None) -> None:
     if mode not in (None, *TTA_MODES):

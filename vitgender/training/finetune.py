@@ -80,7 +80,7 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return ((x - mean) * contrast + mean * brightness).clamp(0, 1)
 
 
-def _normalize(x: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
+def normalize(x: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
     mean = torch.tensor(pre.image_mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(pre.image_std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -94,7 +94,7 @@ def predict(model, images: torch.Tensor, pre: PreprocessConfig, device: torch.de
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device).permute(0, 3, 1, 2).float() / 255.0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(pixel_values=_normalize(x, pre)).logits.float().cpu())
+            out.append(model(pixel_values=normalize(x, pre)).logits.float().cpu())
     return torch.cat(out)
 
 
@@ -163,7 +163,7 @@ def finetune(
             factor = step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            x = _normalize(augment(images[index].to(device, non_blocking=True), generator), pre)
+            x = normalize(augment(images[index].to(device, non_blocking=True), generator), pre)
             y = labels[index].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(pixel_values=x).logits.float()

@@ -188,7 +188,7 @@ def run_training(
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 ("cpu" if device == "auto" else device))
     model = build_start_model(init, image_size, id2label, Path.home() / ".cache" / "vitgender")
-    weights = balanced_weights(train_samples, cfg.balance, min_age=10) if cfg.balance else None
+    weights = balanced_weights(train_samples, cfg.balance) if cfg.balance else None
     run_dir = run_dir or out.with_name(out.name + ".run")
     finetune(model, (train_pixels, label_tensor(train_samples, label2id)), val, pre_cfg, cfg,
              run_dir, torch_device, resume=resume, progress=log, sample_weights=weights,

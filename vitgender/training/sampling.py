@@ -25,7 +25,7 @@ def holdout_mask(images: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.tensor([held(image) for image in images], dtype=torch.bool)
 
 
-def balanced_weights(samples: list[Sample], keys: tuple[str, ...], min_age: int) -> torch.Tensor:
+def balanced_weights(samples: list[Sample], keys: tuple[str, ...], min_age: int = 10) -> torch.Tensor:
     """Per-sample draw weights that give every cell (e.g. race x gender) the same weight per adult face.
 
     A cell's faces aged >= min_age share a total weight of 1, whatever their number; its younger

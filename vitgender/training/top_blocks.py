@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from vitgender.data import Sample
 from vitgender.preprocess import PreprocessConfig
-from vitgender.training.finetune import _normalize
+from vitgender.training.finetune import normalize
 from vitgender.training.sampling import balanced_weights
 
 
@@ -52,13 +52,19 @@ class TopBlocksConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
     balance: tuple[str, ...] = ("race", "gender")
-    balance_min_age: int = 10
     holdout_fraction: float = 0.1  # 0: no per-epoch holdout score and no temperature
     seed: int = 0
 
 
 def _blocks(model):
     return model.vit.encoder.layer
+
+
+def _through(blocks, hidden: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        hidden = block(hidden)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # transformers 4 returns a tuple
+    return hidden
 
 
 @torch.inference_mode()
@@ -71,20 +77,13 @@ def cache_tokens(model, images: torch.Tensor, pre: PreprocessConfig, first_train
         x = images[start : start + batch_size].permute(0, 3, 1, 2).float() / 255.0
         if flip:
             x = x.flip(3)
-        hidden = model.vit.embeddings(_normalize(x, pre))
-        for block in _blocks(model)[:first_trainable]:
-            hidden = block(hidden)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        out.append(hidden.half())
+        out.append(_through(_blocks(model)[:first_trainable], model.vit.embeddings(normalize(x, pre))).half())
     return torch.cat(out)
 
 
 def top_logits(model, tokens: torch.Tensor, first_trainable: int) -> torch.Tensor:
     """The rest of the forward pass, from cached tokens to logits (float32)."""
-    hidden = tokens.float()
-    for block in _blocks(model)[first_trainable:]:
-        hidden = block(hidden)
-        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    hidden = _through(_blocks(model)[first_trainable:], tokens.float())
     return model.classifier(model.vit.layernorm(hidden)[:, 0])
 
 
@@ -124,7 +123,7 @@ def refit_top_blocks(
     for g in groups:
         g["base_lr"] = g["lr"]
     optimizer = torch.optim.AdamW(groups)
-    weights = balanced_weights(samples, cfg.balance, cfg.balance_min_age)
+    weights = balanced_weights(samples, cfg.balance)
     steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, steps_per_epoch // 2
     log, step = [], 0
