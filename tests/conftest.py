@@ -74,3 +74,23 @@ def image_dir(tmp_path) -> Path:
         random_image(i).save(folder / f"img{i}.jpg", quality=95)
     random_image(9, mode="RGBA").save(folder / "alpha.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def race5_model() -> Path:
+    """A trained 5-label model (White/Black/Asian/Indian/Other) on the bundled backbone (tests/zoo.py)."""
+    if not SHARED_UTKFACE.is_dir():
+        pytest.skip(f"UTKFace data not found at {SHARED_UTKFACE} (needed to train the test model)")
+    from zoo import trained_model
+
+    return trained_model("race5")
+
+
+@pytest.fixture(scope="session")
+def age3_model() -> Path:
+    """A trained 3-label age-bucket model (0-19 / 20-49 / 50+) on the bundled backbone (tests/zoo.py)."""
+    if not SHARED_UTKFACE.is_dir():
+        pytest.skip(f"UTKFace data not found at {SHARED_UTKFACE} (needed to train the test model)")
+    from zoo import trained_model
+
+    return trained_model("age3")
