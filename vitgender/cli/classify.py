@@ -62,7 +62,7 @@ def classify(
     """
     size = _batch_size(batch_size or ("64" if ray else "8"))
     if ray:
-        from vitgender.ray_classify import RayClassifyOptions
+        from vitgender.batch.ray_classify import RayClassifyOptions
 
         if output is None:
             raise typer.BadParameter("--ray writes sharded results: give --output DIR", param_hint="--output")
@@ -84,7 +84,7 @@ def classify(
 
 def _classify_on_ray(paths: list[str], output: str, model: str | None, runtime: str | None, options) -> None:
     from vitgender.cli.common import show_progress
-    from vitgender.ray_classify import classify_on_ray
+    from vitgender.batch.ray_classify import classify_on_ray
 
     summary = classify_on_ray(paths, output, model=model, runtime=runtime, options=options,
                               show_progress=show_progress(), on_error=error)

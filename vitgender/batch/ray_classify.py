@@ -4,7 +4,7 @@ The pipeline is the single-machine one cut at its natural seams:
 
     paths (driver) -> read + decode + resize (CPU tasks, uint8 numpy batches)
           -> Runner.run (an actor pool; each actor opens the model once)
-          -> rank/uncertainty (driver) -> whole shards (`vitgender.shards`)
+          -> rank/uncertainty (driver) -> whole shards (`vitgender.batch.shards`)
 
 Images cross the object store as resized uint8 arrays (3 x 140 x 140 bytes each), never as PIL
 objects or Python lists; what reaches the driver is one score row per image, so one driver can
@@ -34,7 +34,7 @@ from vitgender.classify import Result, apply_function, rank, with_uncertainty
 from vitgender.errors import ImageError, UsageError
 from vitgender.inputs import IMAGE_SUFFIXES, expand_inputs
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor, decode_image
-from vitgender.shards import ShardSink
+from vitgender.batch.shards import ShardSink
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 
@@ -286,7 +286,7 @@ def classify_on_ray(
     """Classify every input on a Ray cluster and write sharded results to `output`.
 
     Without `options.resume`, `output` must hold no committed shards (results are never mixed
-    by accident); with it, inputs already in a committed shard are skipped (see `vitgender.shards`).
+    by accident); with it, inputs already in a committed shard are skipped (see `vitgender.batch.shards`).
     """
     import ray
 
