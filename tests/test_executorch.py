@@ -16,7 +16,7 @@ from vitgender.errors import ExitCode  # noqa: E402
 from vitgender.exporters import main_export  # noqa: E402
 from vitgender.exporters.manifest import read_manifest  # noqa: E402
 from vitgender.runtimes import open_runner, runtime_for  # noqa: E402
-from vitgender.toolchains import EXECUTORCH_ENV, executorch_python  # noqa: E402
+from vitgender.toolchains.side_env import EXECUTORCH_ENV, executorch_python  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from vitgender.errors import ExitCode, ToolchainError, UsageError, VitgenderError
 from vitgender.precision import Precision
-from vitgender.processes import child_env, die_with_parent
+from vitgender.toolchains.processes import child_env, die_with_parent
 
 SCHEMA = 2
 

@@ -160,13 +160,13 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
 def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
     """torch.export -> (PT2E int8, calibrated) -> XNNPACK-lowered .pte, in the ExecuTorch environment.
 
-    Runs `vitgender.executorch_worker export` under `.venv-executorch` (see `vitgender.toolchains`):
+    Runs `vitgender.toolchains.executorch_worker export` under `.venv-executorch` (see `vitgender.toolchains.side_env`):
     the checkpoint is read there from its directory, the calibration pixels from a .npy file.
     """
     import json
     import subprocess
 
-    from vitgender.toolchains import executorch_command
+    from vitgender.toolchains.side_env import executorch_command
 
     work = ctx.scratch / ".executorch-work"
     work.mkdir(exist_ok=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.processes import child_env, die_with_parent
+from vitgender.toolchains.processes import child_env, die_with_parent
 
 # onnx2tf looks for this sample in its working directory and downloads one if it is missing. It
 # only feeds onnx2tf's own int8 calibration, which never runs here (onnx2tf is stopped once the

@@ -1,7 +1,7 @@
 """ExecuTorch (.pte, XNNPACK delegate) through a worker in the ExecuTorch environment.
 
-The program runs in `vitgender.executorch_worker run` under `.venv-executorch`'s Python (see
-`vitgender.toolchains` for why it has its own environment); pixel_values go to it over a pipe
+The program runs in `vitgender.toolchains.executorch_worker run` under `.venv-executorch`'s Python (see
+`vitgender.toolchains.side_env` for why it has its own environment); pixel_values go to it over a pipe
 and logits come back, so `validate`, `evaluate`, `bench`, `classify` and `serve` use it like any
 other runner. Exported programs take a dynamic batch of 1-32; larger batches are split in the worker.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.errors import ToolchainError, UsageError
-from vitgender.executorch_worker import receive_array, send_array
+from vitgender.toolchains.executorch_worker import receive_array, send_array
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
-from vitgender.toolchains import executorch_command
+from vitgender.toolchains.side_env import executorch_command
 
 
 class ExecuTorchRunner:

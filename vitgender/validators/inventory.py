@@ -76,7 +76,7 @@ def executorch_inventory(path: Path) -> dict:
     import subprocess
 
     from vitgender.errors import ToolchainError
-    from vitgender.toolchains import executorch_command
+    from vitgender.toolchains.side_env import executorch_command
 
     argv, env = executorch_command("inventory", str(path))
     result = subprocess.run(argv, capture_output=True, text=True, env=env)

@@ -3,7 +3,7 @@
 ExecuTorch (torch.export -> .pte, and its runtime) needs numpy >= 2; the TensorFlow/onnx2tf and
 MediaPipe pins need numpy < 2. So ExecuTorch lives in `.venv-executorch` beside `.venv`
 (`scripts/setup.sh` creates both from `requirements/executorch.txt`) and runs behind a process
-boundary (`vitgender.executorch_worker`). ExecuTorch moved rather than TensorFlow because it
+boundary (`vitgender.toolchains.executorch_worker`). ExecuTorch moved rather than TensorFlow because it
 touches two places (one converter, one runner) where the TF stack touches five (SavedModel and
 TFLite runners, the TFLite inventory, the onnx2tf converter, MediaPipe face detection).
 """
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from vitgender.errors import ToolchainError
-from vitgender.processes import child_env
+from vitgender.toolchains.processes import child_env
 
 EXECUTORCH_ENV = "VITGENDER_EXECUTORCH_PYTHON"
 _REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def executorch_python() -> str:
 
 
 def executorch_command(*args: str) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for `python -m vitgender.executorch_worker ARGS` in the side environment.
+    """argv and environment for `python -m vitgender.toolchains.executorch_worker ARGS` in the side environment.
 
     The worker imports this package from the checkout (PYTHONPATH), never from the side
     environment's site-packages, so both processes run the same code.
@@ -39,4 +39,4 @@ def executorch_command(*args: str) -> tuple[list[str], dict[str, str]]:
     env = child_env(PYTHONPATH=str(Path(__file__).resolve().parent.parent), CUDA_VISIBLE_DEVICES="",
                     PYTHONUNBUFFERED="1")
     env.pop("VIRTUAL_ENV", None)
-    return [executorch_python(), "-m", "vitgender.executorch_worker", *args], env
+    return [executorch_python(), "-m", "vitgender.toolchains.executorch_worker", *args], env

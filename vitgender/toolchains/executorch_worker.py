@@ -3,12 +3,12 @@
 ExecuTorch releases that support torch 2.13 (1.2.0-1.4.1) require numpy >= 2, while onnx2tf
 1.29.24 pins numpy 1.26.4 and MediaPipe 0.10.21 needs numpy < 2, so ExecuTorch cannot share the
 main environment. The main process starts this module with the side environment's Python
-(`vitgender.toolchains`) and talks to it over pipes. It imports nothing from vitgender but
+(`vitgender.toolchains.side_env`) and talks to it over pipes. It imports nothing from vitgender but
 `processes`, so the side environment needs only torch, executorch, transformers and safetensors.
 
-    python -m vitgender.executorch_worker export JOB.json   # checkpoint -> .pte (fp32 or PT2E int8)
-    python -m vitgender.executorch_worker run MODEL.pte     # serve logits over stdin/stdout
-    python -m vitgender.executorch_worker inventory MODEL.pte  # weight bytes by dtype, as JSON
+    python -m vitgender.toolchains.executorch_worker export JOB.json   # checkpoint -> .pte (fp32 or PT2E int8)
+    python -m vitgender.toolchains.executorch_worker run MODEL.pte     # serve logits over stdin/stdout
+    python -m vitgender.toolchains.executorch_worker inventory MODEL.pte  # weight bytes by dtype, as JSON
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.processes import die_with_parent
+from vitgender.toolchains.processes import die_with_parent
 
 MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
 
