@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from vitgender.checkpoint import Checkpoint
     from vitgender.exporters.config import ExportConfig
     from vitgender.exporters.formats import ArtifactSpec
-    from vitgender.exporters.main import ExportOptions
+    from vitgender.exporters.main_export import ExportOptions
 
 
 @dataclass(frozen=True)
