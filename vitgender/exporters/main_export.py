@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitgender import checkpoint
-from vitgender.exporters import output
+from vitgender.exporters import merge
 from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.exporters.builders import BuildContext, Built, Calibration
 from vitgender.exporters.config import config_for
@@ -110,7 +110,7 @@ def _by_builder(specs: Sequence[ArtifactSpec]) -> list[list[ArtifactSpec]]:
 
 def _disk_full(exc: BaseException) -> bool:
     text = str(exc)
-    return (isinstance(exc, OSError) and exc.errno in output.DISK_FULL) or "No space left on device" in text \
+    return (isinstance(exc, OSError) and exc.errno in merge.DISK_FULL) or "No space left on device" in text \
         or "File too large" in text or "Disk quota exceeded" in text
 
 
@@ -134,22 +134,22 @@ def main_export(
     calibration = _calibration(options, ckpt) if any(s.needs_calibration for s in wanted) else None
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name
-    existing = output.check_target(out, ckpt.directory, ckpt.sha256, overwrite)
-    output.sweep_stale(out)
-    scratch = output.make_scratch(out)
+    existing = merge.check_target(out, ckpt.directory, ckpt.sha256, overwrite)
+    merge.sweep_stale(out)
+    scratch = merge.make_scratch(out)
     try:
         artifacts = _build(ckpt, export_config, options, calibration, wanted, scratch, on_step)
         if existing is not None:
             rebuilt = {a["name"] for a in artifacts}
             kept = [e for e in existing["artifacts"] if e["name"] not in rebuilt]
-            output.carry_over(out, scratch, [a["path"] for a in artifacts])
+            merge.carry_over(out, scratch, [a["path"] for a in artifacts])
             order = {n: i for i, n in enumerate(FORMATS)}
             artifacts = sorted(kept + artifacts, key=lambda a: order.get(a["name"], len(order)))
         model_info = {"source": str(ckpt.directory), "name": name, "model_type": ckpt.model_type,
                       "labels": list(ckpt.labels), "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
                       "preprocessor": ckpt.preprocess.to_dict(), "checkpoint_sha256": ckpt.sha256}
         write_manifest(scratch, model_info, artifacts)
-        output.publish(scratch, out)
+        merge.publish(scratch, out)
     except (OSError, ExportError) as exc:
         if _disk_full(exc):
             raise ExportError(str(out.parent), f"out of disk space while exporting ({str(exc)[-200:]}); "
