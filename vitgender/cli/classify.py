@@ -9,7 +9,7 @@ import typer
 
 from vitgender.cli.app import app
 from vitgender.cli.common import MODEL_HELP, RUNTIME_HELP, TTA_HELP, closed_pipe_ends_quietly, error, progress_bar
-from vitgender.cli.output import OutputFormat, ResultWriter, atomic_output
+from vitgender.cli.result_writers import OutputFormat, ResultWriter, atomic_output
 
 
 def _batch_size(value: str) -> int | str:
