@@ -49,7 +49,7 @@ def explain(
     exit code is 2 if any input failed, 0 otherwise.
     """
     from vitgender.explain.api import Explainer
-    from vitgender.explain.render import SheetWriter, atomic_folder
+    from vitgender.reporting.explanations import SheetWriter, atomic_folder
     from vitgender.inputs import expand_inputs
 
     explainer = Explainer(model, allow_pickle=allow_pickle)
