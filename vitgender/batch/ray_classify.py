@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.classify import Result, apply_function, rank, with_uncertainty
+from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 from vitgender.errors import ImageError, UsageError
 from vitgender.inputs import IMAGE_SUFFIXES, expand_inputs
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor, decode_image

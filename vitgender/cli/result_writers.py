@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from vitgender.classify import UNCERTAIN
+from vitgender.scoring import UNCERTAIN
 from vitgender.errors import UsageError
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.classify import apply_function
+from vitgender.scoring import apply_function
 from vitgender.errors import UsageError
 from vitgender.exporters.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
