@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vitgender.exporters.formats import FORMATS, GROUPS
+from vitgender.formats import FORMATS, GROUPS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vitgender"
 

@@ -23,7 +23,7 @@ from vitgender.precision import Precision
 if TYPE_CHECKING:
     from vitgender.checkpoint import Checkpoint
     from vitgender.exporters.config import ExportConfig
-    from vitgender.exporters.formats import ArtifactSpec
+    from vitgender.formats import ArtifactSpec
     from vitgender.exporters.main_export import ExportOptions
 
 

@@ -19,7 +19,7 @@ from vitgender.exporters import merge
 from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.exporters.builders import BuildContext, Built, Calibration
 from vitgender.exporters.config import config_for
-from vitgender.exporters.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
+from vitgender.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
 from vitgender.exporters.manifest import describe, write_manifest
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.inputs import IMAGE_SUFFIXES
