@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip 
 
 from vitgender.errors import ExitCode  # noqa: E402
 from vitgender.exporters import main_export  # noqa: E402
-from vitgender.exporters.manifest import read_manifest  # noqa: E402
+from vitgender.manifest import read_manifest  # noqa: E402
 from vitgender.runtimes import open_runner, runtime_for  # noqa: E402
 from vitgender.toolchains.side_env import EXECUTORCH_ENV, executorch_python  # noqa: E402
 

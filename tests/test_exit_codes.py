@@ -83,7 +83,7 @@ def test_exit_3_when_a_converter_crashes(tiny_model, tmp_path, monkeypatch, caps
 def test_bench_worker_crash_is_exit_3_and_a_refused_artifact_exit_2(tiny_model, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime", reason="bench of artifacts needs the export extra")
     from vitgender.exporters import main_export
-    from vitgender.exporters.manifest import artifact_sha256
+    from vitgender.manifest import artifact_sha256
 
     export = main_export(tiny_model, tmp_path / "art", "onnx")
     (export / "model.onnx").write_bytes(b"not a model")  # resealed: an exporter bug, not tampering

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
 
 from vitgender.exporters import FORMATS, ExportError, main_export, parse_formats  # noqa: E402
-from vitgender.exporters.manifest import read_manifest, verify_artifact  # noqa: E402
+from vitgender.manifest import read_manifest, verify_artifact  # noqa: E402
 from vitgender.runtimes import open_runner, runtime_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]

@@ -212,7 +212,7 @@ def test_sha256sums_parser(tmp_path_factory, text):
                                                         "fp32", "int8"]), max_size=6) | JSON,
        top=st.sampled_from(["ok", "no-model", "list"]))
 def test_manifest_reader(tmp_path_factory, entry, top):
-    from vitgender.exporters.manifest import read_manifest, verify_artifact
+    from vitgender.manifest import read_manifest, verify_artifact
 
     folder = tmp_path_factory.mktemp("manifest")
     (folder / "model.onnx").write_bytes(b"x")

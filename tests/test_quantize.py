@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="quantization needs the export extra: pip install .[export]")
 
 from vitgender.exporters import ExportOptions, main_export  # noqa: E402
-from vitgender.exporters.manifest import read_manifest  # noqa: E402
+from vitgender.manifest import read_manifest  # noqa: E402
 from vitgender.runtimes import open_runner  # noqa: E402
 from vitgender.validators.batching import batch_variation  # noqa: E402
 

@@ -163,7 +163,7 @@ def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) 
     found = [{"name": "torch-eager", "runtime": "torch", "path": str(model_dir)},
              {"name": "transformers-pipeline", "runtime": "pipeline", "path": str(model_dir)}]
     if artifacts is not None:
-        from vitgender.exporters.manifest import read_manifest, verify_artifact
+        from vitgender.manifest import read_manifest, verify_artifact
         from vitgender.runtimes import runtime_for
 
         for entry in read_manifest(artifacts)["artifacts"]:

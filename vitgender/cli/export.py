@@ -37,7 +37,7 @@ def export_cmd(
 ) -> None:
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
     from vitgender.exporters import ExportOptions, main_export
-    from vitgender.exporters.manifest import read_manifest
+    from vitgender.manifest import read_manifest
 
     options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
                             quant_target=quant_target,

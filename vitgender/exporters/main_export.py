@@ -20,7 +20,7 @@ from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.exporters.builders import BuildContext, Built, Calibration
 from vitgender.exporters.config import config_for
 from vitgender.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
-from vitgender.exporters.manifest import describe, write_manifest
+from vitgender.manifest import describe, write_manifest
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import Preprocessor, decode_image

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from vitgender.errors import UsageError
-from vitgender.exporters.manifest import MANIFEST, read_manifest
+from vitgender.manifest import MANIFEST, read_manifest
 
 OWNER = ".owner"
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

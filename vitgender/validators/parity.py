@@ -16,7 +16,7 @@ import numpy as np
 
 from vitgender.scoring import apply_function
 from vitgender.errors import UsageError
-from vitgender.exporters.manifest import read_manifest, verify_artifact
+from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
