@@ -10,7 +10,7 @@ import typer
 from vitgender.cli.app import app
 from vitgender.cli.common import MODEL_HELP
 from vitgender.formats import formats_help
-from vitgender.exporters.main_export import CALIBRATION_METHODS
+from vitgender.exporters.options import CALIBRATION_METHODS
 from vitgender.exporters.quantize import STATIC_PRESETS
 
 

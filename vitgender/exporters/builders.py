@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from vitgender.checkpoint import Checkpoint
     from vitgender.exporters.config import ExportConfig
     from vitgender.formats import ArtifactSpec
-    from vitgender.exporters.main_export import ExportOptions
+    from vitgender.exporters.options import ExportOptions
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,9 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             if spec.precision is Precision.INT8 else None))
     shutil.rmtree(work, ignore_errors=True)
     return built
+
+
+# The web (transformers.js) layout's builders, by the names the format registry gives them.
+web_copy_base_onnx = web(copy_base_onnx)
+web_onnx_int8_dynamic = web(onnx_int8_dynamic)
+web_onnx_fp16 = web(onnx_fp16)
