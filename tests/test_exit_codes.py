@@ -94,12 +94,12 @@ def test_bench_worker_crash_is_exit_3_and_a_refused_artifact_exit_2(tiny_model, 
                          "--batch-sizes", "1", "--seconds", "0.1")
     assert code == ExitCode.USAGE and "onnxruntime cannot load it" in err
 
-    import vitgender.bench as bench
+    from vitgender.toolchains import processes
 
     segfaulting = tmp_path / "python"  # a worker that dies of SIGSEGV, as a broken native runtime would
     segfaulting.write_text("#!/bin/sh\nkill -SEGV $$\n")
     segfaulting.chmod(0o755)
-    monkeypatch.setattr(bench.sys, "executable", str(segfaulting))
+    monkeypatch.setattr(processes.sys, "executable", str(segfaulting))
     code, err = run_main(monkeypatch, capsys, "bench", "--model", str(tiny_model), "--batch-sizes", "1",
                          "--seconds", "0.1")
     assert code == ExitCode.TOOLCHAIN and "benchmark worker failed" in err

@@ -11,12 +11,9 @@ this machine, nothing is assumed or copied from another report:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.errors import ExitCode, ToolchainError, UsageError, VitgenderError
 from vitgender.precision import Precision
-from vitgender.toolchains.processes import child_env, die_with_parent
+from vitgender.toolchains.processes import child_env, job_main, run_job
 
 SCHEMA = 2
 
@@ -177,17 +173,7 @@ def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) 
 def _in_child(label: str, job: dict, threads: int) -> dict:
     """Run one worker job in a fresh process (its own RSS, no state shared between candidates)."""
     env = child_env(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
-                              text=True, env=env)
-    except OSError as exc:
-        raise ToolchainError(label, f"cannot start the benchmark worker ({exc.strerror})") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        # the worker exits 2 for input it refused (a corrupt artifact), anything else is a crash
-        error = UsageError if proc.returncode == ExitCode.USAGE else ToolchainError
-        raise error(label, f"benchmark worker failed: {last.removeprefix('vitgender: ')[:300]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_job("vitgender.bench", job, what=f"{label}: benchmark worker failed", env=env)
 
 
 def _reference(ckpt, folder: Path, work: Path) -> dict:
@@ -207,7 +193,7 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
                   seconds: float, on_candidate: Callable[[str], None] = lambda name: None,
                   roof_seconds: float = 1.0, tta: str | None = None) -> dict:
     from vitgender import checkpoint
-    from vitgender.validators.parity import REFERENCE_ROOT, DEFAULT_REFERENCE
+    from vitgender.validators.parity import DEFAULT_REFERENCE, REFERENCE_ROOT
 
     ckpt = checkpoint.open_checkpoint(model)
     model_dir, pre, arch = ckpt.directory, ckpt.preprocess, ckpt.architecture
@@ -246,9 +232,4 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
 
 
 if __name__ == "__main__":
-    die_with_parent()
-    try:
-        print(json.dumps(_worker(json.loads(sys.argv[1]))))
-    except VitgenderError as exc:
-        print(f"vitgender: {exc}", file=sys.stderr)
-        sys.exit(int(exc.exit_code))
+    job_main(_worker)

@@ -19,6 +19,7 @@ from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, 
 from vitgender.runtimes import Runner, open_runner, runner_input
 from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 
+
 def available_memory() -> int:
     """Bytes of memory free now (physical pages available), or 2 GiB where the OS will not say."""
     try:

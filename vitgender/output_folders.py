@@ -150,8 +150,9 @@ def atomic_dir(out: Path, command: str, *, overwrite: bool = False, recognise: C
                updates: bool = False) -> Iterator[Path]:
     """Yield a scratch folder that replaces `out` when the block succeeds; see the module docstring.
 
-    The target is checked on entry, before the block's work. An OSError inside the block (a
-    full disk, a vanished folder) becomes one line and exit 2; nothing is left behind.
+    The target is checked on entry, before the block's work. An OSError writing into the
+    scratch folder (a full disk, a vanished folder) becomes one line and exit 2; nothing is left
+    behind. Errors about other files pass through unchanged.
     """
     out = Path(out).absolute()
     check_target(out, command, overwrite=overwrite, recognise=recognise, updates=updates)
@@ -162,6 +163,8 @@ def atomic_dir(out: Path, command: str, *, overwrite: bool = False, recognise: C
         try:
             yield scratch
         except OSError as exc:
+            if exc.filename is not None and not Path(exc.filename).absolute().is_relative_to(scratch):
+                raise
             raise UsageError(str(out), f"cannot write ({exc.strerror or exc})") from None
         publish(scratch, out, command)
     finally:
