@@ -128,7 +128,8 @@ def test_train_refuses_a_folder_with_user_files_before_any_work(tmp_path):
                              "--out", str(out), "--epochs", "1"], capture_output=True, text=True, timeout=300)
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert "not empty" in result.stderr and "no-such-data" not in result.stderr  # refused before reading the data
-    assert (out / "notes.txt").read_text() == "the user's notes" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "the user's notes"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no scratch, no OUT.run
 
 

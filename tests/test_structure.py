@@ -147,7 +147,8 @@ FORBIDDEN = {
     "reporting": {"cli", "serving", "batch", "training", "exporters"},
     "serving": {"cli", "exporters", "validators", "reporting", "training"},
     "batch": {"cli", "exporters", "validators", "reporting", "training", "serving"},
-    **{foundation: {"exporters", "validators", "reporting", "cli", "serving", "batch", "training", "explain", "runtimes"}
+    **{foundation: {"exporters", "validators", "reporting", "cli", "serving", "batch", "training", "explain",
+                    "runtimes"}
        for foundation in ("formats", "manifest", "scoring", "output_folders", "errors", "precision", "toolchains",
                           "inputs")},
 }

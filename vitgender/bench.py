@@ -102,7 +102,8 @@ def _open(candidate: dict, threads: int) -> _Opened:
             return pipe(images[batch], batch_size=batch)
 
         def answer(reference: dict) -> list[str]:
-            return [top[0]["label"] for top in pipe([Image.open(p).convert("RGB") for p in reference["images"]], top_k=1)]
+            images = [Image.open(p).convert("RGB") for p in reference["images"]]
+            return [top[0]["label"] for top in pipe(images, top_k=1)]
 
         # what the pipeline really computes in (it follows the config's dtype, else the stored weights')
         computes_in = Precision.FP16 if pipe.model.dtype == torch.float16 else Precision.FP32
@@ -113,7 +114,9 @@ def _open(candidate: dict, threads: int) -> _Opened:
         logits = runner.run(np.load(reference["resized" if runner.info.raw_input else "pixels"]))
         return [runner.info.labels[i] for i in logits.argmax(1)]
 
-    weights = Path(candidate["path"]) / "model.safetensors" if candidate["runtime"] == "torch" else Path(candidate["path"])
+    weights = Path(candidate["path"])
+    if candidate["runtime"] == "torch":
+        weights = weights / "model.safetensors"
     return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision)
 
 
@@ -186,7 +189,8 @@ def _reference(ckpt, folder: Path, work: Path) -> dict:
     resized = np.stack([pre.resize(decode_image(p)) for p in images])
     np.save(work / "resized.npy", resized)
     np.save(work / "pixels.npy", pre.normalize(resized))
-    return {"images": [str(p) for p in images], "resized": str(work / "resized.npy"), "pixels": str(work / "pixels.npy")}
+    return {"images": [str(p) for p in images], "resized": str(work / "resized.npy"),
+            "pixels": str(work / "pixels.npy")}
 
 
 def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[int], threads: int,

@@ -54,7 +54,8 @@ class Classifier:
         self.max_pixels = max_pixels
 
     def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
-        resized = np.stack([self.preprocessor.resize(decode_image(image, max_pixels=self.max_pixels)) for image in images])
+        decoded = (decode_image(image, max_pixels=self.max_pixels) for image in images)
+        resized = np.stack([self.preprocessor.resize(image) for image in decoded])
         return self.runner.run(runner_input(self.runner, resized))
 
     def classify(
@@ -136,7 +137,7 @@ class Classifier:
             if good:
                 resized = np.stack([self.preprocessor.resize(image) for _, image in good])
                 logits = self.runner.run(runner_input(self.runner, resized))
-                scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply)))
+                scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply), strict=True))
             for i, (name, image) in enumerate(pending):
                 if isinstance(image, Result):
                     yield image

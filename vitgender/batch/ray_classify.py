@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.scoring import Result, apply_function, rank, with_uncertainty
+from vitgender.batch.shards import ShardSink
 from vitgender.errors import ImageError, UsageError
 from vitgender.inputs import IMAGE_SUFFIXES, expand_inputs
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor, decode_image
-from vitgender.batch.shards import ShardSink
+from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 
@@ -115,7 +115,8 @@ def _listed(spec: str, column: str) -> Iterator[str | tuple[str, str]]:
 
             table = pq.read_table(str(path))
             if column not in table.column_names:
-                yield spec, f"no column '{column}' (columns: {', '.join(table.column_names)}); choose one with --path-column"
+                yield spec, (f"no column '{column}' (columns: {', '.join(table.column_names)}); "
+                             "choose one with --path-column")
                 return
             entries = [str(v) for v in table.column(column).to_pylist() if v is not None]
     except (UnicodeDecodeError, csv.Error, OSError, ValueError) as exc:

@@ -55,7 +55,8 @@ def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
     name, dtype = ctx.export_config.input_name, built.input_dtype
     batch = built.fixed_batch or "batch"
     if spec.layout is InputLayout.NCHW:
-        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32", "shape": [batch, channels, pre.height, pre.width]}
+        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32",
+                "shape": [batch, channels, pre.height, pre.width]}
     if spec.layout is InputLayout.NHWC_UINT8:
         from vitgender.exporters.baked import RAW_INPUT
 
@@ -64,7 +65,8 @@ def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
                 "note": f"resize to {pre.height}x{pre.width} ({pre.resample_name}); "
                         "rescale/normalise/transpose are inside the graph"}
     fixed = {"note": f"batch fixed at {batch} by onnx2tf (the graph reads a tensor shape)"} if built.fixed_batch else {}
-    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32", "shape": [batch, pre.height, pre.width, channels],
+    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32",
+            "shape": [batch, pre.height, pre.width, channels],
             **fixed}
 
 
@@ -74,7 +76,7 @@ def _run_step(name: str, fn: Callable, *args, **kwargs):
         return fn(*args, **kwargs)
     except VitgenderError:
         raise
-    except Exception as exc:  # noqa: BLE001 - converters raise anything; the user needs the step and reason
+    except Exception as exc:  # converters raise anything; re-raised as ExportError naming the step and reason
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise ExportError(name, f"step failed: {type(exc).__name__}: {first}") from exc
 

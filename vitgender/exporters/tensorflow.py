@@ -29,6 +29,7 @@ otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -66,14 +67,12 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
 
     tf.lite.TFLiteConverter.from_keras_model = stop
     tf.lite.TFLiteConverter.from_concrete_functions = stop
-    try:
+    with contextlib.suppress(_SavedModelWritten):  # `stop` ends onnx2tf once the SavedModel is on disk
         onnx2tf.convert(
             input_onnx_file_path=str(onnx_path), output_folder_path=str(savedmodel),
             overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"] if shape else None,
             output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True, non_verbose=True,
         )
-    except _SavedModelWritten:
-        pass
     if not (savedmodel / "saved_model.pb").is_file():
         raise RuntimeError("onnx2tf did not write a SavedModel")
 

@@ -175,7 +175,8 @@ def inventory(pte: str) -> dict:
         if getattr(tensor, "data_buffer_idx", 0) > 0:
             dtype, size = sizes.get(int(tensor.scalar_type), (str(tensor.scalar_type), 4))
             weights[dtype] = weights.get(dtype, 0) + int(np.prod(tensor.sizes or [1])) * size
-    return {"weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()}, "delegates": len(program.backend_delegate_data),
+    return {"weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()},
+            "delegates": len(program.backend_delegate_data),
             "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 

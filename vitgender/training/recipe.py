@@ -59,7 +59,7 @@ def write_pack(arrays: Arrays, path: Path) -> None:
     index = []
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
         for split, (pixels, samples) in arrays.items():
-            for i, (image, sample) in enumerate(zip(pixels.numpy(), samples)):
+            for i, (image, sample) in enumerate(zip(pixels.numpy(), samples, strict=True)):
                 buffer = io.BytesIO()
                 Image.fromarray(image).save(buffer, "WEBP", quality=90)
                 member = f"{split}/{i}.webp"
@@ -105,7 +105,8 @@ def canonical_key(name: str) -> str:
     return name
 
 
-CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "preprocessor_config.json", "SHA256SUMS", "README.md"})
+CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "preprocessor_config.json", "SHA256SUMS",
+                              "README.md"})
 
 
 def is_checkpoint_output(folder: Path) -> bool:
@@ -199,8 +200,9 @@ def _train(data: Path, folder: Path, out: Path, *, image_size: int, init: Path |
     val = None
     if cfg.holdout_fraction > 0:  # the validation split goes unused: log and calibrate on the holdout
         held = _holdout(train_pixels, cfg.holdout_fraction)
-        val = (train_pixels[held], label_tensor([s for s, h in zip(train_samples, held) if h], label2id))
-        train_pixels, train_samples = train_pixels[~held], [s for s, h in zip(train_samples, held) if not h]
+        val = (train_pixels[held], label_tensor([s for s, h in zip(train_samples, held, strict=True) if h], label2id))
+        train_samples = [s for s, h in zip(train_samples, held, strict=True) if not h]
+        train_pixels = train_pixels[~held]
     elif "val" in arrays and len(arrays["val"][1]):
         val = (arrays["val"][0], label_tensor(arrays["val"][1], label2id))
     log(f"train {len(train_samples)} images, {'holdout' if cfg.holdout_fraction else 'val'} "
@@ -289,7 +291,8 @@ def run_refit(
         model, pre_cfg = ckpt.load_model().float(), ckpt.preprocess
         layers = model.config.num_hidden_layers
         if not 1 <= cfg.trainable < layers:
-            raise UsageError(str(cfg.trainable), f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model")
+            raise UsageError(str(cfg.trainable),
+                             f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model")
         label2id = {label: i for i, label in enumerate(ckpt.labels)}
         pixels, samples = load_arrays(data, Preprocessor(pre_cfg), progress)["train"]
         run_dir = run_dir or out.with_name(out.name + ".run")
@@ -298,7 +301,8 @@ def run_refit(
         views = _cached_views(model, ckpt.directory, pixels, pre_cfg, first, run_dir, resume, log,
                               progress)
         labels = label_tensor(samples, label2id)
-        held = _holdout(pixels, cfg.holdout_fraction) if cfg.holdout_fraction > 0 else torch.zeros(len(samples), dtype=torch.bool)
+        held = (_holdout(pixels, cfg.holdout_fraction) if cfg.holdout_fraction > 0
+                else torch.zeros(len(samples), dtype=torch.bool))
         fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
         log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
         holdout = ([views[0][hold]], labels[hold]) if len(hold) else None
