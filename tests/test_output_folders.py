@@ -193,6 +193,22 @@ def test_the_side_environment_sees_only_the_package(tmp_path):
     assert (folder / "vitgender").resolve() == Path(__file__).resolve().parent.parent / "vitgender"
 
 
+def test_the_executorch_worker_imports_in_the_side_environment_with_its_own_numpy(tmp_path):
+    """The worker is standalone (no PIL there) and our site-packages' numpy 1.26 must not shadow its numpy 2."""
+    from vitgender.toolchains.side_env import executorch_env, executorch_python
+
+    try:
+        python = executorch_python()
+    except ToolchainError as exc:
+        pytest.skip(f"no ExecuTorch environment ({exc})")
+    probe = "import sys, numpy, vitgender.toolchains.executorch_worker; print(numpy.__version__, 'PIL' in sys.modules)"
+    result = subprocess.run([python, "-c", probe], env=executorch_env(), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    version, pil = result.stdout.split()
+    assert int(version.split(".")[0]) >= 2 and pil == "False"
+
+
 # --- the manifest: schema 2 names the runtime; schema 1 is still read ------------------------------------------
 
 
