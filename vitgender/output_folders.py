@@ -126,6 +126,7 @@ def make_scratch(out: Path) -> Path:
 def publish(scratch: Path, out: Path, command: str) -> None:
     """Mark the folder as this command's output, give it the user's permissions and swap it into place."""
     (scratch / OWNER).unlink(missing_ok=True)
+    (scratch / MARKER).unlink(missing_ok=True)  # may be a hard link into the folder it replaces (export's merge)
     (scratch / MARKER).write_text(json.dumps({"command": command}) + "\n")
     mode = 0o777 & ~_umask()
     for folder in [scratch, *(p for p in scratch.rglob("*") if p.is_dir())]:
