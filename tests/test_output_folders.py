@@ -228,3 +228,11 @@ def test_a_schema_1_manifest_is_read_with_its_runtime_field_renamed(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**old, "schema": 3}))
     with pytest.raises(UsageError, match="schema 3"):
         read_manifest(tmp_path)
+
+
+def test_evaluate_refuses_an_unwritable_report_before_any_work(tmp_path):
+    argv = ["evaluate", "--data", str(tmp_path / "no-such-data"), "--html", str(tmp_path / "missing" / "report.html")]
+    result = subprocess.run([sys.executable, "-m", "vitgender.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == ExitCode.USAGE
+    assert "report.html: output folder does not exist" in result.stderr and "no-such-data" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

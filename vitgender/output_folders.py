@@ -172,6 +172,16 @@ def atomic_dir(out: Path, command: str, *, overwrite: bool = False, recognise: C
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def check_file_target(path: Path) -> Path:
+    """Refuse (exit 2) a report file that cannot be written, before the work that fills it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(str(path), "output folder does not exist")
+    if path.is_dir():
+        raise UsageError(str(path), "is a folder, not a file")
+    return path
+
+
 @contextmanager
 def atomic_file(path: Path | None) -> Iterator[IO[str]]:
     """A text file written to `.NAME.partial` and renamed into place when the block succeeds
@@ -179,11 +189,7 @@ def atomic_file(path: Path | None) -> Iterator[IO[str]]:
     if path is None:
         yield sys.stdout
         return
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UsageError(str(path), "output folder does not exist")
-    if path.is_dir():
-        raise UsageError(str(path), "is a folder, not a file")
+    path = check_file_target(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
         with partial.open("w") as handle:

@@ -36,10 +36,13 @@ def evaluate(
 
     from vitgender.errors import UsageError
     from vitgender.evaluate import predict_samples, report_of, select
-    from vitgender.output_folders import atomic_file
+    from vitgender.output_folders import atomic_file, check_file_target
     from vitgender.reporting import evaluation
     from vitgender.runtimes import open_runner, runtime_for
 
+    for target in (json_out, html_out):
+        if target is not None:
+            check_file_target(target)  # before any work, not after the evaluation
     runner = open_runner(runtime or runtime_for(model), model, tta=tta)
     if explain and runner.info.runtime != "torch":
         raise UsageError("--explain", "maps explain the PyTorch model: evaluate its checkpoint, not an exported artifact")
