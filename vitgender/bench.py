@@ -159,15 +159,15 @@ def _worker(job: dict) -> dict:
 def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) -> list[dict]:
     """PyTorch, the HF pipeline and every artifact; with `tta`, each runner again wrapped in it
     (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run."""
-    found = [{"name": "torch-eager", "runtime": "torch", "path": str(model_dir)},
-             {"name": "transformers-pipeline", "runtime": "pipeline", "path": str(model_dir)}]
+    found = [{"name": "torch-eager", "runtime": "torch", "path": model_dir.absolute()},
+             {"name": "transformers-pipeline", "runtime": "pipeline", "path": model_dir.absolute()}]
     if artifacts is not None:
         from vitgender.manifest import read_manifest, verify_artifact
         from vitgender.runtimes import runtime_for
 
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
-            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": str(path)})
+            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": path.absolute()})
     if tta in (None, "none"):
         return found
     return found + [{**c, "name": f"{c['name']}+{tta}", "tta": tta} for c in found if c["runtime"] != "pipeline"]
