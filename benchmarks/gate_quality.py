@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.data import load_labelled, split_samples
-from vitgender.exporters.manifest import read_manifest
+from vitgender.manifest import read_manifest
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.data import load_labelled, split_samples
-from vitgender.exporters.manifest import read_manifest, verify_artifact
+from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for

@@ -87,7 +87,7 @@ def on_ray(model: str, paths: list[str], out: Path, address: str | None, batch: 
     end to end (listing, actor start-up and model loads included) and steady state after start-up."""
     import ray
 
-    from vitgender.ray_classify import RayClassifyOptions, classify_on_ray
+    from vitgender.batch.ray_classify import RayClassifyOptions, classify_on_ray
 
     options = RayClassifyOptions(address=address, batch_size=batch, actors_per_node=actors_per_node,
                                  num_cpus_per_actor=cpus_per_actor)
@@ -103,8 +103,8 @@ def on_ray(model: str, paths: list[str], out: Path, address: str | None, batch: 
 
 def driver_row_cost(labels: tuple[str, ...], rows: int, out: Path) -> float:
     """Seconds per result row on the driver: ranking a score row and writing it into Parquet shards."""
-    from vitgender.ray_classify import RayClassifyOptions, _rows
-    from vitgender.shards import ShardSink
+    from vitgender.batch.ray_classify import RayClassifyOptions, _rows
+    from vitgender.batch.shards import ShardSink
 
     batch = {"image": np.array([f"/data/{i:08d}.jpg" for i in range(rows)], dtype=object),
              "error": np.array([""] * rows, dtype=object),

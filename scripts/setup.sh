@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install vitgender with every extra, and .venv-executorch for the ExecuTorch
 # toolchain (it needs numpy >= 2, the main environment's TensorFlow stack numpy < 2; see
-# vitgender/toolchains.py). torch is pinned in both (an unpinned torch pulls a multi-GB CUDA build).
+# vitgender/toolchains/side_env.py). torch is pinned in both (an unpinned torch pulls a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

@@ -83,7 +83,7 @@ def test_exit_3_when_a_converter_crashes(tiny_model, tmp_path, monkeypatch, caps
 def test_bench_worker_crash_is_exit_3_and_a_refused_artifact_exit_2(tiny_model, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime", reason="bench of artifacts needs the export extra")
     from vitgender.exporters import main_export
-    from vitgender.exporters.manifest import artifact_sha256
+    from vitgender.manifest import artifact_sha256
 
     export = main_export(tiny_model, tmp_path / "art", "onnx")
     (export / "model.onnx").write_bytes(b"not a model")  # resealed: an exporter bug, not tampering
@@ -94,12 +94,12 @@ def test_bench_worker_crash_is_exit_3_and_a_refused_artifact_exit_2(tiny_model, 
                          "--batch-sizes", "1", "--seconds", "0.1")
     assert code == ExitCode.USAGE and "onnxruntime cannot load it" in err
 
-    import vitgender.bench as bench
+    from vitgender.toolchains import processes
 
     segfaulting = tmp_path / "python"  # a worker that dies of SIGSEGV, as a broken native runtime would
     segfaulting.write_text("#!/bin/sh\nkill -SEGV $$\n")
     segfaulting.chmod(0o755)
-    monkeypatch.setattr(bench.sys, "executable", str(segfaulting))
+    monkeypatch.setattr(processes.sys, "executable", str(segfaulting))
     code, err = run_main(monkeypatch, capsys, "bench", "--model", str(tiny_model), "--batch-sizes", "1",
                          "--seconds", "0.1")
     assert code == ExitCode.TOOLCHAIN and "benchmark worker failed" in err

@@ -254,7 +254,7 @@ class FixedDetector:
 
 
 def test_face_maps_land_inside_their_crop_on_the_original_photo(explainer):
-    from vitgender.explain.render import overlay
+    from vitgender.reporting.explanations import overlay
 
     photo = Image.new("RGB", (200, 100), (128, 128, 128))
     photo.paste(random_image(1, size=(40, 40)), (20, 30))
@@ -329,7 +329,7 @@ def test_cli_refuses_a_non_empty_folder_unless_overwrite(tiny_model, image_dir, 
 
 
 def test_cli_failure_midway_leaves_no_folder(tiny_model, image_dir, tmp_path, monkeypatch, capsys):
-    from vitgender.explain import render
+    from vitgender.reporting import explanations as render
 
     def explode(*args, **kwargs):
         raise OSError("disk full")

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
 
 from vitgender.exporters import FORMATS, ExportError, main_export, parse_formats  # noqa: E402
-from vitgender.exporters.manifest import read_manifest, verify_artifact  # noqa: E402
+from vitgender.manifest import read_manifest, verify_artifact  # noqa: E402
 from vitgender.runtimes import open_runner, runtime_for  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
@@ -26,11 +26,11 @@ def exported(tiny_model, tmp_path_factory) -> Path:
 
 def test_manifest_lists_every_format_with_checksums(exported):
     manifest = read_manifest(exported)
-    assert manifest["schema"] == 1
+    assert manifest["schema"] == 2
     assert [a["name"] for a in manifest["artifacts"]] == list(FORMATS)
     for entry in manifest["artifacts"]:  # the manifest and the registry agree on what each artifact is
         spec = FORMATS[entry["name"]]
-        assert (entry["format"], entry["precision"], entry["path"]) == (spec.runtime, spec.precision, spec.filename)
+        assert (entry["runtime"], entry["precision"], entry["path"]) == (spec.runtime, spec.precision, spec.filename)
         assert runtime_for(exported / entry["path"]) == spec.runtime
     for entry in manifest["artifacts"]:
         path = verify_artifact(exported, entry)

@@ -51,6 +51,9 @@ def test_second_export_merges_and_other_content_is_refused(tiny_model, tmp_path)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not an export")
     assert export(str(tiny_model), "--out", str(tmp_path / "mine")).returncode == ExitCode.USAGE
+    forced = export(str(tiny_model), "--out", str(tmp_path / "mine"), "--overwrite")  # never deletes a user's folder
+    assert forced.returncode == ExitCode.USAGE and "not empty" in forced.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
@@ -93,9 +96,10 @@ def test_killed_export_takes_its_converter_with_it_and_the_next_export_sweeps(ti
     stale = list(tmp_path.glob(".out.partial-*"))
     assert stale and not out.exists()  # nothing published; the scratch folder is what a kill leaves
 
-    again = export(str(tiny_model), "--out", str(out), "--formats", "onnx")
-    assert again.returncode == 0, again.stderr
-    assert "left by an export that was killed" in again.stderr and not any(p.exists() for p in stale)
+    elsewhere = export(str(tiny_model), "--out", str(tmp_path / "another"), "--formats", "onnx")  # same parent
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "left by a vitgender run that was killed" in elsewhere.stderr and not any(p.exists() for p in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["another"]
 
 
 def test_disk_full_is_a_clear_error_and_leaves_nothing(tiny_model, tmp_path):

@@ -207,16 +207,16 @@ def test_sha256sums_parser(tmp_path_factory, text):
 
 # --- export manifests and sidecars edited by hand ----------------------------------------------
 
-@given(entry=st.dictionaries(st.sampled_from(["name", "format", "precision", "path", "sha256", "input"]),
+@given(entry=st.dictionaries(st.sampled_from(["name", "format", "runtime", "precision", "path", "sha256", "input"]),
                              SCALARS | st.sampled_from(["../../etc/passwd", "/abs", "model.onnx", "a" * 64,
                                                         "fp32", "int8"]), max_size=6) | JSON,
-       top=st.sampled_from(["ok", "no-model", "list"]))
-def test_manifest_reader(tmp_path_factory, entry, top):
-    from vitgender.exporters.manifest import read_manifest, verify_artifact
+       top=st.sampled_from(["ok", "no-model", "list"]), schema=st.sampled_from([1, 2]))
+def test_manifest_reader(tmp_path_factory, entry, top, schema):
+    from vitgender.manifest import read_manifest, verify_artifact
 
     folder = tmp_path_factory.mktemp("manifest")
     (folder / "model.onnx").write_bytes(b"x")
-    data = {"schema": 1, "model": {}, "artifacts": [entry]}
+    data = {"schema": schema, "model": {}, "artifacts": [entry]}  # 1: the previous schema, still read
     if top == "no-model":
         del data["model"]
     (folder / "manifest.json").write_text(json.dumps([data] if top == "list" else data))

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="quantization needs the export extra: pip install .[export]")
 
 from vitgender.exporters import ExportOptions, main_export  # noqa: E402
-from vitgender.exporters.manifest import read_manifest  # noqa: E402
+from vitgender.manifest import read_manifest  # noqa: E402
 from vitgender.runtimes import open_runner  # noqa: E402
 from vitgender.validators.batching import batch_variation  # noqa: E402
 
@@ -79,7 +79,7 @@ def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8
     pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
     from ai_edge_litert.interpreter import Interpreter
 
-    from vitgender.exporters.main import ExportOptions
+    from vitgender.exporters.options import ExportOptions
     from vitgender.validators.inventory import tflite_inventory
 
     out = main_export(tiny_model, tmp_path / "tfl", "tflite-int8", ExportOptions(tflite_int8_io=True))

@@ -23,8 +23,8 @@ pytest.importorskip("ray.data", reason="classify --ray needs the serve extra: pi
 pytest.importorskip("psutil")
 
 from benchmarks.local_ray_cluster import LocalCluster  # noqa: E402
-from vitgender.ray_classify import RayClassifyOptions, classify_on_ray, list_inputs  # noqa: E402
-from vitgender.shards import COMMITTED_PREFIX, ShardSink, read_results  # noqa: E402
+from vitgender.batch.ray_classify import RayClassifyOptions, classify_on_ray, list_inputs  # noqa: E402
+from vitgender.batch.shards import COMMITTED_PREFIX, ShardSink, read_results  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
 BAD = {"empty.jpg": b"", "garbage.png": b"not an image at all", "truncated.jpg": None}

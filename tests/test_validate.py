@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="validators need the export extra: pip install .[export]")
 
 from vitgender.exporters import main_export  # noqa: E402
-from vitgender.exporters.manifest import artifact_sha256  # noqa: E402
+from vitgender.manifest import artifact_sha256  # noqa: E402
 from vitgender.validators.metrics import compare_logits  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]

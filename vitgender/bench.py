@@ -11,12 +11,9 @@ this machine, nothing is assumed or copied from another report:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.errors import ExitCode, ToolchainError, UsageError, VitgenderError
 from vitgender.precision import Precision
-from vitgender.processes import child_env, die_with_parent
+from vitgender.toolchains.processes import child_env, job_main, run_job
 
 SCHEMA = 2
 
@@ -106,7 +102,8 @@ def _open(candidate: dict, threads: int) -> _Opened:
             return pipe(images[batch], batch_size=batch)
 
         def answer(reference: dict) -> list[str]:
-            return [top[0]["label"] for top in pipe([Image.open(p).convert("RGB") for p in reference["images"]], top_k=1)]
+            images = [Image.open(p).convert("RGB") for p in reference["images"]]
+            return [top[0]["label"] for top in pipe(images, top_k=1)]
 
         # what the pipeline really computes in (it follows the config's dtype, else the stored weights')
         computes_in = Precision.FP16 if pipe.model.dtype == torch.float16 else Precision.FP32
@@ -117,7 +114,9 @@ def _open(candidate: dict, threads: int) -> _Opened:
         logits = runner.run(np.load(reference["resized" if runner.info.raw_input else "pixels"]))
         return [runner.info.labels[i] for i in logits.argmax(1)]
 
-    weights = Path(candidate["path"]) / "model.safetensors" if candidate["runtime"] == "torch" else Path(candidate["path"])
+    weights = Path(candidate["path"])
+    if candidate["runtime"] == "torch":
+        weights = weights / "model.safetensors"
     return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision)
 
 
@@ -160,15 +159,15 @@ def _worker(job: dict) -> dict:
 def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) -> list[dict]:
     """PyTorch, the HF pipeline and every artifact; with `tta`, each runner again wrapped in it
     (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run."""
-    found = [{"name": "torch-eager", "runtime": "torch", "path": str(model_dir)},
-             {"name": "transformers-pipeline", "runtime": "pipeline", "path": str(model_dir)}]
+    found = [{"name": "torch-eager", "runtime": "torch", "path": model_dir.absolute()},
+             {"name": "transformers-pipeline", "runtime": "pipeline", "path": model_dir.absolute()}]
     if artifacts is not None:
-        from vitgender.exporters.manifest import read_manifest, verify_artifact
+        from vitgender.manifest import read_manifest, verify_artifact
         from vitgender.runtimes import runtime_for
 
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
-            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": str(path)})
+            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": path.absolute()})
     if tta in (None, "none"):
         return found
     return found + [{**c, "name": f"{c['name']}+{tta}", "tta": tta} for c in found if c["runtime"] != "pipeline"]
@@ -177,17 +176,7 @@ def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) 
 def _in_child(label: str, job: dict, threads: int) -> dict:
     """Run one worker job in a fresh process (its own RSS, no state shared between candidates)."""
     env = child_env(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "vitgender.bench", json.dumps(job)], capture_output=True,
-                              text=True, env=env)
-    except OSError as exc:
-        raise ToolchainError(label, f"cannot start the benchmark worker ({exc.strerror})") from None
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        # the worker exits 2 for input it refused (a corrupt artifact), anything else is a crash
-        error = UsageError if proc.returncode == ExitCode.USAGE else ToolchainError
-        raise error(label, f"benchmark worker failed: {last.removeprefix('vitgender: ')[:300]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_job("vitgender.bench", job, what=f"{label}: benchmark worker failed", env=env)
 
 
 def _reference(ckpt, folder: Path, work: Path) -> dict:
@@ -200,14 +189,15 @@ def _reference(ckpt, folder: Path, work: Path) -> dict:
     resized = np.stack([pre.resize(decode_image(p)) for p in images])
     np.save(work / "resized.npy", resized)
     np.save(work / "pixels.npy", pre.normalize(resized))
-    return {"images": [str(p) for p in images], "resized": str(work / "resized.npy"), "pixels": str(work / "pixels.npy")}
+    return {"images": [str(p) for p in images], "resized": str(work / "resized.npy"),
+            "pixels": str(work / "pixels.npy")}
 
 
 def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[int], threads: int,
                   seconds: float, on_candidate: Callable[[str], None] = lambda name: None,
                   roof_seconds: float = 1.0, tta: str | None = None) -> dict:
     from vitgender import checkpoint
-    from vitgender.validators.parity import REFERENCE_ROOT, DEFAULT_REFERENCE
+    from vitgender.validators.parity import DEFAULT_REFERENCE, REFERENCE_ROOT
 
     ckpt = checkpoint.open_checkpoint(model)
     model_dir, pre, arch = ckpt.directory, ckpt.preprocess, ckpt.architecture
@@ -246,9 +236,4 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
 
 
 if __name__ == "__main__":
-    die_with_parent()
-    try:
-        print(json.dumps(_worker(json.loads(sys.argv[1]))))
-    except VitgenderError as exc:
-        print(f"vitgender: {exc}", file=sys.stderr)
-        sys.exit(int(exc.exit_code))
+    job_main(_worker)

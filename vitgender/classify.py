@@ -9,66 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from vitgender.errors import ImageError, UsageError, VitgenderError
+from vitgender.inputs import as_image_list
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
 from vitgender.runtimes import Runner, open_runner, runner_input
-
-FUNCTIONS = ("softmax", "sigmoid", "none")
-
-
-def apply_function(logits: np.ndarray, function: str) -> np.ndarray:
-    """Scores from logits, as the transformers pipeline computes them (float32 numpy)."""
-    if function == "softmax":
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    if function == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    if function == "none":
-        return logits
-    raise UsageError(function, f"function_to_apply must be one of {', '.join(FUNCTIONS)}")
-
-
-def rank(scores: np.ndarray, labels: Sequence[str], top_k: int | None) -> list[dict]:
-    order = sorted(range(len(labels)), key=lambda i: -float(scores[i]))
-    k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
-    return [{"label": labels[i], "score": float(scores[i])} for i in order[:k]]
-
-
-@dataclass
-class Result:
-    """One input's outcome: predictions (or faces, in face-first mode), or an error that says why."""
-
-    image: str
-    predictions: list[dict] | None = None
-    error: str | None = None
-    faces: list[dict] | None = None
-
-    def to_dict(self) -> dict:
-        if self.error is not None:
-            return {"image": self.image, "error": self.error}
-        if self.faces is not None:
-            return {"image": self.image, "faces": self.faces}
-        return {"image": self.image, "predictions": self.predictions}
-
-
-UNCERTAIN = "uncertain"
-
-
-def with_uncertainty(ranked: list[dict], min_confidence: float | None) -> list[dict]:
-    """Below `min_confidence`, the answer starts with `{"label": "uncertain", "score": <top score>}`,
-    followed by the ranked labels as usual.
-
-    One form for the CLI, the Python API and both servers: HF clients parse the list unchanged
-    (the first label is what a caller that takes one answer gets), and no guess is lost.
-    """
-    if min_confidence is None or ranked[0]["score"] >= min_confidence:
-        return ranked
-    return [{"label": UNCERTAIN, "score": ranked[0]["score"]}, *ranked]
+from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 
 
 def available_memory() -> int:
@@ -97,13 +46,6 @@ def auto_batch_size(runner: Runner, ceiling: int = 64, memory: int | None = None
     return size
 
 
-def _as_list(images: ImageSource | Sequence[ImageSource]) -> Sequence[ImageSource]:
-    """One image (path, bytes, PIL image) or a sequence of them -> a sequence."""
-    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
-        return [images]
-    return images
-
-
 class Classifier:
     def __init__(self, runner: Runner, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.runner = runner
@@ -112,7 +54,8 @@ class Classifier:
         self.max_pixels = max_pixels
 
     def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
-        resized = np.stack([self.preprocessor.resize(decode_image(image, max_pixels=self.max_pixels)) for image in images])
+        decoded = (decode_image(image, max_pixels=self.max_pixels) for image in images)
+        resized = np.stack([self.preprocessor.resize(image) for image in decoded])
         return self.runner.run(runner_input(self.runner, resized))
 
     def classify(
@@ -125,7 +68,7 @@ class Classifier:
         min_confidence: float | None = None,
     ) -> list[list[dict]]:
         """Predictions per image; raises ImageError on the first undecodable image."""
-        images = _as_list(images)
+        images = as_image_list(images)
         out = []
         for start in range(0, len(images), batch_size):
             scores = apply_function(self.logits(images[start : start + batch_size]), function_to_apply)
@@ -146,7 +89,7 @@ class Classifier:
         from vitgender.faces import face_records, faces_and_crops
 
         out = []
-        for image in _as_list(images):
+        for image in as_image_list(images):
             decoded = decode_image(image, max_pixels=self.max_pixels)
             faces, crops = faces_and_crops(detector, decoded, max_faces)
             predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
@@ -194,7 +137,7 @@ class Classifier:
             if good:
                 resized = np.stack([self.preprocessor.resize(image) for _, image in good])
                 logits = self.runner.run(runner_input(self.runner, resized))
-                scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply)))
+                scores = dict(zip((i for i, _ in good), apply_function(logits, function_to_apply), strict=True))
             for i, (name, image) in enumerate(pending):
                 if isinstance(image, Result):
                     yield image

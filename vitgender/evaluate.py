@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.classify import apply_function
+from vitgender.scoring import apply_function
 from vitgender.errors import ImageError, UsageError
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import Runner, runner_input

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vitgender.preprocess import ImageSource
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
@@ -38,3 +43,10 @@ def expand_inputs(specs: Iterable[str]) -> Iterator[str | tuple[str, str]]:
             yield from matches
         else:
             yield spec, "no such file or directory"
+
+
+def as_image_list(images: ImageSource | Sequence[ImageSource]) -> Sequence[ImageSource]:
+    """One image (path, bytes, PIL image) or a sequence of them -> a sequence."""
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        return [images]
+    return images

@@ -9,7 +9,8 @@ import typer
 
 from vitgender.cli.app import app
 from vitgender.cli.common import MODEL_HELP, RUNTIME_HELP, TTA_HELP, closed_pipe_ends_quietly, error, progress_bar
-from vitgender.cli.output import OutputFormat, ResultWriter, atomic_output
+from vitgender.cli.result_writers import OutputFormat, ResultWriter
+from vitgender.output_folders import atomic_file
 
 
 def _batch_size(value: str) -> int | str:
@@ -62,7 +63,7 @@ def classify(
     """
     size = _batch_size(batch_size or ("64" if ray else "8"))
     if ray:
-        from vitgender.ray_classify import RayClassifyOptions
+        from vitgender.batch.ray_classify import RayClassifyOptions
 
         if output is None:
             raise typer.BadParameter("--ray writes sharded results: give --output DIR", param_hint="--output")
@@ -83,8 +84,8 @@ def classify(
 
 
 def _classify_on_ray(paths: list[str], output: str, model: str | None, runtime: str | None, options) -> None:
+    from vitgender.batch.ray_classify import classify_on_ray
     from vitgender.cli.common import show_progress
-    from vitgender.ray_classify import classify_on_ray
 
     summary = classify_on_ray(paths, output, model=model, runtime=runtime, options=options,
                               show_progress=show_progress(), on_error=error)
@@ -108,7 +109,7 @@ def _classify_here(paths: list[str], model: str | None, runtime: str | None, siz
     if size == "auto":
         size = auto_batch_size(classifier.runner)
     failures = 0
-    with closed_pipe_ends_quietly(), atomic_output(output) as handle, progress_bar("classifying") as advance:
+    with closed_pipe_ends_quietly(), atomic_file(output) as handle, progress_bar("classifying") as advance:
         writer = ResultWriter(fmt, handle)
         for result in classifier.stream(expand_inputs(paths), batch_size=size, top_k=top_k,
                                         min_confidence=min_confidence, detector=face_detector, max_faces=max_faces,

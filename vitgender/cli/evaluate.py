@@ -36,9 +36,13 @@ def evaluate(
 
     from vitgender.errors import UsageError
     from vitgender.evaluate import predict_samples, report_of, select
+    from vitgender.output_folders import atomic_file, check_file_target
     from vitgender.reporting import evaluation
     from vitgender.runtimes import open_runner, runtime_for
 
+    for target in (json_out, html_out):
+        if target is not None:
+            check_file_target(target)  # before any work, not after the evaluation
     runner = open_runner(runtime or runtime_for(model), model, tta=tta)
     if explain and runner.info.runtime != "torch":
         raise UsageError("--explain", "maps explain the PyTorch model: evaluate its checkpoint, not an exported artifact")
@@ -56,6 +60,8 @@ def evaluate(
         report["explain"] = {"method": explain_method, "per_cell": explain, "cells": cells}
     evaluation.terminal(report, Console(stderr=False))
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_file(json_out) as handle:
+            handle.write(json.dumps(report, indent=2) + "\n")
     if html_out is not None:
-        html_out.write_text(evaluation.html(report, f"vitgender evaluation: {runner.info.source}"))
+        with atomic_file(html_out) as handle:
+            handle.write(evaluation.html(report, f"vitgender evaluation: {runner.info.source}"))

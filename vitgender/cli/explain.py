@@ -49,25 +49,27 @@ def explain(
     exit code is 2 if any input failed, 0 otherwise.
     """
     from vitgender.explain.api import Explainer
-    from vitgender.explain.render import SheetWriter, atomic_folder
     from vitgender.inputs import expand_inputs
+    from vitgender.output_folders import atomic_dir
+    from vitgender.reporting.explanations import SheetWriter, is_explain_output
 
-    explainer = Explainer(model, allow_pickle=allow_pickle)
-    face_detector = None
-    if faces:
-        from vitgender.faces import open_detector
-
-        face_detector = open_detector(detector)
     failures = 0
-    with atomic_folder(out, overwrite) as folder, progress_bar("explaining") as advance:
+    with atomic_dir(out, "explain", overwrite=overwrite, recognise=is_explain_output) as folder:  # checked first
+        explainer = Explainer(model, allow_pickle=allow_pickle)
+        face_detector = None
+        if faces:
+            from vitgender.faces import open_detector
+
+            face_detector = open_detector(detector)
         sheet = SheetWriter(folder, explainer, method=method.value, faces=faces, min_confidence=min_confidence)
-        for item in explainer.stream(expand_inputs(paths), method.value, detector=face_detector, max_faces=max_faces,
-                                     batch_size=batch_size):
-            if item.error is not None:
-                failures += 1
-                error(f"{item.name}: {item.error}")
-            sheet.add(item)
-            advance()
+        with progress_bar("explaining") as advance:
+            for item in explainer.stream(expand_inputs(paths), method.value, detector=face_detector,
+                                         max_faces=max_faces, batch_size=batch_size):
+                if item.error is not None:
+                    failures += 1
+                    error(f"{item.name}: {item.error}")
+                sheet.add(item)
+                advance()
         sheet.close(model or "embedded default model")
     typer.echo(f"{sheet.written} overlays and {out / 'index.html'} written ({failures} inputs failed)")
     if failures:

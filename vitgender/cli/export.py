@@ -9,8 +9,8 @@ import typer
 
 from vitgender.cli.app import app
 from vitgender.cli.common import MODEL_HELP
-from vitgender.exporters.formats import formats_help
-from vitgender.exporters.main import CALIBRATION_METHODS
+from vitgender.formats import formats_help
+from vitgender.exporters.options import CALIBRATION_METHODS
 from vitgender.exporters.quantize import STATIC_PRESETS
 
 
@@ -31,13 +31,14 @@ def export_cmd(
                                                  "int8-dynamic budget)."),
     opset: int = typer.Option(20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
     tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT whatever it holds. Without it, an "
-                                   "export of the same checkpoint in OUT is merged (formats built now replace "
-                                   "theirs, the rest is kept) and anything else is refused."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT (of any model). "
+                                   "Without it, an export of the same checkpoint in OUT is merged (formats built now "
+                                   "replace theirs, the rest is kept). A folder that is not an export is never "
+                                   "replaced (see docs/output-folders.md)."),
 ) -> None:
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
     from vitgender.exporters import ExportOptions, main_export
-    from vitgender.exporters.manifest import read_manifest
+    from vitgender.manifest import read_manifest
 
     options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
                             quant_target=quant_target,

@@ -3,8 +3,10 @@
 - `maps`: attention rollout and gradient-weighted attention rollout (pure functions of a
   model and its pixel_values), plus `average_maps` for per-group summaries.
 - `api`: `Explainer`, the Python API beside `Classifier` (whole images or face-first).
-- `render`: overlay PNGs and the self-contained HTML contact sheet of `vitgender explain`.
 - `deletion`: the deletion test behind the choice of default method (docs/explain.md).
+
+Overlay PNGs and the HTML contact sheet of `vitgender explain` are rendered in
+`vitgender.reporting.explanations`.
 """
 
 from vitgender.explain.api import DEFAULT_METHOD, ExplainedImage, Explainer, Explanation

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from vitgender.classify import _as_list, apply_function, rank
+from vitgender.inputs import as_image_list
+from vitgender.scoring import apply_function, rank
 from vitgender.errors import ImageError, UsageError
 from vitgender.explain.maps import METHODS, MapResult, explain_pixels
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
@@ -116,7 +117,7 @@ class Explainer:
     def explain(self, images: ImageSource | Sequence[ImageSource], method: str = DEFAULT_METHOD, *,
                 batch_size: int = 8) -> list[Explanation]:
         """One whole-image explanation per input; raises ImageError on the first undecodable image."""
-        images = _as_list(images)
+        images = as_image_list(images)
         out: list[Explanation] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]

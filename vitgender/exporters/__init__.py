@@ -1,7 +1,8 @@
-"""Exporters: a registry of artifact formats (`formats.py`), their builders, and `main_export`."""
+"""Exporters: the builders of the artifact formats `vitgender.formats` registers, and `main_export`."""
 
-from vitgender.exporters.formats import FORMATS, GROUPS, ArtifactSpec, InputLayout, parse_formats
-from vitgender.exporters.main import CALIBRATION_DIR, ExportError, ExportOptions, main_export
+from vitgender.exporters.main_export import ExportError, main_export
+from vitgender.exporters.options import CALIBRATION_DIR, ExportOptions
+from vitgender.formats import FORMATS, GROUPS, ArtifactSpec, InputLayout, parse_formats
 
 __all__ = ["CALIBRATION_DIR", "FORMATS", "GROUPS", "ArtifactSpec", "ExportError", "ExportOptions", "InputLayout",
            "main_export", "parse_formats"]

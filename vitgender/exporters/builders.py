@@ -23,8 +23,8 @@ from vitgender.precision import Precision
 if TYPE_CHECKING:
     from vitgender.checkpoint import Checkpoint
     from vitgender.exporters.config import ExportConfig
-    from vitgender.exporters.formats import ArtifactSpec
-    from vitgender.exporters.main import ExportOptions
+    from vitgender.exporters.options import ExportOptions
+    from vitgender.formats import ArtifactSpec
 
 
 @dataclass(frozen=True)
@@ -160,34 +160,32 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
 def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
     """torch.export -> (PT2E int8, calibrated) -> XNNPACK-lowered .pte, in the ExecuTorch environment.
 
-    Runs `vitgender.executorch_worker export` under `.venv-executorch` (see `vitgender.toolchains`):
-    the checkpoint is read there from its directory, the calibration pixels from a .npy file.
+    Runs a `vitgender.toolchains.executorch_worker` job under `.venv-executorch` (see
+    `vitgender.toolchains.side_env`): the checkpoint is read there from its directory, the
+    calibration pixels from a .npy file.
     """
-    import json
-    import subprocess
-
-    from vitgender.toolchains import executorch_command
+    from vitgender.toolchains.side_env import run_executorch_job
 
     work = ctx.scratch / ".executorch-work"
-    work.mkdir(exist_ok=True)
     pre, arch = ctx.checkpoint.preprocess, ctx.checkpoint.architecture
     built = {}
     for spec in specs:
         began = time.perf_counter()
-        job = {"checkpoint": str(ctx.checkpoint.directory), "target": str(ctx.target(spec).resolve()),
-               "precision": spec.precision.value, "shape": [arch.num_channels, pre.height, pre.width]}
+        job = {"checkpoint": ctx.checkpoint.directory, "target": ctx.target(spec), "precision": spec.precision.value,
+               "shape": [arch.num_channels, pre.height, pre.width]}
         if spec.needs_calibration:
+            work.mkdir(exist_ok=True)
             np.save(work / "calibration.npy", ctx.calibration.pixels)
-            job["calibration"] = str((work / "calibration.npy").resolve())
-        (work / "job.json").write_text(json.dumps(job))
-        argv, env = executorch_command("export", str((work / "job.json").resolve()))
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=work)
-        if result.returncode != 0:
-            lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("[", "W1", "I1"))]
-            raise RuntimeError(f"ExecuTorch export exit code {result.returncode}: " + " | ".join(lines[-2:])[:400])
-        lowered = json.loads(result.stdout.strip().splitlines()[-1])
+            job["calibration"] = work / "calibration.npy"
+        lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
         built[spec.name] = Built(round(time.perf_counter() - began, 2), quantization=(
             {"scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights", **lowered}
             if spec.precision is Precision.INT8 else None))
     shutil.rmtree(work, ignore_errors=True)
     return built
+
+
+# The web (transformers.js) layout's builders, by the names the format registry gives them.
+web_copy_base_onnx = web(copy_base_onnx)
+web_onnx_int8_dynamic = web(onnx_int8_dynamic)
+web_onnx_fp16 = web(onnx_fp16)

@@ -20,7 +20,7 @@ invoke. What was tried, cheapest first (onnx2tf 1.29.24, TF 2.19):
   shape override. Graphs that still contain a Shape op (architectures the rewrite does not cover)
   are converted at batch 1 as before, and the sidecar says so.
 
-All of it runs in a child process (`python -m vitgender.exporters.tensorflow job.json`):
+All of it runs in a child process (`run_job`: `python -m vitgender.exporters.tensorflow job.json`):
 TensorFlow's memory is returned when the child exits, and a crash cannot take the caller down.
 onnx2tf also needs: a copy of the ONNX (it rewrites its input), the venv's bin on PATH (it shells
 out to onnxsim) and a calibration sample in its working directory (it tries to download one
@@ -29,17 +29,16 @@ otherwise).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from vitgender.processes import child_env, die_with_parent
+from vitgender.toolchains.processes import child_env, job_main, run_job
 
 # onnx2tf looks for this sample in its working directory and downloads one if it is missing. It
 # only feeds onnx2tf's own int8 calibration, which never runs here (onnx2tf is stopped once the
@@ -68,14 +67,12 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
 
     tf.lite.TFLiteConverter.from_keras_model = stop
     tf.lite.TFLiteConverter.from_concrete_functions = stop
-    try:
+    with contextlib.suppress(_SavedModelWritten):  # `stop` ends onnx2tf once the SavedModel is on disk
         onnx2tf.convert(
             input_onnx_file_path=str(onnx_path), output_folder_path=str(savedmodel),
             overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"] if shape else None,
             output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True, non_verbose=True,
         )
-    except _SavedModelWritten:
-        pass
     if not (savedmodel / "saved_model.pb").is_file():
         raise RuntimeError("onnx2tf did not write a SavedModel")
 
@@ -146,11 +143,8 @@ def _to_tflite(savedmodel: Path, target: Path, precision: str, representative: n
     return plan
 
 
-def _worker(job_path: Path) -> None:
-    """The child process: do the job described in job.json, write result.json beside it."""
-    job = json.loads(job_path.read_text())
-    workdir = Path(job["workdir"])
-    os.chdir(workdir)
+def _worker(job: dict) -> dict:
+    """The child process (`run_job` framing; it runs in the work folder, where onnx2tf looks for its sample)."""
     results = {}
     began = time.perf_counter()
     _run_onnx2tf(Path(job["onnx"]), Path(job["savedmodel"]), job["input_name"], job["shape"])
@@ -161,7 +155,7 @@ def _worker(job_path: Path) -> None:
         began = time.perf_counter()
         plans[precision] = _to_tflite(Path(job["savedmodel"]), Path(target), precision, representative, job["int8_io"])
         results[precision] = round(time.perf_counter() - began, 2)
-    (workdir / "result.json").write_text(json.dumps({"seconds": results, "quantization": plans}))
+    return {"seconds": results, "quantization": plans}
 
 
 def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, Path], *, input_name: str,
@@ -172,37 +166,21 @@ def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, 
     Returns {"seconds": {"savedmodel" or precision: s}, "quantization": {precision: plan or None},
     "dynamic_batch": bool}.
     """
-    workdir, savedmodel = workdir.resolve(), savedmodel.resolve()  # the child runs in workdir
-    tflite = {k: v.resolve() for k, v in tflite.items()}
     workdir.mkdir(parents=True, exist_ok=True)
     model = workdir / "model.onnx"
     shutil.copy2(onnx_path, model)
     dynamic_batch = batch_free(model)
     np.save(workdir / ONNX2TF_SAMPLE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-    job = {"workdir": str(workdir), "onnx": str(model), "savedmodel": str(savedmodel), "input_name": input_name,
-           "shape": None if dynamic_batch else [1, *shape], "tflite": {str(k): str(v) for k, v in tflite.items()}, "int8_io": int8_io}
+    job = {"onnx": model, "savedmodel": savedmodel, "input_name": input_name,
+           "shape": None if dynamic_batch else [1, *shape], "tflite": tflite, "int8_io": int8_io}
     if representative is not None:
         np.save(workdir / "representative.npy", representative.astype(np.float32))
-        job["representative"] = str(workdir / "representative.npy")
-    (workdir / "job.json").write_text(json.dumps(job))
+        job["representative"] = workdir / "representative.npy"
     env = child_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                     CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-m", "vitgender.exporters.tensorflow", str(workdir / "job.json")],
-                            cwd=workdir, env=env, capture_output=True, text=True)
-    if result.returncode != 0 or not (workdir / "result.json").is_file():
-        if (workdir / "error.json").is_file():
-            error = json.loads((workdir / "error.json").read_text())
-            raise RuntimeError(f"{error['type']}: {error['message'].splitlines()[0] if error['message'] else ''}"[:400])
-        lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
-        raise RuntimeError(f"converter process exit code {result.returncode}: " + " | ".join(lines[-3:])[:400])
-    return {**json.loads((workdir / "result.json").read_text()), "dynamic_batch": dynamic_batch}
+    result = run_job("vitgender.exporters.tensorflow", job, what="TensorFlow converter", env=env, workdir=workdir)
+    return {**result, "dynamic_batch": dynamic_batch}
 
 
 if __name__ == "__main__":
-    die_with_parent()
-    try:
-        _worker(Path(sys.argv[1]))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, whose stderr view is TF's log noise
-        (Path(sys.argv[1]).parent / "error.json").write_text(json.dumps({"type": type(exc).__name__,
-                                                                         "message": str(exc)[:2000]}))
-        raise
+    job_main(_worker)

@@ -1,7 +1,7 @@
 """ExecuTorch (.pte, XNNPACK delegate) through a worker in the ExecuTorch environment.
 
-The program runs in `vitgender.executorch_worker run` under `.venv-executorch`'s Python (see
-`vitgender.toolchains` for why it has its own environment); pixel_values go to it over a pipe
+The program runs in `vitgender.toolchains.executorch_worker run` under `.venv-executorch`'s Python (see
+`vitgender.toolchains.side_env` for why it has its own environment); pixel_values go to it over a pipe
 and logits come back, so `validate`, `evaluate`, `bench`, `classify` and `serve` use it like any
 other runner. Exported programs take a dynamic batch of 1-32; larger batches are split in the worker.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.errors import ToolchainError, UsageError
-from vitgender.executorch_worker import receive_array, send_array
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
-from vitgender.toolchains import executorch_command
+from vitgender.toolchains.executorch_worker import receive_array, send_array
+from vitgender.toolchains.processes import stderr_tail
+from vitgender.toolchains.side_env import EXECUTORCH_NOISE, start_executorch_worker
 
 
 class ExecuTorchRunner:
@@ -38,10 +39,7 @@ class ExecuTorchRunner:
         if identifier != b"ET12":  # ExecuTorch program flatbuffer identifier
             raise UsageError(str(path), "not an ExecuTorch program (.pte)")
         sidecar = read_sidecar(path)
-        argv, env = executorch_command("run", str(path))
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        process = start_executorch_worker(path, threads)
         runner = cls(process, RunnerInfo("executorch", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
                                          architecture=sidecar.architecture))
         runner._receive()  # the worker says it is ready once the program is loaded
@@ -52,9 +50,8 @@ class ExecuTorchRunner:
             return receive_array(self._process.stdout)
         except (EOFError, OSError, ValueError):
             self._process.kill()
-            lines = [line for line in self._process.stderr.read().decode(errors="replace").splitlines()
-                     if line.strip() and not line.startswith("[")]  # "[cpuinfo_utils.cpp:87] ..." noise
-            raise ToolchainError(self.info.source, "ExecuTorch worker failed: " + (lines[-1] if lines else
+            why = stderr_tail(self._process.stderr.read().decode(errors="replace"), EXECUTORCH_NOISE, lines=1)
+            raise ToolchainError(self.info.source, "ExecuTorch worker failed: " + (why or
                                  f"exit code {self._process.wait()}")[:300]) from None
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -9,10 +9,12 @@ the accuracy it buys on the validation split is in the model card.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitgender.runtimes.base import Runner, RunnerInfo
+if TYPE_CHECKING:  # types only: base.open_runner imports this module
+    from vitgender.runtimes.base import Runner, RunnerInfo
 
 TTA_MODES = ("none", "flip")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitgender.classify import FUNCTIONS, apply_function, rank, with_uncertainty
+from vitgender.scoring import FUNCTIONS, apply_function, rank, with_uncertainty
 from vitgender.faces import Face, face_records, faces_and_crops
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import Runner, runner_input

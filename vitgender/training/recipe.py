@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vitgender.data import Sample, load_labelled, split_samples
 from vitgender.errors import UsageError
-from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 from vitgender.training.calibration import fit_temperature, fold_temperature
 from vitgender.training.finetune import TrainConfig, finetune, predict
 from vitgender.training.sampling import balanced_weights, holdout_mask
-from vitgender.data import Sample, load_labelled, split_samples
 
 Arrays = dict[str, tuple[torch.Tensor, list[Sample]]]
 
@@ -60,7 +59,7 @@ def write_pack(arrays: Arrays, path: Path) -> None:
     index = []
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
         for split, (pixels, samples) in arrays.items():
-            for i, (image, sample) in enumerate(zip(pixels.numpy(), samples)):
+            for i, (image, sample) in enumerate(zip(pixels.numpy(), samples, strict=True)):
                 buffer = io.BytesIO()
                 Image.fromarray(image).save(buffer, "WEBP", quality=90)
                 member = f"{split}/{i}.webp"
@@ -106,35 +105,48 @@ def canonical_key(name: str) -> str:
     return name
 
 
-def write_checkpoint(model, pre: PreprocessConfig, out_dir: Path, fp16: bool = True) -> None:
-    """An HF checkpoint directory, written to a temp dir and renamed into place."""
+CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "preprocessor_config.json", "SHA256SUMS",
+                              "README.md"})
+
+
+def is_checkpoint_output(folder: Path) -> bool:
+    """A training output written before output folders carried a marker: only checkpoint files."""
+    names = {p.name for p in Path(folder).iterdir()}
+    return {"config.json", "SHA256SUMS"} <= names <= CHECKPOINT_FILES
+
+
+@contextmanager
+def checkpoint_folder(out: Path) -> Iterator[Path]:
+    """Where `write_checkpoint` writes: a scratch folder that replaces `out` when training succeeds.
+
+    Checked before any work (`vitgender.output_folders`): a folder holding anything but an
+    earlier training output is refused. An earlier training output is replaced, since a run
+    that resumes from OUT.run to train more epochs updates the same model; the model card
+    (README.md) of the folder replaced is kept.
+    """
+    from vitgender.checkpoint import write_sha256sums
+    from vitgender.output_folders import atomic_dir
+
+    with atomic_dir(out, "train", recognise=is_checkpoint_output, updates=True) as scratch:
+        yield scratch
+        if (out / "README.md").is_file() and not (scratch / "README.md").exists():
+            shutil.copy2(out / "README.md", scratch / "README.md")
+        write_sha256sums(scratch)
+
+
+def write_checkpoint(model, pre: PreprocessConfig, folder: Path, fp16: bool = True) -> None:
+    """An HF checkpoint's files (config, safetensors, preprocessor config, SHA256SUMS) in `folder`."""
     from safetensors.torch import save_file
 
-    from vitgender.checkpoint import write_sha256sums
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        # Weights may be stored in fp16 to halve the file, but the model is an fp32 model: without a
-        # dtype in the config, transformers' pipeline would compute in the storage dtype.
-        config = json.loads(model.config.to_json_string())
-        config["dtype"] = config["torch_dtype"] = "float32"
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        dtype = torch.float16 if fp16 else torch.float32
-        state = {canonical_key(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / "preprocessor_config.json").write_text(json.dumps(pre.to_dict(), indent=2) + "\n")
-        if (out_dir / "README.md").exists():
-            shutil.copy2(out_dir / "README.md", tmp / "README.md")
-        write_sha256sums(tmp)
-        tmp.chmod(0o755)
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Weights may be stored in fp16 to halve the file, but the model is an fp32 model: without a
+    # dtype in the config, transformers' pipeline would compute in the storage dtype.
+    config = json.loads(model.config.to_json_string())
+    config["dtype"] = config["torch_dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {canonical_key(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre.to_dict(), indent=2) + "\n")
 
 
 def build_start_model(init: Path | None, image_size: int, id2label: dict[int, str], cache_dir: Path):
@@ -162,7 +174,16 @@ def run_training(
     progress=iter,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """The whole recipe; returns the written checkpoint directory."""
+    """The whole recipe; returns the written checkpoint directory (see `checkpoint_folder`)."""
+    with checkpoint_folder(out) as folder:
+        _train(data, folder, out, image_size=image_size, init=init, cfg=cfg, device=device, run_dir=run_dir,
+               resume=resume, pack=pack, progress=progress, log=log)
+    return out
+
+
+def _train(data: Path, folder: Path, out: Path, *, image_size: int, init: Path | None, cfg: TrainConfig | None,
+           device: str, run_dir: Path | None, resume: bool, pack: Path | None, progress,
+           log: Callable[[str], None]) -> None:
     from vitgender.training.backbone import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = cfg or TrainConfig()
@@ -179,8 +200,9 @@ def run_training(
     val = None
     if cfg.holdout_fraction > 0:  # the validation split goes unused: log and calibrate on the holdout
         held = _holdout(train_pixels, cfg.holdout_fraction)
-        val = (train_pixels[held], label_tensor([s for s, h in zip(train_samples, held) if h], label2id))
-        train_pixels, train_samples = train_pixels[~held], [s for s, h in zip(train_samples, held) if not h]
+        val = (train_pixels[held], label_tensor([s for s, h in zip(train_samples, held, strict=True) if h], label2id))
+        train_samples = [s for s, h in zip(train_samples, held, strict=True) if not h]
+        train_pixels = train_pixels[~held]
     elif "val" in arrays and len(arrays["val"][1]):
         val = (arrays["val"][0], label_tensor(arrays["val"][1], label2id))
     log(f"train {len(train_samples)} images, {'holdout' if cfg.holdout_fraction else 'val'} "
@@ -198,8 +220,7 @@ def run_training(
         fold_temperature(model, temperature)
         log(f"temperature {temperature:.3f} (fitted on the holdout) folded into the head")
         (run_dir / "temperature.json").write_text(json.dumps({"temperature": temperature}) + "\n")
-    write_checkpoint(model.float().cpu(), pre_cfg, out)
-    return out
+    write_checkpoint(model.float().cpu(), pre_cfg, folder)
 
 
 def _holdout(pixels: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -264,34 +285,37 @@ def run_refit(
     from vitgender.checkpoint import open_checkpoint
     from vitgender.training.top_blocks import TopBlocksConfig, predict_tokens, refit_top_blocks, write_log
 
-    cfg = cfg or TopBlocksConfig()
-    ckpt = open_checkpoint(init)
-    model, pre_cfg = ckpt.load_model().float(), ckpt.preprocess
-    layers = model.config.num_hidden_layers
-    if not 1 <= cfg.trainable < layers:
-        raise UsageError(str(cfg.trainable), f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model")
-    label2id = {label: i for i, label in enumerate(ckpt.labels)}
-    pixels, samples = load_arrays(data, Preprocessor(pre_cfg), progress)["train"]
-    run_dir = run_dir or out.with_name(out.name + ".run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    first = layers - cfg.trainable
-    views = _cached_views(model, ckpt.directory, pixels, pre_cfg, first, run_dir, resume, log,
-                          progress)
-    labels = label_tensor(samples, label2id)
-    held = _holdout(pixels, cfg.holdout_fraction) if cfg.holdout_fraction > 0 else torch.zeros(len(samples), dtype=torch.bool)
-    fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
-    log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
-    holdout = ([views[0][hold]], labels[hold]) if len(hold) else None
-    summary = {"init": str(ckpt.directory), "fit_images": len(fit), "holdout_images": len(hold)}
-    if holdout:
-        before = predict_tokens(model, holdout[0][0], first)
-        summary["holdout_accuracy_before"] = float((before.argmax(1) == holdout[1]).float().mean())
-    epochs = refit_top_blocks(model, [v[fit] for v in views], labels[fit], [samples[i] for i in fit], cfg,
-                              holdout=holdout, progress=log)
-    if holdout:
-        summary["temperature"] = fit_temperature(predict_tokens(model, holdout[0][0], first), holdout[1])
-        fold_temperature(model, summary["temperature"])
-        log(f"temperature {summary['temperature']:.3f} folded into the head")
-    write_log(run_dir / "log.json", cfg, epochs, summary)
-    write_checkpoint(model.cpu(), pre_cfg, out)
+    with checkpoint_folder(out) as folder:  # checked before any work
+        cfg = cfg or TopBlocksConfig()
+        ckpt = open_checkpoint(init)
+        model, pre_cfg = ckpt.load_model().float(), ckpt.preprocess
+        layers = model.config.num_hidden_layers
+        if not 1 <= cfg.trainable < layers:
+            raise UsageError(str(cfg.trainable),
+                             f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model")
+        label2id = {label: i for i, label in enumerate(ckpt.labels)}
+        pixels, samples = load_arrays(data, Preprocessor(pre_cfg), progress)["train"]
+        run_dir = run_dir or out.with_name(out.name + ".run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        first = layers - cfg.trainable
+        views = _cached_views(model, ckpt.directory, pixels, pre_cfg, first, run_dir, resume, log,
+                              progress)
+        labels = label_tensor(samples, label2id)
+        held = (_holdout(pixels, cfg.holdout_fraction) if cfg.holdout_fraction > 0
+                else torch.zeros(len(samples), dtype=torch.bool))
+        fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
+        log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
+        holdout = ([views[0][hold]], labels[hold]) if len(hold) else None
+        summary = {"init": str(ckpt.directory), "fit_images": len(fit), "holdout_images": len(hold)}
+        if holdout:
+            before = predict_tokens(model, holdout[0][0], first)
+            summary["holdout_accuracy_before"] = float((before.argmax(1) == holdout[1]).float().mean())
+        epochs = refit_top_blocks(model, [v[fit] for v in views], labels[fit], [samples[i] for i in fit], cfg,
+                                  holdout=holdout, progress=log)
+        if holdout:
+            summary["temperature"] = fit_temperature(predict_tokens(model, holdout[0][0], first), holdout[1])
+            fold_temperature(model, summary["temperature"])
+            log(f"temperature {summary['temperature']:.3f} folded into the head")
+        write_log(run_dir / "log.json", cfg, epochs, summary)
+        write_checkpoint(model.cpu(), pre_cfg, folder)
     return out

@@ -44,7 +44,7 @@ def load_budgets(path: Path | None) -> dict[str, dict[str, float]]:
     Anything the gate would not use is refused, so a typo (`[fp33]`, `max_abs_logit_dif`) cannot
     silently leave a default budget in force.
     """
-    from vitgender.exporters.formats import FORMATS
+    from vitgender.formats import FORMATS
 
     budgets = {k: dict(v) for k, v in DEFAULT_BUDGETS.items()}
     if path is None:

@@ -72,18 +72,9 @@ def tflite_inventory(path: Path) -> dict:
 
 def executorch_inventory(path: Path) -> dict:
     """Weight bytes by dtype from the XNNPACK graphs inside the .pte (decoded in the ExecuTorch environment)."""
-    import json
-    import subprocess
+    from vitgender.toolchains.side_env import run_executorch_job
 
-    from vitgender.errors import ToolchainError
-    from vitgender.toolchains import executorch_command
-
-    argv, env = executorch_command("inventory", str(path))
-    result = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise ToolchainError(str(path), "cannot read the ExecuTorch program's weights: "
-                                        + (result.stderr.strip().splitlines() or ["?"])[-1][:200])
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = run_executorch_job("inventory", {"pte": Path(path)}, what=f"{path}: reading the ExecuTorch program's weights")
     weights = Counter(found["weight_bytes_by_dtype"])
     return {"weight_bytes_by_dtype": dict(weights), "weight_share_by_dtype": _weight_bytes_share(weights),
             "quantization_ops": {}, "op_counts": found["op_counts"], "delegates": found["delegates"]}

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vitgender.classify import apply_function
+from vitgender.scoring import apply_function
 
 # A flip is "confident" when PyTorch gave its answer at least this probability: such an answer
 # changing is a real behaviour change, unlike a coin-toss face crossing the boundary.

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.classify import apply_function
+from vitgender.scoring import apply_function
 from vitgender.errors import UsageError
-from vitgender.exporters.manifest import read_manifest, verify_artifact
+from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
@@ -105,7 +105,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
     """Run one artifact on the reference images (preprocessed as its sidecar says) and judge it."""
     precision = Precision.parse(entry["precision"])
     budget = budgets_mod.budget_for(budgets, entry["name"], precision)
-    result = ArtifactResult(entry["name"], entry["format"], precision, entry["path"], entry["sha256"], {}, [], budget,
+    result = ArtifactResult(entry["name"], entry["runtime"], precision, entry["path"], entry["sha256"], {}, [], budget,
                             calibration=entry.get("calibration"))
     labels = runner.info.labels
     began = time.perf_counter()
@@ -128,7 +128,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
         result.accuracy = {"torch": accuracy_cell(ref_preds), "artifact": accuracy_cell(art_preds)}
         result.group_deltas = group_deltas(ref_preds, art_preds)
     result.checks = [label_check(labels, model_labels), *budgets_mod.check(result.metrics, budget)]
-    result.inventory = inventory(path, entry["format"])
+    result.inventory = inventory(path, entry["runtime"])
     if result.inventory is not None:
         result.checks.append(check_precision(result.inventory, precision))
     return result

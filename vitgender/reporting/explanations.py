@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -25,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vitgender.errors import UsageError
 from vitgender.explain.api import ExplainedImage, Explainer, Explanation
 
 COLORMAP = "inferno"
@@ -231,47 +226,13 @@ def contact_sheet(cards: Sequence[Card], *, model: str, method: str, min_confide
 SHEET = "index.html"
 
 
-@contextmanager
-def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """A fresh folder beside `out`, renamed onto it only when the block succeeds: a failed or
-    interrupted run leaves nothing half-written. An existing non-empty `out` is refused, and
-    `overwrite` replaces only a folder an earlier run wrote (one holding index.html), so a typo
-    such as `--out ~` cannot delete anything else."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(str(out), "exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(str(out), "folder exists and is not empty "
-                                       "(--overwrite replaces an earlier explain output)")
-        if not (out / SHEET).is_file():
-            raise UsageError(str(out), f"--overwrite only replaces an earlier explain output (a folder with {SHEET})")
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise UsageError(str(out), "parent folder does not exist")
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+def is_explain_output(folder: Path) -> bool:
+    """An explain output written before output folders carried a marker: its sheet says so."""
+    sheet = Path(folder) / SHEET
     try:
-        try:
-            yield partial
-        except OSError as exc:  # a full disk or a vanished folder is one line, not a traceback
-            raise UsageError(str(out), f"cannot write ({exc.strerror or exc})") from None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            out.replace(old / "previous")
-            try:
-                partial.replace(out)
-            except OSError:
-                (old / "previous").replace(out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            partial.replace(out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+        return sheet.is_file() and "<h1>vitgender explain</h1>" in sheet.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def expected_label(name: str, labels: Sequence[str]) -> str | None:

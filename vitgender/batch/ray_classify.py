@@ -4,7 +4,7 @@ The pipeline is the single-machine one cut at its natural seams:
 
     paths (driver) -> read + decode + resize (CPU tasks, uint8 numpy batches)
           -> Runner.run (an actor pool; each actor opens the model once)
-          -> rank/uncertainty (driver) -> whole shards (`vitgender.shards`)
+          -> rank/uncertainty (driver) -> whole shards (`vitgender.batch.shards`)
 
 Images cross the object store as resized uint8 arrays (3 x 140 x 140 bytes each), never as PIL
 objects or Python lists; what reaches the driver is one score row per image, so one driver can
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.classify import Result, apply_function, rank, with_uncertainty
+from vitgender.batch.shards import ShardSink
 from vitgender.errors import ImageError, UsageError
 from vitgender.inputs import IMAGE_SUFFIXES, expand_inputs
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor, decode_image
-from vitgender.shards import ShardSink
+from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
 
@@ -115,7 +115,8 @@ def _listed(spec: str, column: str) -> Iterator[str | tuple[str, str]]:
 
             table = pq.read_table(str(path))
             if column not in table.column_names:
-                yield spec, f"no column '{column}' (columns: {', '.join(table.column_names)}); choose one with --path-column"
+                yield spec, (f"no column '{column}' (columns: {', '.join(table.column_names)}); "
+                             "choose one with --path-column")
                 return
             entries = [str(v) for v in table.column(column).to_pylist() if v is not None]
     except (UnicodeDecodeError, csv.Error, OSError, ValueError) as exc:
@@ -286,7 +287,7 @@ def classify_on_ray(
     """Classify every input on a Ray cluster and write sharded results to `output`.
 
     Without `options.resume`, `output` must hold no committed shards (results are never mixed
-    by accident); with it, inputs already in a committed shard are skipped (see `vitgender.shards`).
+    by accident); with it, inputs already in a committed shard are skipped (see `vitgender.batch.shards`).
     """
     import ray
 

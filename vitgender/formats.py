@@ -4,7 +4,7 @@ An `ArtifactSpec` says what a format is (runtime, precision, file name, input la
 it needs calibration images) and which builder makes it. Everything else reads this table:
 `main_export`, `--formats` parsing and groups, the CLI help, validation, the benchmark and the
 manifest order. Adding a format is one spec here and, if no existing builder fits, one builder
-in `builders.py`.
+in `"py"`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from vitgender.errors import UsageError
-from vitgender.exporters import builders
 from vitgender.precision import Precision
 
 
@@ -30,7 +29,7 @@ class ArtifactSpec:
     runtime: str  # a name registered in vitgender.runtimes
     precision: Precision
     filename: str  # relative to the export directory
-    builder: builders.Builder
+    builder: str  # the name of its builder in vitgender.exporters.builders (imported only to build)
     toolchain: str  # what converts it, recorded in the manifest
     layout: InputLayout = InputLayout.NCHW
     needs_calibration: bool = False
@@ -40,34 +39,34 @@ _ORT_QUANT = "onnxruntime.quantization"
 _TFLITE = "tf.lite.TFLiteConverter from the SavedModel (built-in ops only)"
 _EXECUTORCH = "torch.export + executorch to_edge_transform_and_lower (XNNPACK), dynamic batch 1-32"
 _SPECS = (
-    ArtifactSpec("onnx", "onnx", Precision.FP32, "model.onnx", builders.copy_base_onnx, "torch.onnx.export (dynamo)"),
-    ArtifactSpec("onnx-fp16", "onnx", Precision.FP16, "model_fp16.onnx", builders.onnx_fp16,
+    ArtifactSpec("onnx", "onnx", Precision.FP32, "model.onnx", "copy_base_onnx", "torch.onnx.export (dynamo)"),
+    ArtifactSpec("onnx-fp16", "onnx", Precision.FP16, "model_fp16.onnx", "onnx_fp16",
                  "onnxruntime.transformers.float16"),
     ArtifactSpec("onnx-int8-dynamic", "onnx", Precision.INT8_DYNAMIC, "model_int8_dynamic.onnx",
-                 builders.onnx_int8_dynamic, _ORT_QUANT),
-    ArtifactSpec("onnx-int8-static", "onnx", Precision.INT8, "model_int8_static.onnx", builders.onnx_int8_static,
+                 "onnx_int8_dynamic", _ORT_QUANT),
+    ArtifactSpec("onnx-int8-static", "onnx", Precision.INT8, "model_int8_static.onnx", "onnx_int8_static",
                  _ORT_QUANT + " (QDQ)", needs_calibration=True),
-    ArtifactSpec("onnx-uint8-nhwc", "onnx", Precision.FP32, "model_uint8_nhwc.onnx", builders.onnx_baked_preprocessing,
+    ArtifactSpec("onnx-uint8-nhwc", "onnx", Precision.FP32, "model_uint8_nhwc.onnx", "onnx_baked_preprocessing",
                  "vitgender preprocessing graph + torch.onnx.export", layout=InputLayout.NHWC_UINT8),
-    ArtifactSpec("savedmodel", "savedmodel", Precision.FP32, "saved_model", builders.tensorflow, "onnx2tf",
+    ArtifactSpec("savedmodel", "savedmodel", Precision.FP32, "saved_model", "tensorflow", "onnx2tf",
                  layout=InputLayout.NHWC),
-    ArtifactSpec("tflite", "tflite", Precision.FP32, "model_float32.tflite", builders.tensorflow, _TFLITE,
+    ArtifactSpec("tflite", "tflite", Precision.FP32, "model_float32.tflite", "tensorflow", _TFLITE,
                  layout=InputLayout.NHWC),
-    ArtifactSpec("tflite-fp16", "tflite", Precision.FP16, "model_float16.tflite", builders.tensorflow, _TFLITE,
+    ArtifactSpec("tflite-fp16", "tflite", Precision.FP16, "model_float16.tflite", "tensorflow", _TFLITE,
                  layout=InputLayout.NHWC),
     ArtifactSpec("tflite-int8-dynamic", "tflite", Precision.INT8_DYNAMIC, "model_int8_dynamic.tflite",
-                 builders.tensorflow, _TFLITE, layout=InputLayout.NHWC),
-    ArtifactSpec("tflite-int8", "tflite", Precision.INT8, "model_int8.tflite", builders.tensorflow, _TFLITE,
+                 "tensorflow", _TFLITE, layout=InputLayout.NHWC),
+    ArtifactSpec("tflite-int8", "tflite", Precision.INT8, "model_int8.tflite", "tensorflow", _TFLITE,
                  layout=InputLayout.NHWC, needs_calibration=True),
-    ArtifactSpec("executorch", "executorch", Precision.FP32, "model.pte", builders.executorch, _EXECUTORCH),
-    ArtifactSpec("executorch-int8", "executorch", Precision.INT8, "model_int8.pte", builders.executorch,
+    ArtifactSpec("executorch", "executorch", Precision.FP32, "model.pte", "executorch", _EXECUTORCH),
+    ArtifactSpec("executorch-int8", "executorch", Precision.INT8, "model_int8.pte", "executorch",
                  _EXECUTORCH + " + PT2E int8", needs_calibration=True),
     # transformers.js / optimum layout: web/{config,preprocessor_config}.json + web/onnx/*.onnx
-    ArtifactSpec("web-onnx", "onnx", Precision.FP32, "web/onnx/model.onnx", builders.web(builders.copy_base_onnx),
+    ArtifactSpec("web-onnx", "onnx", Precision.FP32, "web/onnx/model.onnx", "web_copy_base_onnx",
                  "torch.onnx.export (dynamo)"),
     ArtifactSpec("web-onnx-quantized", "onnx", Precision.INT8_DYNAMIC, "web/onnx/model_quantized.onnx",
-                 builders.web(builders.onnx_int8_dynamic), _ORT_QUANT),
-    ArtifactSpec("web-onnx-fp16", "onnx", Precision.FP16, "web/onnx/model_fp16.onnx", builders.web(builders.onnx_fp16),
+                 "web_onnx_int8_dynamic", _ORT_QUANT),
+    ArtifactSpec("web-onnx-fp16", "onnx", Precision.FP16, "web/onnx/model_fp16.onnx", "web_onnx_fp16",
                  "onnxruntime.transformers.float16"),
 )
 FORMATS: dict[str, ArtifactSpec] = {spec.name: spec for spec in _SPECS}

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
-from pathlib import Path
 from typing import IO
 
-from vitgender.classify import UNCERTAIN
-from vitgender.errors import UsageError
+from vitgender.scoring import UNCERTAIN
 
 
 class OutputFormat(str, Enum):
@@ -64,20 +59,3 @@ class ResultWriter:
     def close(self) -> None:
         if self.fmt is OutputFormat.json:
             self.handle.write("\n]\n" if self.count else "]\n")
-
-
-@contextmanager
-def atomic_output(path: Path | None) -> Iterator[IO[str]]:
-    """stdout, or a file written beside `path` and renamed onto it only when the block succeeds."""
-    if path is None:
-        yield sys.stdout
-        return
-    if path.parent and not path.parent.exists():
-        raise UsageError(str(path), "output folder does not exist")
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("w") as handle:
-            yield handle
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -11,45 +11,24 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitgender import checkpoint
-from vitgender.exporters import output
 from vitgender.errors import ToolchainError, UsageError, VitgenderError
+from vitgender.exporters import builders, merge
 from vitgender.exporters.builders import BuildContext, Built, Calibration
 from vitgender.exporters.config import config_for
-from vitgender.exporters.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
-from vitgender.exporters.manifest import describe, write_manifest
-from vitgender.exporters.quantize import STATIC_PRESETS
+from vitgender.exporters.options import ExportOptions
+from vitgender.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
 from vitgender.inputs import IMAGE_SUFFIXES
+from vitgender.manifest import describe, write_manifest
+from vitgender.output_folders import atomic_dir
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes.sidecar import Sidecar, write_sidecar
-
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 class ExportError(ToolchainError):
     """A conversion step failed on a valid checkpoint (exit 3: the tool chain, not the input)."""
-
-
-@dataclass
-class ExportOptions:
-    opset: int = 20
-    calibration: Path = field(default=CALIBRATION_DIR)
-    calibration_method: str = "minmax"
-    quant_preset: str = "safe"
-    quant_target: float | None = None  # `auto`: q90 |Δlogit| on the calibration images (None: the int8-dynamic budget)
-    tflite_int8_io: bool = False
-
-    def __post_init__(self) -> None:
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise UsageError(self.calibration_method, f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
-        if self.quant_preset not in STATIC_PRESETS:
-            raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(STATIC_PRESETS)}")
-        if self.quant_target is not None and not self.quant_target > 0:
-            raise UsageError(str(self.quant_target), "quant target must be a positive q90 |logit difference|")
 
 
 def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
@@ -76,7 +55,8 @@ def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
     name, dtype = ctx.export_config.input_name, built.input_dtype
     batch = built.fixed_batch or "batch"
     if spec.layout is InputLayout.NCHW:
-        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32", "shape": [batch, channels, pre.height, pre.width]}
+        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32",
+                "shape": [batch, channels, pre.height, pre.width]}
     if spec.layout is InputLayout.NHWC_UINT8:
         from vitgender.exporters.baked import RAW_INPUT
 
@@ -85,7 +65,8 @@ def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
                 "note": f"resize to {pre.height}x{pre.width} ({pre.resample_name}); "
                         "rescale/normalise/transpose are inside the graph"}
     fixed = {"note": f"batch fixed at {batch} by onnx2tf (the graph reads a tensor shape)"} if built.fixed_batch else {}
-    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32", "shape": [batch, pre.height, pre.width, channels],
+    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32",
+            "shape": [batch, pre.height, pre.width, channels],
             **fixed}
 
 
@@ -95,7 +76,7 @@ def _run_step(name: str, fn: Callable, *args, **kwargs):
         return fn(*args, **kwargs)
     except VitgenderError:
         raise
-    except Exception as exc:  # noqa: BLE001 - converters raise anything; the user needs the step and reason
+    except Exception as exc:  # converters raise anything; re-raised as ExportError naming the step and reason
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise ExportError(name, f"step failed: {type(exc).__name__}: {first}") from exc
 
@@ -110,7 +91,7 @@ def _by_builder(specs: Sequence[ArtifactSpec]) -> list[list[ArtifactSpec]]:
 
 def _disk_full(exc: BaseException) -> bool:
     text = str(exc)
-    return (isinstance(exc, OSError) and exc.errno in output.DISK_FULL) or "No space left on device" in text \
+    return (isinstance(exc, OSError) and exc.errno in merge.DISK_FULL) or "No space left on device" in text \
         or "File too large" in text or "Disk quota exceeded" in text
 
 
@@ -125,7 +106,8 @@ def main_export(
     """Export `model` (None = embedded default) to `out` (default artifacts/<model-name>/).
 
     An existing export of the same checkpoint in `out` is merged (the formats built now replace
-    theirs); anything else already there is refused unless `overwrite`.
+    theirs); an export of another model is replaced only with `overwrite`; a folder that is not
+    an export is never touched (see `vitgender.output_folders`).
     """
     options = options or ExportOptions()
     wanted = parse_formats(formats)
@@ -134,31 +116,28 @@ def main_export(
     calibration = _calibration(options, ckpt) if any(s.needs_calibration for s in wanted) else None
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name
-    existing = output.check_target(out, ckpt.directory, ckpt.sha256, overwrite)
-    output.sweep_stale(out)
-    scratch = output.make_scratch(out)
+    existing = merge.existing_export(out, ckpt.directory, ckpt.sha256, overwrite)
     try:
-        artifacts = _build(ckpt, export_config, options, calibration, wanted, scratch, on_step)
-        if existing is not None:
-            rebuilt = {a["name"] for a in artifacts}
-            kept = [e for e in existing["artifacts"] if e["name"] not in rebuilt]
-            output.carry_over(out, scratch, [a["path"] for a in artifacts])
-            order = {n: i for i, n in enumerate(FORMATS)}
-            artifacts = sorted(kept + artifacts, key=lambda a: order.get(a["name"], len(order)))
-        model_info = {"source": str(ckpt.directory), "name": name, "model_type": ckpt.model_type,
-                      "labels": list(ckpt.labels), "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
-                      "preprocessor": ckpt.preprocess.to_dict(), "checkpoint_sha256": ckpt.sha256}
-        write_manifest(scratch, model_info, artifacts)
-        output.publish(scratch, out)
-    except (OSError, ExportError) as exc:
-        if _disk_full(exc):
-            raise ExportError(str(out.parent), f"out of disk space while exporting ({str(exc)[-200:]}); "
+        with atomic_dir(out, "export", overwrite=overwrite, recognise=merge.is_export, updates=True) as scratch:
+            artifacts = _build(ckpt, export_config, options, calibration, wanted, scratch, on_step)
+            if existing is not None:
+                rebuilt = {a["name"] for a in artifacts}
+                kept = [e for e in existing["artifacts"] if e["name"] not in rebuilt]
+                merge.carry_over(out, scratch, [a["path"] for a in artifacts])
+                order = {n: i for i, n in enumerate(FORMATS)}
+                artifacts = sorted(kept + artifacts, key=lambda a: order.get(a["name"], len(order)))
+            model_info = {"source": str(ckpt.directory), "name": name, "model_type": ckpt.model_type,
+                          "labels": list(ckpt.labels), "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
+                          "preprocessor": ckpt.preprocess.to_dict(), "checkpoint_sha256": ckpt.sha256}
+            write_manifest(scratch, model_info, artifacts)
+    except (OSError, VitgenderError) as exc:
+        cause = exc.__context__ if isinstance(exc, UsageError) and exc.__context__ is not None else exc  # atomic_dir's
+        if _disk_full(cause):
+            raise ExportError(str(out.parent), f"out of disk space while exporting ({str(cause)[-200:]}); "
                                                "nothing was written") from None
-        if isinstance(exc, ExportError):
+        if isinstance(exc, VitgenderError):
             raise
         raise ExportError(str(out), f"cannot write the export ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
@@ -179,7 +158,7 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
     for group in _by_builder(wanted):
         names = ", ".join(s.name for s in group)
         on_step(f"{names}: {group[0].toolchain}")
-        built.update(_run_step(names, group[0].builder, ctx, group))
+        built.update(_run_step(names, getattr(builders, group[0].builder), ctx, group))
     shutil.rmtree(base.parent)
     artifacts = []
     for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):

@@ -2,13 +2,18 @@
 
 ExecuTorch releases that support torch 2.13 (1.2.0-1.4.1) require numpy >= 2, while onnx2tf
 1.29.24 pins numpy 1.26.4 and MediaPipe 0.10.21 needs numpy < 2, so ExecuTorch cannot share the
-main environment. The main process starts this module with the side environment's Python
-(`vitgender.toolchains`) and talks to it over pipes. It imports nothing from vitgender but
-`processes`, so the side environment needs only torch, executorch, transformers and safetensors.
+main environment (`vitgender.toolchains.side_env`).
 
-    python -m vitgender.executorch_worker export JOB.json   # checkpoint -> .pte (fp32 or PT2E int8)
-    python -m vitgender.executorch_worker run MODEL.pte     # serve logits over stdin/stdout
-    python -m vitgender.executorch_worker inventory MODEL.pte  # weight bytes by dtype, as JSON
+Why a standalone module: it runs under the side environment's Python, which has torch,
+executorch, transformers and safetensors but not the rest of vitgender's dependencies (no PIL,
+typer, rich, onnx). So it imports nothing from vitgender but `vitgender.errors` and
+`vitgender.toolchains.processes` (standard library only); the package itself reaches it through a
+PYTHONPATH holding only a link to the package. `tests/test_executorch.py` imports it in the side
+environment to keep it that way.
+
+    python -m vitgender.toolchains.executorch_worker JOB.json   # export (checkpoint -> .pte) or inventory,
+                                                               # `run_job` framing
+    python -m vitgender.toolchains.executorch_worker run MODEL.pte  # serve logits over stdin/stdout (framed arrays)
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.processes import die_with_parent
+from vitgender.toolchains.processes import die_with_parent, job_main
 
 MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
 
@@ -56,7 +61,9 @@ def export(job: dict) -> dict:
     with torch.no_grad():
         if job["precision"] == "int8":
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer, get_symmetric_quantization_config)
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
@@ -168,21 +175,25 @@ def inventory(pte: str) -> dict:
         if getattr(tensor, "data_buffer_idx", 0) > 0:
             dtype, size = sizes.get(int(tensor.scalar_type), (str(tensor.scalar_type), 4))
             weights[dtype] = weights.get(dtype, 0) + int(np.prod(tensor.sizes or [1])) * size
-    return {"weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()}, "delegates": len(program.backend_delegate_data),
+    return {"weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()},
+            "delegates": len(program.backend_delegate_data),
             "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 
+def _job(job: dict) -> dict:
+    if job["command"] == "export":
+        return export(job)
+    if job["command"] == "inventory":
+        return inventory(job["pte"])
+    raise ValueError(f"unknown command {job['command']!r}")
+
+
 def main(argv: list[str]) -> None:
-    die_with_parent()
-    command, path = argv[1], argv[2]
-    if command == "export":
-        print(json.dumps(export(json.loads(Path(path).read_text()))))
-    elif command == "run":
-        serve(path)
-    elif command == "inventory":
-        print(json.dumps(inventory(path)))
+    if len(argv) == 3 and argv[1] == "run":
+        die_with_parent()
+        serve(argv[2])
     else:
-        raise SystemExit(f"unknown command {command!r}")
+        job_main(_job, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""`manifest.json`: what an export directory holds, schema 1 (documented in the README).
+"""`manifest.json`: what an export directory holds, schema 2 (documented in the README).
 
-`{"schema": 1, "model": {...}, "created_by": {...}, "artifacts": [{"name", "format",
+`{"schema": 2, "model": {...}, "created_by": {...}, "artifacts": [{"name", "runtime",
 "precision", "path", "sha256", "bytes", "input": {...}, "opset"?, "calibration"?,
-"seconds", ...}]}`. Paths are relative to the manifest; a directory artifact (SavedModel)
-is hashed as the sha256 of its sorted `sha256sum`-style listing.
+"seconds", ...}]}`. `name` is the artifact name `--formats` takes, `runtime` the runtime that
+runs it. Paths are relative to the manifest; a directory artifact (SavedModel) is hashed as
+the sha256 of its sorted `sha256sum`-style listing.
+
+Schema 1 called the runtime `"format"`, which `--formats` uses for artifact names; it is still
+read (upgraded in memory), so exports made before the rename validate, bench and serve as before.
+
+Shared by exporters (writing), validators and bench (reading), so it imports neither.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from vitgender.checkpoint import sha256_file
 from vitgender.errors import UsageError
 from vitgender.precision import Precision
 
-SCHEMA = 1
+SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 TOOLS = ("vitgender", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnx2tf", "tensorflow",
          "ai-edge-litert")
@@ -47,8 +54,8 @@ def artifact_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def describe(root: Path, name: str, fmt: str, precision: str, path: Path, input_spec: dict, **extra) -> dict:
-    return {"name": name, "format": fmt, "precision": precision, "path": path.relative_to(root).as_posix(),
+def describe(root: Path, name: str, runtime: str, precision: str, path: Path, input_spec: dict, **extra) -> dict:
+    return {"name": name, "runtime": runtime, "precision": precision, "path": path.relative_to(root).as_posix(),
             "sha256": artifact_sha256(path), "bytes": artifact_bytes(path), "input": input_spec, **extra}
 
 
@@ -69,13 +76,17 @@ def read_manifest(directory: Path) -> dict:
         raise UsageError(str(path), f"invalid JSON ({exc.msg})") from None
     except (UnicodeDecodeError, RecursionError):
         raise UsageError(str(path), "invalid JSON (not UTF-8, or nested too deeply)") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("artifacts"), list):
-        schema = data.get("schema") if isinstance(data, dict) else None
-        raise UsageError(str(path), f"unsupported manifest (schema {schema!r}, expected {SCHEMA})")
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema not in READABLE_SCHEMAS or isinstance(schema, bool) or not isinstance(data.get("artifacts"), list):
+        raise UsageError(str(path), f"unsupported manifest (schema {schema!r}, expected one of "
+                                    f"{', '.join(map(str, READABLE_SCHEMAS))})")
     if not isinstance(data.get("model"), dict):
         raise UsageError(str(path), "manifest has no 'model' object")
     for number, entry in enumerate(data["artifacts"]):
+        if schema == 1 and isinstance(entry, dict) and "format" in entry:
+            entry["runtime"] = entry.pop("format")
         _check_entry(path, number, entry)
+    data["schema"] = SCHEMA  # upgraded in memory; the file is left as it was
     return data
 
 
@@ -84,7 +95,7 @@ def _check_entry(path: Path, number: int, entry: object) -> None:
     what = f"{path} artifacts[{number}]"
     if not isinstance(entry, dict):
         raise UsageError(what, "not an object")
-    for key in ("name", "format", "precision", "path", "sha256"):
+    for key in ("name", "runtime", "precision", "path", "sha256"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise UsageError(what, f"needs a non-empty string '{key}'")
     relative = PurePosixPath(entry["path"])

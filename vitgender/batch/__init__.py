@@ -1,0 +1,1 @@
+"""Batch classification beyond one machine: the Ray Data pipeline of `classify --ray` and its result shards."""
