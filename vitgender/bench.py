@@ -64,11 +64,15 @@ def arithmetic(runtime: str, precision: str) -> str:
     """The GEMM arithmetic a candidate runs, whose roof it is judged against.
 
     int8 artifacts run uint8 x int8 GEMMs; PyTorch (and so the pipeline) runs a float16 model in
-    float16; ORT and LiteRT run fp16 artifacts in fp32 on x86 (they upcast the weights).
+    float16; ORT and LiteRT run fp16 artifacts in fp32 on x86 (they upcast the weights). Each
+    runtime declares which (`Runtime.fp16_arithmetic`); the transformers pipeline runs PyTorch.
     """
+    from vitgender.runtimes import get_runtime
+
     if Precision(precision).is_int8:
         return "int8"
-    return "fp16" if precision == Precision.FP16 and runtime in ("torch", "pipeline") else "fp32"
+    native = get_runtime("torch" if runtime == "pipeline" else runtime).fp16_arithmetic
+    return "fp16" if precision == Precision.FP16 and native else "fp32"
 
 
 def _rss_peak_mb() -> float:

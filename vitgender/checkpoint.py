@@ -21,8 +21,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitgender.architecture import VIT_MODEL_TYPES, ViTArchitecture
 from vitgender.errors import CheckpointError
+from vitgender.models import ModelType, ViTArchitecture, model_config
 from vitgender.preprocess import PreprocessConfig
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -250,9 +250,7 @@ def _read_config(directory: Path) -> dict:
         raise CheckpointError(str(config_path), f"invalid JSON ({why})") from None
     if not isinstance(config, dict):
         raise CheckpointError(str(config_path), "not a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in VIT_MODEL_TYPES:
-        raise CheckpointError(str(config_path), f"model_type {model_type!r} is not a ViT variant ({', '.join(VIT_MODEL_TYPES)})")
+    model_config(config.get("model_type"), str(config_path))  # refuses a type outside the family, naming ours
     if not isinstance(config.get("id2label"), dict) or not config["id2label"]:
         raise CheckpointError(str(config_path), "no id2label: an image classifier needs its label names")
     return config
@@ -287,6 +285,15 @@ class Checkpoint:
         return self.config["model_type"]
 
     @property
+    def model(self) -> ModelType:
+        """What is specific to this checkpoint's architecture (HF class, stages, token layout)."""
+        return model_config(self.model_type)
+
+    @property
+    def hf_class(self) -> str:
+        return self.model.hf_class(self.config)
+
+    @property
     def labels(self) -> tuple[str, ...]:
         id2label = self.config["id2label"]
         return tuple(id2label.get(str(i), id2label.get(i)) for i in range(len(id2label)))
@@ -296,12 +303,12 @@ class Checkpoint:
         return ViTArchitecture.from_config(self.config)
 
     def load_model(self):
-        """The `AutoModelForImageClassification` in fp32 eval mode, whatever dtype the file stores."""
+        """The model type's HF class (the one `architectures` names) in fp32 eval mode, whatever dtype the
+        file stores. Not `AutoModelForImageClassification`: it maps a distilled DeiT to the plain class."""
         import torch
-        from transformers import AutoModelForImageClassification
 
         try:
-            model, info = AutoModelForImageClassification.from_pretrained(
+            model, info = self.model.model_class(self.config).from_pretrained(
                 str(self.directory), use_safetensors=not self.files.pickle, dtype=torch.float32,
                 output_loading_info=True,
             )

@@ -4,7 +4,8 @@ ExecuTorch releases that support torch 2.13 (1.2.0-1.4.1) require numpy >= 2, wh
 1.29.24 pins numpy 1.26.4 and MediaPipe 0.10.21 needs numpy < 2, so ExecuTorch cannot share the
 main environment. The main process starts this module with the side environment's Python
 (`vitgender.toolchains`) and talks to it over pipes. It imports nothing from vitgender but
-`processes`, so the side environment needs only torch, executorch, transformers and safetensors.
+`processes` and `models` (the model type's embedding rewrite: torch and transformers only), so the
+side environment needs only torch, executorch, transformers and safetensors.
 
     python -m vitgender.executorch_worker export JOB.json   # checkpoint -> .pte (fp32 or PT2E int8)
     python -m vitgender.executorch_worker run MODEL.pte     # serve logits over stdin/stdout
@@ -25,12 +26,13 @@ from vitgender.processes import die_with_parent
 MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
 
 
-def _logits_module(checkpoint: str):
+def _logits_module(checkpoint: str, hf_class: str):
+    """The checkpoint in the HF class its model type names (`vitgender.models`, decided in the main process)."""
     import torch
-    from transformers import ViTForImageClassification
+    import transformers
 
-    model = ViTForImageClassification.from_pretrained(checkpoint, attn_implementation="eager",
-                                                      torch_dtype=torch.float32).eval()
+    model = getattr(transformers, hf_class).from_pretrained(checkpoint, attn_implementation="eager",
+                                                            dtype=torch.float32).eval()
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
@@ -49,11 +51,16 @@ def export(job: dict) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    module = _logits_module(job["checkpoint"])
+    from vitgender.models import model_config  # torch + transformers only: fine in this environment
+
+    module = _logits_module(job["checkpoint"], job["hf_class"])
     channels, height, width = job["shape"]
     example = (torch.zeros(2, channels, height, width),)
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
-    with torch.no_grad():
+    # The model type's embedding rewrite, as for ONNX: positions baked at this size (DINOv2's run-time
+    # bicubic interpolation is not an op XNNPACK lowers), prefix tokens as constants.
+    rewrite = model_config(module.model.config.model_type).batch_free_embeddings(module.model, height, width)
+    with torch.no_grad(), rewrite:
         if job["precision"] == "int8":
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
                 XNNPACKQuantizer, get_symmetric_quantization_config)

@@ -174,7 +174,10 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     built = {}
     for spec in specs:
         began = time.perf_counter()
-        job = {"checkpoint": str(ctx.checkpoint.directory), "target": str(ctx.target(spec).resolve()),
+        # Absolute paths: the worker runs in the scratch folder, where a relative checkpoint path would
+        # not exist and transformers would take it for a hub id.
+        job = {"checkpoint": str(Path(ctx.checkpoint.directory).resolve()), "hf_class": ctx.checkpoint.hf_class,
+               "target": str(ctx.target(spec).resolve()),
                "precision": spec.precision.value, "shape": [arch.num_channels, pre.height, pre.width]}
         if spec.needs_calibration:
             np.save(work / "calibration.npy", ctx.calibration.pixels)

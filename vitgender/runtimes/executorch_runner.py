@@ -9,6 +9,7 @@ other runner. Exported programs take a dynamic batch of 1-32; larger batches are
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,16 +18,17 @@ import numpy as np
 
 from vitgender.errors import ToolchainError, UsageError
 from vitgender.executorch_worker import receive_array, send_array
-from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.base import Closing, RunnerInfo
 from vitgender.runtimes.sidecar import read_sidecar
+from vitgender.runtimes.weights import weight_inventory
 from vitgender.toolchains import executorch_command
 
 
-class ExecuTorchRunner:
+class ExecuTorchRunner(Closing):
     def __init__(self, process: subprocess.Popen, info: RunnerInfo) -> None:
         self._process = process
         self.info = info
-        atexit.register(self.close)
+        atexit.register(self.close)  # a backstop for callers that never close; close() unregisters it
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = None) -> ExecuTorchRunner:
@@ -38,7 +40,7 @@ class ExecuTorchRunner:
         if identifier != b"ET12":  # ExecuTorch program flatbuffer identifier
             raise UsageError(str(path), "not an ExecuTorch program (.pte)")
         sidecar = read_sidecar(path)
-        argv, env = executorch_command("run", str(path))
+        argv, env = executorch_command("run", str(path.resolve()))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -65,9 +67,22 @@ class ExecuTorchRunner:
         return self._receive().copy()
 
     def close(self) -> None:
+        """Ends the worker: stdin closed (it exits when the stream ends), killed after 5 s."""
+        atexit.unregister(self.close)
         if self._process.poll() is None:
             self._process.stdin.close()
             try:
                 self._process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+
+
+def inventory(path: Path) -> dict:
+    """Weight bytes by dtype from the XNNPACK graphs inside the .pte (decoded in the ExecuTorch environment)."""
+    argv, env = executorch_command("inventory", str(Path(path).resolve()))
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise ToolchainError(str(path), "cannot read the ExecuTorch program's weights: "
+                                        + (result.stderr.strip().splitlines() or ["?"])[-1][:200])
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return weight_inventory(found["weight_bytes_by_dtype"], found["op_counts"], delegates=found["delegates"])
