@@ -310,7 +310,7 @@ class Checkpoint:
         try:
             model, info = self.model.model_class(self.config).from_pretrained(
                 str(self.directory), use_safetensors=not self.files.pickle, dtype=torch.float32,
-                output_loading_info=True,
+                output_loading_info=True, **self.model.load_options,
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(str(self.directory), f"cannot load model ({str(exc).splitlines()[0]})") from None

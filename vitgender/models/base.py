@@ -21,6 +21,9 @@ class ModelType:
     hf_classes: tuple[str, ...] = ("ViTForImageClassification",)
     base_prefix: str = "vit"  # the attribute holding the backbone (HF's `base_model_prefix`)
     mlp: str = "intermediate"  # the block's MLP module (its first linear + activation)
+    # Extra `from_pretrained` arguments. Types that pick their attention class when built (BEiT) load the
+    # eager one: switching `config._attn_implementation` later (export, explain) would not reach them.
+    load_options: dict = {}
 
     # --- loading -------------------------------------------------------------------------------
     def hf_class(self, config: Mapping) -> str:

@@ -101,6 +101,7 @@ class Beit(ModelType):
     model_type = "beit"
     hf_classes = ("BeitForImageClassification",)
     base_prefix = "beit"
+    load_options = {"attn_implementation": "eager"}  # SDPA reads a Shape (batch-1 TF) and returns no attentions
 
     def readout(self, config: Mapping, hf_class: str, num_tokens: int, num_patches: int) -> np.ndarray:
         if not config.get("use_mean_pooling", True):
