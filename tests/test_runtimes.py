@@ -142,3 +142,15 @@ def test_ray_reads_labels_from_metadata_without_opening_a_runner(tiny_model, toy
     labels, pre = read_metadata("torch", tiny_model)
     assert labels == ("female", "male") and pre.height == 32
     assert read_metadata("npz", toy_artifact)[0] == ("female", "male")
+
+
+def test_docs_runtime_table_matches_the_registry():
+    table = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text().split("runtimes-table")[1]
+    rows = {line.split("|")[1].strip(" `"): [c.strip() for c in line.split("|")[2:6]]
+            for line in table.splitlines() if line.startswith("| `")}
+    builtin = {n for n in runtime_names() if n != "npz"}
+    assert set(rows) == builtin
+    for name, (files, options, stages, inventory) in rows.items():
+        spec = get_runtime(name)
+        assert files == spec.files and options == ", ".join(sorted(spec.options))
+        assert (stages == "yes") == spec.stages and (inventory == "yes") == (spec.inventory is not None)
