@@ -88,6 +88,7 @@ class _Opened:
     bytes: int
     raw_input: bool  # takes resized uint8 NHWC instead of pixel_values
     precision: Precision  # what it really computes in
+    close: Callable[[], None] = lambda: None
 
 
 def _open(candidate: dict, threads: int) -> _Opened:
@@ -122,7 +123,7 @@ def _open(candidate: dict, threads: int) -> _Opened:
         return [runner.info.labels[i] for i in logits.argmax(1)]
 
     weights = Path(candidate["path"]) / "model.safetensors" if candidate["runtime"] == "torch" else Path(candidate["path"])
-    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision)
+    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision, runner.close)
 
 
 def _size(path: Path) -> int:
@@ -157,6 +158,7 @@ def _worker(job: dict) -> dict:
         p50, p90 = float(np.median(latencies)), float(np.percentile(latencies, 90))
         rows.append({"batch_size": batch, "p50_ms": round(p50 * 1000, 2), "p90_ms": round(p90 * 1000, 2),
                      "images_per_s": round(batch / p50, 2), "runs": len(latencies)})
+    opened.close()
     return {"load_seconds": round(load_seconds, 2), "bytes": opened.bytes, "peak_rss_mb": round(_rss_peak_mb(), 1),
             "precision": opened.precision, "answers": answers, "rows": rows}
 
