@@ -174,12 +174,13 @@ def weight_files(directory: Path, allow_pickle: bool = False) -> CheckpointFiles
 
 
 def resolve(model: str | os.PathLike | None) -> Path:
-    """A local checkpoint directory for `model` (None = the embedded default model)."""
+    """A local checkpoint directory for `model` (None = the embedded default model), made absolute: it is
+    recorded in manifests and handed to child processes that run in other working directories."""
     if model is None:
         return DEFAULT_MODEL_DIR
-    path = Path(model)
+    path = Path(model).expanduser()
     if path.is_dir():
-        return path
+        return path.absolute()
     spec = str(model)
     if path.exists():
         raise CheckpointError(spec, "a checkpoint must be a directory (config.json + model.safetensors)")
