@@ -260,7 +260,8 @@ def test_cli_refuses_ray_without_output_and_reused_output(images, tmp_path):
     assert result.returncode == 2 and "--resume" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("variant", list(TINY_TYPES))
+@pytest.mark.parametrize("variant", [v if v == "deit-distilled" else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in TINY_TYPES])  # one fast: an actor pool per type costs 10-30 s
 def test_every_model_type_runs_in_the_actor_pool(cluster, images, variant, tmp_path):
     """The driver reads labels from the checkpoint's metadata; the actors load each type's own class."""
     from conftest import make_tiny
