@@ -161,17 +161,21 @@ def test_every_command_on_every_type(tiny, variant, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    broken = onnx.load(str(out / "model.onnx"))  # break one block's MLP weights: localisation must find it
-    for init in broken.graph.initializer:
-        if "layer.1" in init.name and ("intermediate" in init.name or "mlp" in init.name) and len(init.dims) == 2:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))
-            break
+    broken = onnx.load(str(out / "model.onnx"))  # break the last block's MLP: localisation must find it
+    fc1 = [init for init in broken.graph.initializer if list(init.dims) == [32, 64]][-1]  # hidden -> MLP width
+    fc1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(fc1) * 3, fc1.name))
     onnx.save(broken, str(out / "model.onnx"))
+    from vitgender.exporters.manifest import artifact_sha256
+
+    for entry in manifest["artifacts"]:  # resealed, as an exporter bug would leave it: parity must catch it
+        entry["sha256"] = artifact_sha256(out / entry["path"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
     done = cli("validate", str(out), "--images", str(images), "--labels", "none", "--localize", "--only",
                "onnx,tflite")
     assert done.returncode == 1, done.stderr  # the broken one fails the gate; nothing crashes
     report = json.loads((out / "validation" / "report.json").read_text())
-    assert any((a.get("localization") or {}).get("divergence") for a in report["artifacts"])
+    found = {a["name"]: (a.get("localization") or {}).get("divergence") for a in report["artifacts"]}
+    assert found["onnx"]["stage"].startswith("block 1"), found  # where the weights were broken
     for model in (str(tiny[variant]), str(out / "model.pte"), str(out / "saved_model")):
         done = cli("classify", str(images), "--model", model)
         assert done.returncode == 0, done.stderr
