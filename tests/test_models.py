@@ -158,6 +158,11 @@ def test_every_command_on_every_type(tiny, variant, tmp_path):
         if artifact["format"] in ("savedmodel", "tflite"):
             assert artifact["input"]["shape"][0] == "batch", artifact  # the TF artifacts take any batch
 
+    from vitgender.runtimes import file_inventory
+
+    for name, runtime in (("saved_model", "savedmodel"), ("model.pte", "executorch")):  # every runtime reads weights
+        assert file_inventory(runtime, out / name)["weight_share_by_dtype"].get("float32", 0) > 0.9
+
     import onnx
     from onnx import numpy_helper
 
