@@ -94,6 +94,15 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _sidecar_metadata(source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
+    from vitgender.runtimes.sidecar import read_sidecar
+
+    if source is None:
+        raise UsageError("--model", "an exported artifact is needed for this runtime")
+    sidecar = read_sidecar(Path(source))
+    return sidecar.labels, sidecar.preprocess
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A registered runtime: how to recognise its files, how to open a Runner on one, what it can do.
@@ -111,11 +120,7 @@ class Runtime:
     inventory: Inventory | None = None  # weight dtypes/bytes of a file, read without running it
     fp16_arithmetic: bool = False  # runs an fp16 model in fp16 (others upcast fp16 weights to fp32 GEMMs)
     # (labels, preprocessing) of a file without opening a runner on it: the sidecar beside an artifact
-    metadata: Callable[[Path], tuple[tuple[str, ...], PreprocessConfig]] = field(default=None)
-
-    def __post_init__(self) -> None:
-        if self.metadata is None:
-            object.__setattr__(self, "metadata", _sidecar_metadata)
+    metadata: Callable[[str | Path | None], tuple[tuple[str, ...], PreprocessConfig]] = _sidecar_metadata
 
 
 _REGISTRY: dict[str, Runtime] = {}
@@ -165,15 +170,6 @@ def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = No
 def read_metadata(runtime: str, source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
     """A model's labels and preprocessing, read from its metadata (no weights loaded, no runner opened)."""
     return get_runtime(runtime).metadata(source)
-
-
-def _sidecar_metadata(source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
-    from vitgender.runtimes.sidecar import read_sidecar
-
-    if source is None:
-        raise UsageError("--model", "an exported artifact is needed for this runtime")
-    sidecar = read_sidecar(Path(source))
-    return sidecar.labels, sidecar.preprocess
 
 
 def _checkpoint_metadata(source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
