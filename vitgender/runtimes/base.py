@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from vitgender.models import ViTArchitecture
 from vitgender.errors import UsageError
+from vitgender.models import ViTArchitecture
 from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig
 
