@@ -19,30 +19,57 @@ needs_utkface = pytest.mark.skipif(
 )
 
 
-def make_tiny_vit(directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed: int = 0,
-                  labels: tuple[str, str] = ("female", "male")) -> Path:
-    """A random ViTForImageClassification (patch 8, 2 layers) in HF format with SHA256SUMS."""
+# (config class, model class, extra config) of a tiny checkpoint per claimed model type; DINOv2's
+# position table is built for 48 px so that a 32 px export interpolates it (as real DINOv2 checkpoints
+# do: 518 px table, 224 px crops).
+TINY_TYPES = {
+    "vit": ("ViTConfig", "ViTForImageClassification", {}),
+    "vit_msn": ("ViTMSNConfig", "ViTMSNForImageClassification", {}),
+    "deit": ("DeiTConfig", "DeiTForImageClassification", {}),
+    "deit-distilled": ("DeiTConfig", "DeiTForImageClassificationWithTeacher", {}),
+    "dinov2": ("Dinov2Config", "Dinov2ForImageClassification", {"image_size": 48, "mlp_ratio": 2}),
+    "dinov2_with_registers": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersForImageClassification",
+                              {"image_size": 48, "mlp_ratio": 2, "num_register_tokens": 2}),
+    "beit": ("BeitConfig", "BeitForImageClassification", {}),
+    "data2vec-vision": ("Data2VecVisionConfig", "Data2VecVisionForImageClassification",
+                        {"use_absolute_position_embeddings": True, "use_mean_pooling": False}),
+}
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def make_tiny(variant: str, directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+              seed: int = 0, labels: tuple[str, ...] = ("apple", "banana", "cherry")) -> Path:
+    """A random classifier of one claimed type (`TINY_TYPES`; patch 8, width 32, 2 layers) in HF format with
+    SHA256SUMS, saved with `save_pretrained` as a user's checkpoint would be."""
     import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    import transformers
 
     from vitgender.checkpoint import write_sha256sums
     from vitgender.preprocess import PreprocessConfig
 
+    config_name, class_name, extra = TINY_TYPES[variant]
     torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-        architectures=["ViTForImageClassification"],
-    )
-    model = ViTForImageClassification(config).eval()
+    sizes = {"image_size": image_size, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "intermediate_size": 64}
+    config = getattr(transformers, config_name)(
+        **{**sizes, **extra}, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        architectures=[class_name])
+    model = getattr(transformers, class_name)(config).eval()
     with torch.no_grad():  # make the logits spread, so ranking and flips are meaningful
-        model.classifier.weight.mul_(20)
+        for name, module in model.named_modules():
+            if name.endswith("classifier") and isinstance(module, torch.nn.Linear):
+                module.weight.mul_(20)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     pre = PreprocessConfig(height=image_size, width=image_size, image_mean=tuple(mean), image_std=tuple(std))
     (directory / "preprocessor_config.json").write_text(json.dumps(pre.to_dict()))
     write_sha256sums(directory)
     return directory
+
+
+def make_tiny_vit(directory: Path, *, labels: tuple[str, ...] = ("female", "male"), **options) -> Path:
+    """A random ViTForImageClassification (patch 8, 2 layers) with the default model's two labels."""
+    return make_tiny("vit", directory, labels=labels, **options)
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,7 @@ def test_wrong_config_is_a_clear_error(model_copy):
     config = json.loads((model_copy / "config.json").read_text())
     (model_copy / "SHA256SUMS").unlink()
     (model_copy / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
-    with pytest.raises(CheckpointError, match="not a ViT variant"):
+    with pytest.raises(CheckpointError, match="not supported .supported: vit, "):
         checkpoint.load_model(model_copy)
     (model_copy / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
     with pytest.raises(CheckpointError, match="do not match config.json|cannot load"):

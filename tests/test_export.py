@@ -74,27 +74,6 @@ def test_tf_artifacts_take_any_batch_in_one_call(exported, tiny_model, name):
         assert tolerance is None or np.abs(batched - reference[:n]).max() < tolerance
 
 
-def test_batch_free_embeddings_is_the_same_function(tiny_model):
-    """The export-time [CLS] rewrite changes the graph, not the numbers, and is undone afterwards."""
-    import torch
-
-    from vitgender.checkpoint import load_model
-    from vitgender.exporters.onnx_export import batch_free_embeddings
-
-    model = load_model(tiny_model)
-    pixels = torch.randn(5, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(pixel_values=pixels).logits
-        with batch_free_embeddings(model) as applied:
-            rewritten = model(pixel_values=pixels).logits
-            assert "forward" in vars(model.vit.embeddings)
-        assert applied and "forward" not in vars(model.vit.embeddings)
-    assert torch.allclose(rewritten, expected, atol=1e-6)
-    model.vit.embeddings.distillation_token = torch.nn.Parameter(torch.zeros(1, 1, 8))  # DeiT: not rewritten
-    with batch_free_embeddings(model) as applied:
-        assert not applied
-
-
 def test_exported_onnx_reads_no_shape(exported, tmp_path):
     """What lets onnx2tf keep the batch free; a graph with a Shape op gets the batch-1 fallback."""
     import onnx
@@ -127,7 +106,7 @@ def test_baked_preprocessing_takes_raw_pixels_end_to_end(exported, tiny_model, i
 
 
 def test_tflite_uses_builtin_ops_only(exported):
-    from vitgender.validators.inventory import tflite_inventory
+    from vitgender.runtimes.tflite_runner import inventory as tflite_inventory
 
     for name in ("model_float32", "model_float16", "model_int8_dynamic", "model_int8"):
         ops = tflite_inventory(exported / f"{name}.tflite")["op_counts"]

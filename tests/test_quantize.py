@@ -80,7 +80,7 @@ def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8
     from ai_edge_litert.interpreter import Interpreter
 
     from vitgender.exporters.options import ExportOptions
-    from vitgender.validators.inventory import tflite_inventory
+    from vitgender.runtimes.tflite_runner import inventory as tflite_inventory
 
     out = main_export(tiny_model, tmp_path / "tfl", "tflite-int8", ExportOptions(tflite_int8_io=True))
     entry = read_manifest(out)["artifacts"][0]

@@ -23,6 +23,7 @@ pytest.importorskip("ray.data", reason="classify --ray needs the serve extra: pi
 pytest.importorskip("psutil")
 
 from benchmarks.local_ray_cluster import LocalCluster  # noqa: E402
+from conftest import TINY_TYPES  # noqa: E402
 from vitgender.batch.ray_classify import RayClassifyOptions, classify_on_ray, list_inputs  # noqa: E402
 from vitgender.batch.shards import COMMITTED_PREFIX, ShardSink, read_results  # noqa: E402
 
@@ -257,3 +258,23 @@ def test_cli_refuses_ray_without_output_and_reused_output(images, tmp_path):
     result = subprocess.run([*CLI, "classify", "--ray", str(images), "--output", str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--resume" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("variant", [v if v == "deit-distilled" else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in TINY_TYPES])  # one fast: an actor pool per type costs 10-30 s
+def test_every_model_type_runs_in_the_actor_pool(cluster, images, variant, tmp_path):
+    """The driver reads labels from the checkpoint's metadata; the actors load each type's own class."""
+    from conftest import make_tiny
+
+    from vitgender.classify import load_classifier
+
+    model = make_tiny(variant, tmp_path / variant)
+    subset = [str(p) for p in sorted(images.glob("img00*"))[:20]]
+    options = RayClassifyOptions(address=cluster.address, batch_size=8, rows_per_shard=1000)
+    summary = classify_on_ray(subset, tmp_path / "out", model=str(model), options=options)
+    assert summary.images == 20 and summary.errors == 0
+    rows = in_order(read_results(tmp_path / "out"))
+    with load_classifier(str(model)) as classifier:
+        single = classifier.classify(subset)
+    for path, expected in zip(subset, single):
+        assert [p["label"] for p in rows[path]["predictions"]] == [p["label"] for p in expected]

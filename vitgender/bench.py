@@ -60,11 +60,15 @@ def arithmetic(runtime: str, precision: str) -> str:
     """The GEMM arithmetic a candidate runs, whose roof it is judged against.
 
     int8 artifacts run uint8 x int8 GEMMs; PyTorch (and so the pipeline) runs a float16 model in
-    float16; ORT and LiteRT run fp16 artifacts in fp32 on x86 (they upcast the weights).
+    float16; ORT and LiteRT run fp16 artifacts in fp32 on x86 (they upcast the weights). Each
+    runtime declares which (`Runtime.fp16_arithmetic`); the transformers pipeline runs PyTorch.
     """
+    from vitgender.runtimes import get_runtime
+
     if Precision(precision).is_int8:
         return "int8"
-    return "fp16" if precision == Precision.FP16 and runtime in ("torch", "pipeline") else "fp32"
+    native = get_runtime("torch" if runtime == "pipeline" else runtime).fp16_arithmetic
+    return "fp16" if precision == Precision.FP16 and native else "fp32"
 
 
 def _rss_peak_mb() -> float:
@@ -80,6 +84,7 @@ class _Opened:
     bytes: int
     raw_input: bool  # takes resized uint8 NHWC instead of pixel_values
     precision: Precision  # what it really computes in
+    close: Callable[[], None] = lambda: None
 
 
 def _open(candidate: dict, threads: int) -> _Opened:
@@ -117,7 +122,7 @@ def _open(candidate: dict, threads: int) -> _Opened:
     weights = Path(candidate["path"])
     if candidate["runtime"] == "torch":
         weights = weights / "model.safetensors"
-    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision)
+    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision, runner.close)
 
 
 def _size(path: Path) -> int:
@@ -152,6 +157,7 @@ def _worker(job: dict) -> dict:
         p50, p90 = float(np.median(latencies)), float(np.percentile(latencies, 90))
         rows.append({"batch_size": batch, "p50_ms": round(p50 * 1000, 2), "p90_ms": round(p90 * 1000, 2),
                      "images_per_s": round(batch / p50, 2), "runs": len(latencies)})
+    opened.close()
     return {"load_seconds": round(load_seconds, 2), "bytes": opened.bytes, "peak_rss_mb": round(_rss_peak_mb(), 1),
             "precision": opened.precision, "answers": answers, "rows": rows}
 

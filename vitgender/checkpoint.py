@@ -21,8 +21,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitgender.architecture import VIT_MODEL_TYPES, ViTArchitecture
 from vitgender.errors import CheckpointError
+from vitgender.models import ModelType, ViTArchitecture, model_config
 from vitgender.preprocess import PreprocessConfig
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -174,12 +174,13 @@ def weight_files(directory: Path, allow_pickle: bool = False) -> CheckpointFiles
 
 
 def resolve(model: str | os.PathLike | None) -> Path:
-    """A local checkpoint directory for `model` (None = the embedded default model)."""
+    """A local checkpoint directory for `model` (None = the embedded default model), made absolute: it is
+    recorded in manifests and handed to child processes that run in other working directories."""
     if model is None:
         return DEFAULT_MODEL_DIR
-    path = Path(model)
+    path = Path(model).expanduser()
     if path.is_dir():
-        return path
+        return path.absolute()
     spec = str(model)
     if path.exists():
         raise CheckpointError(spec, "a checkpoint must be a directory (config.json + model.safetensors)")
@@ -250,9 +251,7 @@ def _read_config(directory: Path) -> dict:
         raise CheckpointError(str(config_path), f"invalid JSON ({why})") from None
     if not isinstance(config, dict):
         raise CheckpointError(str(config_path), "not a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in VIT_MODEL_TYPES:
-        raise CheckpointError(str(config_path), f"model_type {model_type!r} is not a ViT variant ({', '.join(VIT_MODEL_TYPES)})")
+    model_config(config.get("model_type"), str(config_path))  # refuses a type outside the family, naming ours
     if not isinstance(config.get("id2label"), dict) or not config["id2label"]:
         raise CheckpointError(str(config_path), "no id2label: an image classifier needs its label names")
     return config
@@ -287,6 +286,15 @@ class Checkpoint:
         return self.config["model_type"]
 
     @property
+    def model(self) -> ModelType:
+        """What is specific to this checkpoint's architecture (HF class, stages, token layout)."""
+        return model_config(self.model_type)
+
+    @property
+    def hf_class(self) -> str:
+        return self.model.hf_class(self.config)
+
+    @property
     def labels(self) -> tuple[str, ...]:
         id2label = self.config["id2label"]
         return tuple(id2label.get(str(i), id2label.get(i)) for i in range(len(id2label)))
@@ -296,14 +304,14 @@ class Checkpoint:
         return ViTArchitecture.from_config(self.config)
 
     def load_model(self):
-        """The `AutoModelForImageClassification` in fp32 eval mode, whatever dtype the file stores."""
+        """The model type's HF class (the one `architectures` names) in fp32 eval mode, whatever dtype the
+        file stores. Not `AutoModelForImageClassification`: it maps a distilled DeiT to the plain class."""
         import torch
-        from transformers import AutoModelForImageClassification
 
         try:
-            model, info = AutoModelForImageClassification.from_pretrained(
+            model, info = self.model.model_class(self.config).from_pretrained(
                 str(self.directory), use_safetensors=not self.files.pickle, dtype=torch.float32,
-                output_loading_info=True,
+                output_loading_info=True, **self.model.load_options,
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(str(self.directory), f"cannot load model ({str(exc).splitlines()[0]})") from None

@@ -53,6 +53,16 @@ class Classifier:
         self.preprocessor = Preprocessor(runner.info.preprocess)
         self.max_pixels = max_pixels
 
+    def close(self) -> None:
+        """Releases the runner (an ExecuTorch worker process, an interpreter); `with load_classifier(...)` calls it."""
+        self.runner.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
         decoded = (decode_image(image, max_pixels=self.max_pixels) for image in images)
         resized = np.stack([self.preprocessor.resize(image) for image in decoded])
@@ -171,9 +181,9 @@ def load_classifier(
     tta: str | None = None,
 ) -> Classifier:
     """A Classifier over `model` (None = the embedded default model) on the given runtime;
-    `tta="flip"` averages each image with its mirror image."""
-    options = {"allow_pickle": allow_pickle} if runtime == "torch" else {}
-    return Classifier(open_runner(runtime, model, tta=tta, **options), max_pixels=max_pixels)
+    `tta="flip"` averages each image with its mirror image. `allow_pickle` is a torch option: set for
+    another runtime it is refused. Close it when done (or use it in a `with` block)."""
+    return Classifier(open_runner(runtime, model, tta=tta, allow_pickle=allow_pickle), max_pixels=max_pixels)
 
 
 __all__ = ["Classifier", "Result", "VitgenderError", "load_classifier"]

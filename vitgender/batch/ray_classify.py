@@ -291,7 +291,7 @@ def classify_on_ray(
     """
     import ray
 
-    from vitgender.runtimes import open_runner, runtime_for
+    from vitgender.runtimes import read_metadata, runtime_for
 
     options = options or RayClassifyOptions()
     if options.batch_size < 1 or options.actors_per_node < 1 or options.num_cpus_per_actor <= 0:
@@ -309,7 +309,10 @@ def classify_on_ray(
     todo = list(dict.fromkeys(item for item in listed if isinstance(item, str) and item not in done))
     skipped = sum(1 for item in listed if (item[0] if isinstance(item, tuple) else item) in done)
 
-    info = open_runner(runtime, model, tta=options.tta).info  # labels and preprocessing; the actors open their own
+    from vitgender.runtimes.tta import check_tta
+
+    check_tta(options.tta)
+    labels, preprocess = read_metadata(runtime, model)  # from the model's metadata; the actors open runners
     for spec, why in failed:
         on_error(f"{spec}: {why}")
     sink.add(Result(spec, error=why).to_dict() for spec, why in failed)
@@ -330,7 +333,7 @@ def classify_on_ray(
         step = options.batch_size
         dataset = ray.data.from_arrow([pa.table({"image": todo[i : i + step]}) for i in range(0, len(todo), step)])
         if not options.faces:
-            dataset = dataset.map_batches(decode_batch, fn_kwargs={"preprocess": info.preprocess,
+            dataset = dataset.map_batches(decode_batch, fn_kwargs={"preprocess": preprocess,
                                                                    "max_pixels": options.max_pixels},
                                           batch_size=options.batch_size, batch_format="numpy",
                                           num_cpus=options.decode_cpus,
@@ -342,7 +345,7 @@ def classify_on_ray(
                                       batch_format="numpy", num_cpus=options.num_cpus_per_actor,
                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
         for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-            rows = list(_rows(batch, info.labels, options))
+            rows = list(_rows(batch, labels, options))
             if not startup:
                 startup, first_batch = time.perf_counter() - began, len(rows)
             for row in rows:

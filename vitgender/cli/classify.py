@@ -101,25 +101,25 @@ def _classify_here(paths: list[str], model: str | None, runtime: str | None, siz
     from vitgender.inputs import expand_inputs
     from vitgender.runtimes import runtime_for
 
-    classifier = load_classifier(model, runtime=runtime or runtime_for(model), allow_pickle=allow_pickle, tta=tta)
-    from vitgender.faces import FaceCropHint, open_detector
+    with load_classifier(model, runtime=runtime or runtime_for(model), allow_pickle=allow_pickle, tta=tta) as classifier:
+        from vitgender.faces import FaceCropHint, open_detector
 
-    face_detector = open_detector(detector) if faces else None
-    hint = None if faces else FaceCropHint(lambda line: error(line))
-    if size == "auto":
-        size = auto_batch_size(classifier.runner)
-    failures = 0
-    with closed_pipe_ends_quietly(), atomic_file(output) as handle, progress_bar("classifying") as advance:
-        writer = ResultWriter(fmt, handle)
-        for result in classifier.stream(expand_inputs(paths), batch_size=size, top_k=top_k,
-                                        min_confidence=min_confidence, detector=face_detector, max_faces=max_faces,
-                                        inspect=hint):
-            if result.error is not None:
-                failures += 1
-                error(f"{result.image}: {result.error}")
-            writer.write(result.to_dict())
-            advance()
-        writer.close()
+        face_detector = open_detector(detector) if faces else None
+        hint = None if faces else FaceCropHint(lambda line: error(line))
+        if size == "auto":
+            size = auto_batch_size(classifier.runner)
+        failures = 0
+        with closed_pipe_ends_quietly(), atomic_file(output) as handle, progress_bar("classifying") as advance:
+            writer = ResultWriter(fmt, handle)
+            for result in classifier.stream(expand_inputs(paths), batch_size=size, top_k=top_k,
+                                            min_confidence=min_confidence, detector=face_detector, max_faces=max_faces,
+                                            inspect=hint):
+                if result.error is not None:
+                    failures += 1
+                    error(f"{result.image}: {result.error}")
+                writer.write(result.to_dict())
+                advance()
+            writer.close()
     if hint is not None:
         hint.finish()
     if failures:

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 import typer
 
+from vitgender.runtimes import runtime_help
+
 MODEL_HELP = "Checkpoint directory or hub id owner/name[@revision]; default: the embedded model."
-RUNTIME_HELP = "torch, onnx, tflite or savedmodel (default: by --model's file type)."
+RUNTIME_HELP = runtime_help()  # generated from the registry: every runtime, none forgotten
 TTA_HELP = ("flip: average each image's logits with its mirror image's (twice the compute; its measured "
             "accuracy gain is in the model card). Default none.")
 

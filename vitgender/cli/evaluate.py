@@ -50,6 +50,7 @@ def evaluate(
     with progress_bar("evaluating", total=len(samples)) as advance:
         predictions, errors = predict_samples(runner, samples, batch_size=batch_size, advance=advance)
     report = report_of(runner, predictions, errors, skipped, min_confidence=min_confidence)
+    runner.close()  # the ExecuTorch worker, if any, ends here
     report["data"] = {"source": str(data), "split": split, "min_age": min_age, "images": len(samples)}
     if explain:
         from vitgender.explain import Explainer

@@ -78,22 +78,15 @@ def _eager_eval(model) -> Iterator[None]:
 
 
 def _readout(model, num_tokens: int, num_patches: int):
-    """Weights over output tokens that the classification head reads (see the module docstring)."""
+    """Weights over output tokens that the classification head reads (see the module docstring); the
+    model type's config (`vitgender.models`) knows its head."""
     import torch
 
-    weights = torch.zeros(num_tokens, dtype=torch.float64)
-    patches = slice(num_tokens - num_patches, num_tokens)
+    from vitgender.models import model_config
+
     config = model.config
-    if config.model_type in ("dinov2", "dinov2_with_registers"):
-        weights[0] = 0.5
-        weights[patches] = 0.5 / num_patches
-    elif getattr(config, "use_mean_pooling", False):  # BEiT / data2vec-vision with mean pooling
-        weights[patches] = 1.0 / num_patches
-    elif type(model).__name__.endswith("WithTeacher"):  # DeiT averages its CLS and distillation heads
-        weights[:2] = 0.5
-    else:
-        weights[0] = 1.0
-    return weights
+    weights = model_config(config.model_type).readout(config.to_dict(), type(model).__name__, num_tokens, num_patches)
+    return torch.from_numpy(weights)
 
 
 def _forward(model, pixel_values, target: Sequence[int] | np.ndarray | None, need_grad: bool):

@@ -171,7 +171,8 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     built = {}
     for spec in specs:
         began = time.perf_counter()
-        job = {"checkpoint": ctx.checkpoint.directory, "target": ctx.target(spec), "precision": spec.precision.value,
+        job = {"checkpoint": Path(ctx.checkpoint.directory), "hf_class": ctx.checkpoint.hf_class,
+               "target": ctx.target(spec), "precision": spec.precision.value,
                "shape": [arch.num_channels, pre.height, pre.width]}
         if spec.needs_calibration:
             work.mkdir(exist_ok=True)

@@ -8,21 +8,20 @@ version. The graph is checked with `onnx.checker` and, for opset >= 20, onnx2tf 
 
 The only op of a ViT that needs the batch size is HF's `cls_token.expand(batch, -1, -1)` before
 the concatenation with the patch tokens (Shape -> Concat -> Expand in ONNX). onnx2tf cannot
-convert that with a free batch (its layout inference mis-shapes the position-embedding Add), so
-the TF artifacts used to be batch-1 only. `batch_free_embeddings` rewrites the step as an
-identity: pad the patch tokens with one zero token in front, add a constant holding the [CLS]
-token in row 0 (zeros elsewhere), then the position embeddings. The graph then has no Shape op,
-every artifact derived from it takes any batch, and each element sees the same additions in the
-same order as in HF's forward (x + 0 is exact), so the logits agree with HF's within float
-rounding (tested).
+convert that with a free batch (its layout inference mis-shapes the position-embedding Add).
+Each model type's `batch_free_embeddings` (`vitgender.models.base`) rewrites the step as an
+identity: pad the patch tokens with zero tokens in front, add a constant holding the prefix
+tokens ([CLS], DeiT's distillation token, DINOv2's registers), then the position table (DINOv2's
+interpolated positions evaluated once at the export's image size). The graph then has no Shape
+op, every artifact derived from it takes any batch, and each element sees the same additions in
+the same order as in HF's forward (x + 0 is exact), so the logits agree with HF's within float
+rounding (tested per model type).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -41,44 +40,6 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
-@contextlib.contextmanager
-def batch_free_embeddings(model: torch.nn.Module) -> Iterator[bool]:
-    """Temporarily replace the [CLS] expand + concat by a pad + constant add (see module docstring).
-
-    Yields whether the rewrite applies: embeddings with exactly one [CLS] token and a position table
-    for exactly the patches plus it (ViT, ViT-MSN). Others (DeiT's distillation token, DINOv2's
-    interpolated positions and registers, BEiT's relative positions) are exported as they are.
-    """
-    embeddings = getattr(getattr(model, model.base_model_prefix, model), "embeddings", None)
-    table = getattr(embeddings, "position_embeddings", None)
-    cls_token = getattr(embeddings, "cls_token", None)
-    patches = getattr(getattr(embeddings, "patch_embeddings", None), "num_patches", None)
-    fits = (isinstance(table, torch.nn.Parameter) and isinstance(cls_token, torch.nn.Parameter) and patches
-            and tuple(cls_token.shape[:2]) == (1, 1) and tuple(table.shape[:2]) == (1, patches + 1)
-            and not any(hasattr(embeddings, extra) for extra in ("distillation_token", "register_tokens")))
-    if not fits:
-        yield False
-        return
-
-    # (tokens + cls_row) + positions: every element sees the same additions, in the same order, as
-    # HF's concat + add (x + 0 is exact), so fp16 exports round exactly as before. Summing cls_row
-    # and the positions into one table rounded differently in fp16 (a tiny model's q90 |dlogit|
-    # grew from under to over the fp16 budget); adding them to each other inside the graph made
-    # ORT warn that it cannot fold an fp16 Add of two constants.
-    with torch.no_grad():
-        cls_row = torch.nn.functional.pad(cls_token, (0, 0, 0, table.shape[1] - 1)).detach().clone()
-
-    def forward(pixel_values, bool_masked_pos=None, interpolate_pos_encoding=False):
-        tokens = torch.nn.functional.pad(embeddings.patch_embeddings(pixel_values), (0, 0, 1, 0))
-        return embeddings.dropout((tokens + cls_row) + embeddings.position_embeddings)
-
-    embeddings.forward = forward
-    try:
-        yield True
-    finally:
-        del embeddings.forward  # back to the class's method
-
-
 def export_onnx(model: torch.nn.Module, config: ExportConfig, height: int, width: int, path: Path, opset: int) -> Path:
     import onnx
 
@@ -86,7 +47,7 @@ def export_onnx(model: torch.nn.Module, config: ExportConfig, height: int, width
     example = torch.zeros(2, model.config.num_channels, height, width)
     batch = torch.export.Dim("batch", min=1, max=1024)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
-    with warnings.catch_warnings(), torch.inference_mode(), batch_free_embeddings(model):
+    with warnings.catch_warnings(), torch.inference_mode(), config.model.batch_free_embeddings(model, height, width):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             _LogitsOnly(model).eval(),

@@ -16,7 +16,7 @@ invoke. What was tried, cheapest first (onnx2tf 1.29.24, TF 2.19):
 - wrapping the batch-1 signature in `tf.vectorized_map`: segfaulted TensorFlow; `tf.map_fn` would
   be a per-image loop in the graph.
 - what works: the ONNX export rewrites the [CLS] step so the graph has no Shape op
-  (`onnx_export.batch_free_embeddings`); onnx2tf then keeps the batch symbolic and needs no input
+  (each model type's `batch_free_embeddings`, `vitgender.models`); onnx2tf then keeps the batch symbolic and needs no input
   shape override. Graphs that still contain a Shape op (architectures the rewrite does not cover)
   are converted at batch 1 as before, and the sidecar says so.
 

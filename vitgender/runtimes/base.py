@@ -1,16 +1,25 @@
-"""The Runner protocol and the registry that opens a runner by runtime name or by file type."""
+"""The Runner protocol and the registry of runtimes: what each opens, what it can do, what it accepts.
+
+A Runtime declares its capabilities instead of callers probing for them: `stages` (per-stage
+activations for `validate --localize`), `inventory` (weight dtypes and bytes read from a file
+without running it), `options` (which of `threads`, `allow_pickle` it takes) and the arithmetic
+an fp16 artifact really computes in (for `bench`). Validators, bench and the CLI ask the
+registry; adding a runtime is one module and one `register_runtime` call (tests/test_runtimes.py
+registers a toy one).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from vitgender.architecture import ViTArchitecture
 from vitgender.errors import UsageError
+from vitgender.models import ViTArchitecture
 from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig
 
@@ -35,12 +44,23 @@ class RunnerInfo:
 
 class Runner(Protocol):
     """`info.raw_input` runners (preprocessing baked into the graph) take the uint8 (N, H, W, 3)
-    resized images instead of pixel_values; callers pick the input with `runner_input`."""
+    resized images instead of pixel_values; callers pick the input with `runner_input`.
+
+    Lifecycle: `open_runner` opens, `run` any number of times, `close` releases what the runner
+    holds (a worker process, an interpreter); `with open_runner(...) as runner:` closes it.
+    Runners of a runtime that declares `stages` also have `stage_activations(inputs)`.
+    """
 
     info: RunnerInfo
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """float32 (N, 3, H, W) -> float32 logits (N, num_labels)."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(self, *exc) -> None: ...
 
 
 def runner_input(runner: Runner, resized_uint8: np.ndarray) -> np.ndarray:
@@ -53,19 +73,41 @@ def runner_input(runner: Runner, resized_uint8: np.ndarray) -> np.ndarray:
 
 
 Opener = Callable[..., Runner]
+Inventory = Callable[[Path], dict]
+
+
+def default_threads() -> int:
+    """One thread policy for every runner: all cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _sidecar_metadata(source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
+    from vitgender.runtimes.sidecar import read_sidecar
+
+    if source is None:
+        raise UsageError("--model", "an exported artifact is needed for this runtime")
+    sidecar = read_sidecar(Path(source))
+    return sidecar.labels, sidecar.preprocess
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """A registered runtime: how to recognise its files and how to open a Runner on one.
+    """A registered runtime: how to recognise its files, how to open a Runner on one, what it can do.
 
-    `load` imports the runtime lazily, so heavy dependencies (TensorFlow, onnxruntime) load only
-    when a file of theirs is opened.
+    `load` (and `inventory`) import the runtime lazily, so heavy dependencies (TensorFlow,
+    onnxruntime) load only when a file of theirs is opened.
     """
 
     name: str
     load: Callable[[], Opener]
     recognises: Callable[[Path], bool]
+    files: str  # what `--runtime` help says it opens
+    options: frozenset[str] = field(default_factory=lambda: frozenset({"threads"}))
+    stages: bool = False  # its runners have stage_activations()
+    inventory: Inventory | None = None  # weight dtypes/bytes of a file, read without running it
+    fp16_arithmetic: bool = False  # runs an fp16 model in fp16 (others upcast fp16 weights to fp32 GEMMs)
+    # (labels, preprocessing) of a file without opening a runner on it: the sidecar beside an artifact
+    metadata: Callable[[str | Path | None], tuple[tuple[str, ...], PreprocessConfig]] = _sidecar_metadata
 
 
 _REGISTRY: dict[str, Runtime] = {}
@@ -79,14 +121,60 @@ def runtime_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get_runtime(name: str) -> Runtime:
+    if name not in _REGISTRY:
+        raise UsageError(name, f"unknown runtime (choose from {', '.join(runtime_names())})")
+    return _REGISTRY[name]
+
+
+def runtime_help() -> str:
+    """`--runtime` help, generated from the registry so it names every runtime."""
+    return "; ".join(f"{r.name} ({r.files})" for r in sorted(_REGISTRY.values(), key=lambda r: r.name)) + \
+        ". Default: by --model's file type."
+
+
 def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, **options) -> Runner:
-    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging."""
-    if runtime not in _REGISTRY:
-        raise UsageError(runtime, f"unknown runtime (choose from {', '.join(runtime_names())})")
+    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging.
+
+    `options` are the runtime's declared ones (`Runtime.options`); one it does not take is refused
+    when set (`allow_pickle=True` for an ONNX file), ignored when left at its default. `threads`
+    defaults to `default_threads()` for every runtime.
+    """
+    spec = get_runtime(runtime)
+    refused = sorted(k for k, v in options.items() if k not in spec.options and v not in (None, False))
+    if refused:
+        raise UsageError(str(source), f"the {runtime} runtime does not take {', '.join(refused)} "
+                                      f"(it takes: {', '.join(sorted(spec.options)) or 'no options'})")
+    taken = {k: v for k, v in options.items() if k in spec.options}
+    if "threads" in spec.options and not taken.get("threads"):
+        taken["threads"] = default_threads()
     from vitgender.runtimes.tta import check_tta, with_tta
 
     check_tta(tta)
-    return with_tta(_REGISTRY[runtime].load()(source, **options), tta)
+    return with_tta(spec.load()(source, **taken), tta)
+
+
+def read_metadata(runtime: str, source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
+    """A model's labels and preprocessing, read from its metadata (no weights loaded, no runner opened)."""
+    return get_runtime(runtime).metadata(source)
+
+
+def _checkpoint_metadata(source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
+    from vitgender.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(source)  # config and headers only; pickle weights are refused here, early
+    return checkpoint.labels, checkpoint.preprocess
+
+
+def can_localize(runner: Runner) -> bool:
+    """Whether `runner` exposes stage activations: declared by its runtime (a TTA wrapper exposes none)."""
+    return _REGISTRY[runner.info.runtime].stages and callable(getattr(type(runner), "stage_activations", None))
+
+
+def file_inventory(runtime: str, path: Path) -> dict | None:
+    """What the file holds, for the runtimes that declare an `inventory` reader; else None."""
+    reader = get_runtime(runtime).inventory
+    return reader(Path(path)) if reader is not None else None
 
 
 def runtime_for(path: str | Path | None) -> str:
@@ -99,22 +187,38 @@ def runtime_for(path: str | Path | None) -> str:
     return "torch"
 
 
-def _opener(module: str, cls: str) -> Callable[[], Opener]:
-    def load() -> Opener:
+def _lazy(module: str, name: str) -> Callable[[], object]:
+    def load():
         from importlib import import_module
 
-        return getattr(import_module(module), cls).open
+        return getattr(import_module(module), name)
 
     return load
 
 
+def _opener(module: str, cls: str) -> Callable[[], Opener]:
+    found = _lazy(module, cls)
+    return lambda: found().open
+
+
+def _reader(module: str, function: str) -> Inventory:
+    found = _lazy(module, function)
+    return lambda path: found()(path)
+
+
 register_runtime(Runtime("onnx", _opener("vitgender.runtimes.onnx_runner", "OnnxRunner"),
-                         lambda p: p.suffix == ".onnx"))
+                         lambda p: p.suffix == ".onnx", ".onnx files, ONNX Runtime CPU", stages=True,
+                         inventory=_reader("vitgender.runtimes.onnx_runner", "inventory")))
 register_runtime(Runtime("tflite", _opener("vitgender.runtimes.tflite_runner", "TfliteRunner"),
-                         lambda p: p.suffix == ".tflite"))
+                         lambda p: p.suffix == ".tflite", ".tflite files, LiteRT XNNPACK", stages=True,
+                         inventory=_reader("vitgender.runtimes.tflite_runner", "inventory")))
 register_runtime(Runtime("savedmodel", _opener("vitgender.runtimes.savedmodel_runner", "SavedModelRunner"),
-                         lambda p: (p / "saved_model.pb").is_file()))
+                         lambda p: (p / "saved_model.pb").is_file(), "SavedModel folders, TensorFlow",
+                         inventory=_reader("vitgender.runtimes.savedmodel_runner", "inventory")))
 register_runtime(Runtime("executorch", _opener("vitgender.runtimes.executorch_runner", "ExecuTorchRunner"),
-                         lambda p: p.suffix == ".pte"))
+                         lambda p: p.suffix == ".pte", ".pte programs, ExecuTorch XNNPACK",
+                         inventory=_reader("vitgender.runtimes.executorch_runner", "inventory")))
 register_runtime(Runtime("torch", _opener("vitgender.runtimes.torch_runner", "TorchRunner"),
-                         lambda p: (p / "config.json").is_file()))
+                         lambda p: (p / "config.json").is_file(), "HF checkpoints, PyTorch eager",
+                         options=frozenset({"threads", "allow_pickle"}), stages=True, fp16_arithmetic=True,
+                         metadata=_checkpoint_metadata))

@@ -17,17 +17,19 @@ import numpy as np
 
 from vitgender.errors import ToolchainError, UsageError
 from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.lifecycle import Closing
 from vitgender.runtimes.sidecar import read_sidecar
 from vitgender.toolchains.executorch_worker import receive_array, send_array
 from vitgender.toolchains.processes import stderr_tail
-from vitgender.toolchains.side_env import EXECUTORCH_NOISE, start_executorch_worker
+from vitgender.runtimes.weights import weight_inventory
+from vitgender.toolchains.side_env import EXECUTORCH_NOISE, run_executorch_job, start_executorch_worker
 
 
-class ExecuTorchRunner:
+class ExecuTorchRunner(Closing):
     def __init__(self, process: subprocess.Popen, info: RunnerInfo) -> None:
         self._process = process
         self.info = info
-        atexit.register(self.close)
+        atexit.register(self.close)  # a backstop for callers that never close; close() unregisters it
 
     @classmethod
     def open(cls, source: str | os.PathLike | None, *, threads: int | None = None) -> ExecuTorchRunner:
@@ -62,9 +64,18 @@ class ExecuTorchRunner:
         return self._receive().copy()
 
     def close(self) -> None:
+        """Ends the worker: stdin closed (it exits when the stream ends), killed after 5 s."""
+        atexit.unregister(self.close)
         if self._process.poll() is None:
             self._process.stdin.close()
             try:
                 self._process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+
+
+def inventory(path: Path) -> dict:
+    """Weight bytes by dtype from the XNNPACK graphs inside the .pte (decoded in the ExecuTorch environment)."""
+    found = run_executorch_job("inventory", {"pte": Path(path)},
+                               what=f"{path}: reading the ExecuTorch program's weights")
+    return weight_inventory(found["weight_bytes_by_dtype"], found["op_counts"], delegates=found["delegates"])

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import ast
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from vitgender.errors import UsageError
+from vitgender.models import ViTArchitecture, model_config
 from vitgender.precision import Precision
 from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.lifecycle import Closing
 from vitgender.runtimes.sidecar import read_sidecar
-from vitgender.runtimes.stages import stages
+from vitgender.runtimes.weights import weight_inventory
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+             "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 EXPORT_PREFIX = "model."  # the exporter wraps the HF model as `model` (vitgender.exporters.onnx_export)
 
 
-class OnnxRunner:
+class OnnxRunner(Closing):
     def __init__(self, session, info: RunnerInfo) -> None:
         self.session = session
         self.info = info
@@ -71,7 +76,7 @@ class OnnxRunner:
         if self.info.architecture is None:
             return {}
         model = onnx.load(self.info.source)
-        tensors = onnx_stage_tensors(model, self.info.architecture.num_hidden_layers)
+        tensors = onnx_stage_tensors(model, self.info.architecture)
         inferred = onnx.shape_inference.infer_shapes(model)
         types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
         existing = {o.name for o in model.graph.output}
@@ -94,13 +99,32 @@ def _scopes(node) -> list[str]:
     return []
 
 
-def onnx_stage_tensors(model, num_layers: int) -> dict[str, str]:
-    """Stage -> the tensor that leaves that module: the output of its last node in graph order."""
+def onnx_stage_tensors(model, architecture: ViTArchitecture) -> dict[str, str]:
+    """Stage (as the model type names them) -> the tensor that leaves that module: the output of its last
+    node in graph order. Stages the graph has no scope for are left out."""
+    stages = model_config(architecture.model_type).stages(architecture.num_hidden_layers)
     last: dict[str, str] = {}
     for node in model.graph.node:
         for scope in _scopes(node):
             if node.output:
                 last[scope] = node.output[0]
-    found = {name: last[EXPORT_PREFIX + path] for name, path in stages(num_layers) if EXPORT_PREFIX + path in last}
+    found = {name: last[EXPORT_PREFIX + path] for name, path in stages if EXPORT_PREFIX + path in last}
     found["logits"] = model.graph.output[0].name
     return found
+
+
+def inventory(path: Path) -> dict:
+    """Initializer bytes by dtype and the quantization ops of the graph (the Runtime's `inventory`)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights: Counter = Counter()
+    for init in model.graph.initializer:
+        dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        weights[str(dtype)] += count * dtype.itemsize
+    ops = Counter(node.op_type for node in model.graph.node)
+    return weight_inventory(weights, dict(ops.most_common()), QUANT_OPS)

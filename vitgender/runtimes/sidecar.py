@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitgender.architecture import ViTArchitecture
+from vitgender.models import ViTArchitecture
 from vitgender.errors import UsageError
 from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig

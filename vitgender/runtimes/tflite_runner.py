@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from vitgender.errors import UsageError
 from vitgender.native import quiet_native_stderr
-from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.base import RunnerInfo, default_threads
+from vitgender.runtimes.lifecycle import Closing
 from vitgender.runtimes.sidecar import read_sidecar
+from vitgender.runtimes.weights import weight_inventory
 
 
-class TfliteRunner:
+class TfliteRunner(Closing):
     def __init__(self, interpreter, info: RunnerInfo) -> None:
         self.interpreter = interpreter
         self.info = info
@@ -39,7 +42,7 @@ class TfliteRunner:
         return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
 
     @classmethod
-    def open(cls, source: str | os.PathLike | None, *, threads: int | None = 2,
+    def open(cls, source: str | os.PathLike | None, *, threads: int | None = None,
              keep_intermediates: bool = False) -> TfliteRunner:
         """`keep_intermediates` keeps every tensor readable after `run` (for stage activations; slower)."""
         from ai_edge_litert.interpreter import Interpreter
@@ -49,7 +52,7 @@ class TfliteRunner:
             raise UsageError(str(source), "no such .tflite file")
         try:
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-                interpreter = Interpreter(model_path=str(path), num_threads=threads or 2,
+                interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads(),
                                           experimental_preserve_all_tensors=keep_intermediates)
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
@@ -110,3 +113,29 @@ class TfliteRunner:
                 if match and op["op_name"] == "MEAN":
                     entering.setdefault(int(match[1] or 0), op["inputs"][0])  # the first MEAN reads the input
         return [entering[k] for k in sorted(entering)]
+
+
+# TFLite TensorType enum values (tensorflow/lite/schema/schema.fbs).
+_TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
+                 10: "float64"}
+
+
+def inventory(path: Path) -> dict:
+    """Constant tensors (weights) are those backed by a non-empty flatbuffer buffer."""
+    with quiet_native_stderr():  # importing tensorflow.lite loads TensorFlow's C++ runtime
+        from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
+    weights: Counter = Counter()
+    ops: Counter = Counter()
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            if data is not None and len(data):
+                weights[_TFLITE_TYPES.get(tensor.type, str(tensor.type))] += len(data)
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            ops[max(code.builtinCode, code.deprecatedBuiltinCode)] += 1
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    op_counts = {names.get(code, str(code)): n for code, n in ops.most_common()}
+    return weight_inventory(weights, op_counts, {"QUANTIZE", "DEQUANTIZE"})

@@ -9,10 +9,10 @@ import torch
 
 from vitgender import checkpoint
 from vitgender.runtimes.base import RunnerInfo
-from vitgender.runtimes.stages import stages
+from vitgender.runtimes.lifecycle import Closing
 
 
-class TorchRunner:
+class TorchRunner(Closing):
     def __init__(self, model: torch.nn.Module, info: RunnerInfo, threads: int | None = None) -> None:
         self.model = model
         self.info = info
@@ -23,7 +23,9 @@ class TorchRunner:
     def open(cls, source: str | os.PathLike | None, *, allow_pickle: bool = False, threads: int | None = None) -> TorchRunner:
         ckpt = checkpoint.open_checkpoint(source, allow_pickle=allow_pickle)
         info = RunnerInfo("torch", ckpt.labels, ckpt.preprocess, str(ckpt.directory), architecture=ckpt.architecture)
-        return cls(ckpt.load_model(), info, threads)
+        runner = cls(ckpt.load_model(), info, threads)
+        runner._stages = ckpt.model.stages(ckpt.architecture.num_hidden_layers, ckpt.config)
+        return runner
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -31,10 +33,10 @@ class TorchRunner:
         return logits.float().numpy()
 
     def stage_activations(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Every stage's output, captured with forward hooks."""
+        """Every stage its model type names (`vitgender.models`), captured with forward hooks, then the logits."""
         captured: dict[str, np.ndarray] = {}
         handles = []
-        for name, path in stages(self.model.config.num_hidden_layers):
+        for name, path in self._stages:
             module = self.model.get_submodule(path)
 
             def hook(_module, _inputs, output, name=name):
@@ -44,8 +46,8 @@ class TorchRunner:
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.inference_mode():
-                self.model(pixel_values=torch.from_numpy(np.ascontiguousarray(pixels)))
+                logits = self.model(pixel_values=torch.from_numpy(np.ascontiguousarray(pixels))).logits
         finally:
             for handle in handles:
                 handle.remove()
-        return captured
+        return {**captured, "logits": logits.float().numpy()}

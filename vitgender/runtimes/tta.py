@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vitgender.runtimes.lifecycle import Closing
+
 if TYPE_CHECKING:  # types only: base.open_runner imports this module
     from vitgender.runtimes.base import Runner, RunnerInfo
 
 TTA_MODES = ("none", "flip")
 
 
-class FlipAveragedRunner:
+class FlipAveragedRunner(Closing):
     """A Runner that answers with the mean logits of each image and its mirror image."""
 
     def __init__(self, inner: Runner) -> None:
@@ -32,6 +34,9 @@ class FlipAveragedRunner:
         both = np.concatenate([pixel_values, np.flip(pixel_values, axis=width_axis)])
         logits = self.inner.run(np.ascontiguousarray(both))
         return (logits[: len(pixel_values)] + logits[len(pixel_values) :]) / 2
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def check_tta(mode: str | None) -> None:

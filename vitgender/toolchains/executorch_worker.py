@@ -6,8 +6,9 @@ main environment (`vitgender.toolchains.side_env`).
 
 Why a standalone module: it runs under the side environment's Python, which has torch,
 executorch, transformers and safetensors but not the rest of vitgender's dependencies (no PIL,
-typer, rich, onnx). So it imports nothing from vitgender but `vitgender.errors` and
-`vitgender.toolchains.processes` (standard library only); the package itself reaches it through a
+typer, rich, onnx). So it imports nothing from vitgender but `vitgender.errors`,
+`vitgender.toolchains.processes` (standard library only) and `vitgender.models` (the model type's
+embedding rewrite: torch and transformers only); the package itself reaches it through a
 PYTHONPATH holding only a link to the package. `tests/test_executorch.py` imports it in the side
 environment to keep it that way.
 
@@ -30,12 +31,13 @@ from vitgender.toolchains.processes import die_with_parent, job_main
 MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
 
 
-def _logits_module(checkpoint: str):
+def _logits_module(checkpoint: str, hf_class: str):
+    """The checkpoint in the HF class its model type names (`vitgender.models`, decided in the main process)."""
     import torch
-    from transformers import ViTForImageClassification
+    import transformers
 
-    model = ViTForImageClassification.from_pretrained(checkpoint, attn_implementation="eager",
-                                                      torch_dtype=torch.float32).eval()
+    model = getattr(transformers, hf_class).from_pretrained(checkpoint, attn_implementation="eager",
+                                                            dtype=torch.float32).eval()
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
@@ -54,11 +56,16 @@ def export(job: dict) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    module = _logits_module(job["checkpoint"])
+    from vitgender.models import model_config  # torch + transformers only: fine in this environment
+
+    module = _logits_module(job["checkpoint"], job["hf_class"])
     channels, height, width = job["shape"]
     example = (torch.zeros(2, channels, height, width),)
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
-    with torch.no_grad():
+    # The model type's embedding rewrite, as for ONNX: positions baked at this size (DINOv2's run-time
+    # bicubic interpolation is not an op XNNPACK lowers), prefix tokens as constants.
+    rewrite = model_config(module.model.config.model_type).batch_free_embeddings(module.model, height, width)
+    with torch.no_grad(), rewrite:
         if job["precision"] == "int8":
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
                 XNNPACKQuantizer,

@@ -1,9 +1,9 @@
 """Where does an artifact start to differ from PyTorch? Stage-by-stage activation comparison.
 
 Like polygraphy's "mark all outputs" comparison, narrowed to the stages a ViT engineer reasons
-in (`vitgender.runtimes.stages`): patch embeddings, each block's attention output, MLP
-activations and block output, the final layer norm, the logits. Each runner says which it can
-expose (`stage_activations`: ONNX all of them, TFLite the embeddings, block outputs and logits);
+in (each model type's `stages`, `vitgender.models`): patch embeddings, each block's attention output, MLP
+activations and block output, the final layer norm, the logits. Each runtime declares whether its runners
+expose stages (`Runtime.stages`; `stage_activations`: ONNX all of them, TFLite the embeddings, block outputs and logits);
 this module only compares them and names the stage where the error starts.
 """
 
@@ -44,10 +44,6 @@ def divergence(rows: list[dict], floor: float = 1e-6) -> dict | None:
             best = {"stage": row["stage"], "growth": growth, "relative_l2": row["relative_l2"]}
         previous = max(row["relative_l2"], floor)
     return best
-
-
-def can_localize(runner) -> bool:
-    return hasattr(runner, "stage_activations")
 
 
 def localize(reference, candidate, pixels: np.ndarray, inputs: np.ndarray) -> dict:

@@ -195,20 +195,22 @@ def validate(
     index = {p.resolve(): i for i, p in enumerate(image_paths)}
     ref_preds = _predictions(ref_logits, labels_t, samples, index) if samples else None
 
-    from vitgender.validators.localize import can_localize, localize as localize_artifact
+    from vitgender.runtimes import can_localize
+    from vitgender.validators.localize import localize as localize_artifact
 
     results = []
     for entry in entries:
         on_artifact(entry["name"])
         path = paths[entry["name"]]
-        runner = open_runner(runtime_for(path), path)
-        result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
-                          (ref_preds, samples, index) if ref_preds else None, labels_t)
-        if (localize or not result.passed) and can_localize(runner):
-            on_artifact(f"{entry['name']}: localizing")
-            result.localization = localize_artifact(torch_runner, runner, pixels[:LOCALIZE_IMAGES],
-                                                    inputs_for(runner)[:LOCALIZE_IMAGES])
+        with open_runner(runtime_for(path), path) as runner:  # closed before the next one opens
+            result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
+                              (ref_preds, samples, index) if ref_preds else None, labels_t)
+            if (localize or not result.passed) and can_localize(runner):
+                on_artifact(f"{entry['name']}: localizing")
+                result.localization = localize_artifact(torch_runner, runner, pixels[:LOCALIZE_IMAGES],
+                                                        inputs_for(runner)[:LOCALIZE_IMAGES])
         results.append(result)
+    torch_runner.close()
     return ValidationResult(
         artifact_dir=str(artifact_dir),
         model=manifest["model"],

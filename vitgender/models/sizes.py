@@ -1,8 +1,7 @@
-"""The model family vitgender supports, and the sizes derived from a ViT config.
+"""The sizes derived from a model's config: tokens, FLOPs and activation bytes of one image.
 
-One place answers "is this a ViT?" (checkpoint loading, export configs) and "how many tokens,
-FLOPs and activation bytes does one image cost?" (`vitgender bench`, `--batch-size auto`), so
-the numbers always come from the model's own config rather than from one model's constants.
+`vitgender bench` and `--batch-size auto` read these numbers from the model's own config (and
+the token layout its model type declares) rather than from one model's constants.
 """
 
 from __future__ import annotations
@@ -10,10 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Classifiers that are plain ViTs or direct descendants: same pixel_values -> logits contract,
-# same pre-norm transformer block, loadable with AutoModelForImageClassification.
-VIT_MODEL_TYPES: tuple[str, ...] = ("vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "beit",
-                                    "data2vec-vision")
+from vitgender.models.registry import model_config
 
 
 @dataclass(frozen=True)
@@ -25,27 +21,33 @@ class ViTArchitecture:
     num_attention_heads: int
     num_channels: int
     num_labels: int
+    model_type: str = "vit"
+    prefix_tokens: int = 1  # [CLS] plus any distillation or register tokens
 
     @classmethod
     def from_config(cls, config: Mapping) -> ViTArchitecture:
-        """From an HF `config.json` dict (or the `architecture` block of a sidecar)."""
+        """From an HF `config.json` dict (or the `architecture` block of a sidecar; older sidecars name no
+        model type: they were all plain ViTs)."""
         labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
-        return cls(int(config["patch_size"]), int(config["hidden_size"]), int(config["intermediate_size"]),
+        model_type = config.get("model_type", "vit")
+        family = model_config(model_type)
+        prefix = config.get("prefix_tokens") or family.prefix_tokens(config)
+        return cls(int(config["patch_size"]), int(config["hidden_size"]), family.intermediate_size(config),
                    int(config["num_hidden_layers"]), int(config["num_attention_heads"]),
-                   int(config.get("num_channels", 3)), int(labels))
+                   int(config.get("num_channels", 3)), int(labels), model_type, int(prefix))
 
     def to_dict(self) -> dict:
         return {"patch_size": self.patch_size, "hidden_size": self.hidden_size,
                 "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
                 "num_attention_heads": self.num_attention_heads, "num_channels": self.num_channels,
-                "num_labels": self.num_labels}
+                "num_labels": self.num_labels, "model_type": self.model_type, "prefix_tokens": self.prefix_tokens}
 
     def patches(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)
 
     def tokens(self, height: int, width: int) -> int:
-        """Patch tokens plus the [CLS] token."""
-        return self.patches(height, width) + 1
+        """Patch tokens plus the [CLS], distillation and register tokens."""
+        return self.patches(height, width) + self.prefix_tokens
 
     def flops(self, height: int, width: int) -> float:
         """Forward FLOPs of one image (a multiply-add is 2 FLOPs), matrix products only."""

@@ -1,0 +1,189 @@
+"""The model family: one config per model type, tried on a tiny checkpoint of every claimed type."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import IMAGENET, TINY_TYPES, make_tiny, random_image
+
+from vitgender.models import model_config, supported_model_types
+
+REPO = Path(__file__).resolve().parent.parent
+CLAIMED = ("vit", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision", "vit_msn")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """variant -> checkpoint, built once per module (ImageNet normalisation for half of them)."""
+    root = tmp_path_factory.mktemp("family")
+    return {v: make_tiny(v, root / v, **({"mean": IMAGENET[0], "std": IMAGENET[1]} if i % 2 else {}))
+            for i, v in enumerate(TINY_TYPES)}
+
+
+def test_every_claimed_type_is_registered():
+    assert set(CLAIMED) <= set(supported_model_types())
+
+
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_loads_in_its_own_class_with_its_token_layout(tiny, variant):
+    from vitgender.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(tiny[variant])
+    model = ckpt.load_model()
+    assert type(model).__name__ == TINY_TYPES[variant][1]  # a distilled DeiT is not loaded as the plain class
+    extra = {"deit": 1, "deit-distilled": 1, "dinov2_with_registers": 2}.get(variant, 0)
+    assert ckpt.architecture.prefix_tokens == 1 + extra
+    assert ckpt.architecture.tokens(32, 32) == 16 + 1 + extra
+
+
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_batch_free_rewrite_is_the_same_function(tiny, variant):
+    """The export-time embedding rewrite changes the graph, not the numbers, and is undone afterwards;
+    for DINOv2 it bakes positions interpolated from a 48 px table to the 32 px export."""
+    import torch
+
+    from vitgender.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(tiny[variant])
+    model = ckpt.load_model()
+    embeddings = getattr(model, model.base_model_prefix).embeddings
+    pixels = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels).logits
+        with ckpt.model.batch_free_embeddings(model, 32, 32) as applied:
+            rewritten = model(pixel_values=pixels).logits
+            one = model(pixel_values=pixels[:1]).logits
+            assert "forward" in vars(embeddings)
+    assert applied and "forward" not in vars(embeddings)
+    assert torch.equal(rewritten, expected)  # the same additions in the same order: bit-exact
+    assert torch.allclose(one, expected[:1], atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_onnx_reads_no_shape_and_matches_pytorch(tiny, variant, tmp_path):
+    """No Shape op left (so onnx2tf keeps the TF artifacts' batch free) and ONNX Runtime agrees with HF."""
+    import onnxruntime as ort
+    import torch
+
+    from vitgender.checkpoint import open_checkpoint
+    from vitgender.exporters.config import config_for
+    from vitgender.exporters.onnx_export import export_onnx
+    from vitgender.exporters.tensorflow import batch_free
+
+    ckpt = open_checkpoint(tiny[variant])
+    model = ckpt.load_model()
+    path = export_onnx(model, config_for(ckpt.model_type), 32, 32, tmp_path / "model.onnx", 20)
+    assert batch_free(path)
+    pixels = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    (logits,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": pixels})
+    with torch.no_grad():
+        expected = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
+    assert np.abs(logits - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_stage_paths_exist_and_torch_runner_exposes_them(tiny, variant):
+    from vitgender.runtimes import can_localize, open_runner
+
+    with open_runner("torch", tiny[variant]) as runner:
+        assert can_localize(runner)
+        stages = runner.stage_activations(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    assert list(stages)[0] == "embeddings" and list(stages)[-1] == "logits"
+    assert {"block 1 attention", "block 1 mlp", "block 1", "final layernorm"} <= set(stages)
+    assert stages["logits"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_explain_reads_the_tokens_the_head_reads(tiny, variant):
+    from vitgender.explain.maps import _readout
+
+    from vitgender.checkpoint import open_checkpoint
+
+    model = open_checkpoint(tiny[variant]).load_model()
+    prefix = 1 + {"deit": 1, "deit-distilled": 1, "dinov2_with_registers": 2}.get(variant, 0)
+    weights = _readout(model, 16 + prefix, 16).numpy()
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.all(weights[1:prefix] == (0.5 if variant == "deit-distilled" else 0))  # registers are not read
+
+
+def test_an_architecture_outside_the_family_is_refused_up_front(tmp_path):
+    """One line naming the supported types, exit 2, before any model is loaded or anything written."""
+    model = make_tiny("vit", tmp_path / "swin")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "swin"}))
+    (model / "SHA256SUMS").unlink()
+    for argv in (["export", str(model), "--formats", "all", "--out", str(tmp_path / "out")],
+                 ["classify", str(tmp_path), "--model", str(model)]):
+        done = subprocess.run([sys.executable, "-m", "vitgender.cli", *argv], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "'swin' is not supported" in lines[0], done.stderr
+        assert all(t in lines[0] for t in CLAIMED)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_every_command_on_every_type(tiny, variant, tmp_path):
+    """export all (from another working directory, with a relative model path) -> validate --localize on a
+    deliberately broken artifact -> classify -> explain, no traceback anywhere."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        random_image(i).save(images / f"img{i}.jpg")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    os.symlink(tiny[variant], work / "model")
+
+    def cli(*argv, cwd=tmp_path):
+        done = subprocess.run([sys.executable, "-m", "vitgender.cli", *argv], capture_output=True, text=True,
+                              env=env, cwd=cwd, timeout=1200)
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    out = tmp_path / "out"
+    done = cli("export", "./model", "--formats", "all", "--out", str(out), cwd=work)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"executorch", "savedmodel", "tflite"} <= {a["format"] for a in manifest["artifacts"]}
+    for artifact in manifest["artifacts"]:
+        if artifact["format"] in ("savedmodel", "tflite"):
+            assert artifact["input"]["shape"][0] == "batch", artifact  # the TF artifacts take any batch
+
+    from vitgender.runtimes import file_inventory
+
+    for name, runtime in (("saved_model", "savedmodel"), ("model.pte", "executorch")):  # every runtime reads weights
+        assert file_inventory(runtime, out / name)["weight_share_by_dtype"].get("float32", 0) > 0.9
+
+    import onnx
+    from onnx import numpy_helper
+
+    broken = onnx.load(str(out / "model.onnx"))  # break the last block's MLP: localisation must find it
+    fc1 = [init for init in broken.graph.initializer if list(init.dims) == [32, 64]][-1]  # hidden -> MLP width
+    fc1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(fc1) * 3, fc1.name))
+    onnx.save(broken, str(out / "model.onnx"))
+    from vitgender.manifest import artifact_sha256
+
+    for entry in manifest["artifacts"]:  # resealed, as an exporter bug would leave it: parity must catch it
+        entry["sha256"] = artifact_sha256(out / entry["path"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    done = cli("validate", str(out), "--images", str(images), "--labels", "none", "--localize", "--only",
+               "onnx,tflite")
+    assert done.returncode == 1, done.stderr  # the broken one fails the gate; nothing crashes
+    report = json.loads((out / "validation" / "report.json").read_text())
+    found = {a["name"]: (a.get("localization") or {}).get("divergence") for a in report["artifacts"]}
+    assert found["onnx"]["stage"].startswith("block 1"), found  # where the weights were broken
+    for model in (str(tiny[variant]), str(out / "model.pte"), str(out / "saved_model")):
+        done = cli("classify", str(images), "--model", model)
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.strip().splitlines()) >= 4
+    done = cli("explain", str(images), "--model", str(tiny[variant]), "--out", str(tmp_path / "explained"))
+    assert done.returncode == 0, done.stderr
