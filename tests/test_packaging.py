@@ -131,12 +131,8 @@ def _cli(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=900, env={**env, "OMP_NUM_THREADS": "1"})
 
 
-def _export_validate_classify(python: Path, work: Path) -> None:
-    made = subprocess.run([str(python), "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                           "from conftest import make_tiny_vit; make_tiny_vit(__import__('pathlib').Path(sys.argv[2]))",
-                           str(REPO / "tests"), str(work / "my-vit")], capture_output=True, text=True, timeout=300,
-                          cwd=work)
-    assert made.returncode == 0, made.stderr[-3000:]
+def _export_validate_classify(python: Path, model: Path, work: Path) -> None:
+    shutil.copytree(model, work / "my-vit")
     exported = _cli(python, "export", "my-vit", "--out", "artifacts", "--formats", "onnx", cwd=work)
     assert exported.returncode == 0, exported.stderr[-3000:]
     gate = _cli(python, "validate", "artifacts", cwd=work)
@@ -149,14 +145,14 @@ def _export_validate_classify(python: Path, work: Path) -> None:
 
 
 @pytest.mark.slow
-def test_onnx_extra_keeps_older_torch_and_transformers(user_env, tmp_path):
+def test_onnx_extra_keeps_older_torch_and_transformers(user_env, tiny_model, tmp_path):
     """`pip install -e .[onnx]` into the oldest supported set changes none of it, and the ONNX flow runs."""
     _install_keeping_oldest(user_env, "-e", f"{REPO}[onnx]")
-    _export_validate_classify(user_env, tmp_path)
+    _export_validate_classify(user_env, tiny_model, tmp_path)
 
 
 @pytest.mark.slow
-def test_wheel_installs_and_runs(user_env, wheel, tmp_path):
+def test_wheel_installs_and_runs(user_env, wheel, tiny_model, tmp_path):
     """The built wheel (not editable): classify with the embedded model, verify it, gate an ONNX export."""
     _install_keeping_oldest(user_env, f"vitgender[onnx] @ {wheel.as_uri()}")
     where = subprocess.run([str(user_env), "-c", "import vitgender.checkpoint as c; print(c.DEFAULT_MODEL_DIR)"],
@@ -170,4 +166,4 @@ def test_wheel_installs_and_runs(user_env, wheel, tmp_path):
     verified = _cli(user_env, "verify", where, cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     (tmp_path / "flow").mkdir()
-    _export_validate_classify(user_env, tmp_path / "flow")
+    _export_validate_classify(user_env, tiny_model, tmp_path / "flow")
