@@ -167,3 +167,11 @@ def test_wheel_installs_and_runs(user_env, wheel, tiny_model, tmp_path):
     assert verified.returncode == 0, verified.stdout + verified.stderr
     (tmp_path / "flow").mkdir()
     _export_validate_classify(user_env, tiny_model, tmp_path / "flow")
+
+
+def test_setup_script_names_the_missing_python():
+    """setup.sh wants python3.11 (requires-python); without it, one line and exit 2, nothing created."""
+    done = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": "python3.11-that-is-not-installed"})
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "requires-python" in done.stderr and done.stdout == ""
