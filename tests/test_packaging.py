@@ -122,13 +122,19 @@ def _install_keeping_oldest(python: Path, *target: str) -> None:
     for name, version in _requirement_pins(REPO / "requirements" / "oldest.txt").items():
         assert after[name] == before[name] and after[name].split("+")[0] == version, (name, before[name], after[name])
     assert "tensorflow" not in after and "onnx2tf" not in after  # .[onnx] stays lean
+    consistent = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
+    assert consistent.returncode == 0, consistent.stdout
+
+
+def _without_checkout() -> dict[str, str]:
+    """The environment minus PYTHONPATH, so the venv imports its installed vitgender, not the checkout."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
 
 
 def _cli(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`vitgender ARGS` from the venv's console script, outside the checkout (no PYTHONPATH)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """`vitgender ARGS` from the venv's console script, outside the checkout."""
     return subprocess.run([str(python.parent / "vitgender"), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=900, env={**env, "OMP_NUM_THREADS": "1"})
+                          timeout=900, env=_without_checkout())
 
 
 def _export_validate_classify(python: Path, model: Path, work: Path) -> None:
@@ -154,9 +160,11 @@ def test_onnx_extra_keeps_older_torch_and_transformers(user_env, tiny_model, tmp
 @pytest.mark.slow
 def test_wheel_installs_and_runs(user_env, wheel, tiny_model, tmp_path):
     """The built wheel (not editable): classify with the embedded model, verify it, gate an ONNX export."""
+    # Same version as an editable install the other test may have left: pip would keep that one.
+    subprocess.run([str(user_env), "-m", "pip", "uninstall", "-q", "-y", "vitgender"], capture_output=True, check=True)
     _install_keeping_oldest(user_env, f"vitgender[onnx] @ {wheel.as_uri()}")
     where = subprocess.run([str(user_env), "-c", "import vitgender.checkpoint as c; print(c.DEFAULT_MODEL_DIR)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout.strip()
+                           capture_output=True, text=True, cwd=tmp_path, env=_without_checkout(), check=True).stdout.strip()
     assert "site-packages" in where and not where.startswith(str(REPO)), where
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     classified = _cli(user_env, "classify", "examples/", cwd=tmp_path)
