@@ -13,10 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,6 +86,41 @@ def test_wheel_metadata_declares_ranges_and_extras(wheel):
     assert {"onnx", "tflite", "serve", "ray", "faces", "test", "docs", "all"} <= extras
     onnx = [r for r in requires if 'extra == "onnx"' in r]
     assert not [r for r in onnx if "tensorflow" in r or "onnx2tf" in r or "numpy" in r], onnx
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-")):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_satisfies_every_declared_range():
+    """requirements/lock.txt is regenerated when pyproject.toml changes (scripts/lock.sh): every
+    requirement of the core and of each extra accepts its locked version."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    locked = _lock()
+    declared = [Requirement(r) for r in project["dependencies"]]
+    declared += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    for requirement in declared:
+        if requirement.name == "vitgender":
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in requirements/lock.txt: run scripts/lock.sh"
+        assert requirement.specifier.contains(locked[name], prereleases=True), (str(requirement), locked[name])
+
+
+def test_running_environment_is_the_locked_set():
+    """The environment the suite runs in holds the locked versions (what scripts/setup.sh installs)."""
+    from importlib.metadata import distributions
+
+    locked = _lock()
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    drift = {name: (installed[name], version) for name, version in locked.items()
+             if name in installed and installed[name] != version}
+    assert not drift, f"installed vs lock: {drift}"
 
 
 # --- a user's environment with the oldest supported libraries --------------------------------
