@@ -125,8 +125,16 @@ def test_running_environment_is_the_locked_set():
 
 # --- a user's environment with the oldest supported libraries --------------------------------
 
+def _in_venv(python: Path, program: str, *args: str, cwd: Path | None = None,
+             timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run the venv's `python` (or another script of its bin/) away from the checkout: no PYTHONPATH,
+    and a working directory outside the repository, whose vitgender.egg-info would look installed to pip."""
+    return subprocess.run([str(python.parent / program), *args], capture_output=True, text=True,
+                          cwd=cwd or python.parent, timeout=timeout, env=_without_checkout())
+
+
 def _pip_versions(python: Path) -> dict[str, str]:
-    listed = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True)
+    listed = _in_venv(python, "python", "-m", "pip", "list", "--format", "json")
     return {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed.stdout)}
 
 
@@ -145,22 +153,20 @@ def user_env(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("user-env") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "requirements" / "oldest.txt")],
-                          capture_output=True, text=True, timeout=1800)
+    done = _in_venv(python, "python", "-m", "pip", "install", "-q", "-r", str(REPO / "requirements" / "oldest.txt"))
     assert done.returncode == 0, done.stderr[-3000:]
     return python
 
 
 def _install_keeping_oldest(python: Path, *target: str) -> None:
     before = _pip_versions(python)
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", *target], capture_output=True, text=True,
-                          timeout=1800)
+    done = _in_venv(python, "python", "-m", "pip", "install", "-q", *target)
     assert done.returncode == 0, done.stderr[-3000:]
     after = _pip_versions(python)
     for name, version in _requirement_pins(REPO / "requirements" / "oldest.txt").items():
         assert after[name] == before[name] and after[name].split("+")[0] == version, (name, before[name], after[name])
     assert "tensorflow" not in after and "onnx2tf" not in after  # .[onnx] stays lean
-    consistent = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
+    consistent = _in_venv(python, "python", "-m", "pip", "check")
     assert consistent.returncode == 0, consistent.stdout
 
 
@@ -171,8 +177,7 @@ def _without_checkout() -> dict[str, str]:
 
 def _cli(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`vitgender ARGS` from the venv's console script, outside the checkout."""
-    return subprocess.run([str(python.parent / "vitgender"), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=900, env=_without_checkout())
+    return _in_venv(python, "vitgender", *args, cwd=cwd, timeout=900)
 
 
 def _export_validate_classify(python: Path, model: Path, work: Path) -> None:
@@ -199,10 +204,9 @@ def test_onnx_extra_keeps_older_torch_and_transformers(user_env, tiny_model, tmp
 def test_wheel_installs_and_runs(user_env, wheel, tiny_model, tmp_path):
     """The built wheel (not editable): classify with the embedded model, verify it, gate an ONNX export."""
     # Same version as an editable install the other test may have left: pip would keep that one.
-    subprocess.run([str(user_env), "-m", "pip", "uninstall", "-q", "-y", "vitgender"], capture_output=True, check=True)
+    assert _in_venv(user_env, "python", "-m", "pip", "uninstall", "-q", "-y", "vitgender").returncode == 0
     _install_keeping_oldest(user_env, f"vitgender[onnx] @ {wheel.as_uri()}")
-    where = subprocess.run([str(user_env), "-c", "import vitgender.checkpoint as c; print(c.DEFAULT_MODEL_DIR)"],
-                           capture_output=True, text=True, cwd=tmp_path, env=_without_checkout(), check=True).stdout.strip()
+    where = _in_venv(user_env, "python", "-c", "import vitgender.checkpoint as c; print(c.DEFAULT_MODEL_DIR)").stdout.strip()
     assert "site-packages" in where and not where.startswith(str(REPO)), where
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     classified = _cli(user_env, "classify", "examples/", cwd=tmp_path)
