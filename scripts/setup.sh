@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv with vitgender and every extra at the exact tested versions (requirements/lock.txt),
 # and .venv-executorch for the ExecuTorch toolchain (it needs numpy >= 2, the main environment's
-# TensorFlow stack numpy < 2; see vitgender/toolchains.py). Measured on the 2-core CI machine with a
-# warm pip cache: 3 min 18 s, 7.1 GB (.venv 4.9 GB, .venv-executorch 1.6 GB, web/node_modules 627 MB).
+# TensorFlow stack numpy < 2; see vitgender/toolchains.py). Measured on the 2-core CI machine:
+# 3 min 18 s (time bash scripts/setup.sh), 7.1 GB (.venv 4.9 GB, .venv-executorch 1.6 GB, web/node_modules 627 MB).
 # The lock names the CPU build of torch (torch==2.13.0+cpu): pip finds it through --find-links or
 # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu (PyPI's own Linux wheel is the CUDA build).
 set -euo pipefail
