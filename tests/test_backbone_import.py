@@ -17,7 +17,7 @@ REFERENCE = Path(__file__).parent.parent / "vitgender" / "reference" / "utkface-
 
 @pytest.fixture(scope="module")
 def onnx_path() -> Path:
-    pytest.importorskip("onnxruntime", reason="the import check runs the ONNX graph (pip install .[export])")
+    pytest.importorskip("onnxruntime", reason="the import check runs the ONNX graph (pip install .[onnx])")
     try:
         return backbone.fetch_backbone_onnx(Path.home() / ".cache" / "vitgender")
     except UsageError as exc:

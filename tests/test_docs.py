@@ -42,10 +42,10 @@ def test_notebook_executes_headless(tmp_path, monkeypatch):
     assert "exported in" in text and "ImageClassificationOutputElement" in text
 
 
-def readme_commands() -> list[list[str]]:
-    """Every `vitgender ...` line inside README code fences, continuation lines joined."""
+def readme_commands(page: Path = REPO / "README.md") -> list[list[str]]:
+    """Every `vitgender ...` line inside a page's code fences, continuation lines joined."""
     commands, inside, block = [], False, []
-    for line in (REPO / "README.md").read_text().splitlines():
+    for line in page.read_text().splitlines():
         if line.strip().startswith("```"):
             if inside:
                 for statement in "\n".join(block).replace("\\\n", " ").splitlines():
@@ -71,6 +71,16 @@ def test_readme_command_lines_parse(argv):
 
     command = get_command(app).commands[argv[0]]
     command.make_context(argv[0], argv[1:])  # raises click.UsageError / BadParameter on a stale line
+
+
+DOCS_PAGES = sorted((REPO / "docs").rglob("*.md"))
+
+
+@pytest.mark.parametrize("argv", [argv for page in DOCS_PAGES for argv in readme_commands(page)],
+                         ids=lambda a: " ".join(a)[:60])
+def test_docs_site_command_lines_parse(argv):
+    """The docs site's command lines parse against the real CLI too."""
+    test_readme_command_lines_parse(argv)
 
 
 def test_every_subcommand_has_help():
@@ -99,3 +109,34 @@ def test_readme_cheap_commands_run_as_written(tiny_model, tmp_path):
     assert ["verify", "--write", "my-checkpoint/"] in readme_commands() and ["verify", "my-checkpoint/"] in readme_commands()
     assert run("verify", "--write", "my-checkpoint/").returncode == 0
     assert run("verify", "my-checkpoint/").returncode == 0
+
+
+def test_readme_is_a_landing_page():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README has {len(lines)} lines: move detail to docs/"
+    # The first screen: exactly the two set-up commands (install + classify, then the tests).
+    first_fence = lines.index("```bash")
+    block = lines[first_fence + 1:lines.index("```", first_fence + 1)]
+    commands = [line for line in block if line.strip() and not line.startswith("#")]
+    assert commands == ["bash scripts/setup.sh && .venv/bin/vitgender classify examples/", ".venv/bin/python -m pytest"]
+
+
+HISTORY_WORDS = re.compile(r"issue #?\d+|#\d{2,}\b|\bwave\b|this session|earlier session|free-batch export", re.I)
+
+
+@pytest.mark.parametrize("page", [REPO / "README.md", *DOCS_PAGES], ids=lambda p: str(p.relative_to(REPO)))
+def test_user_docs_carry_no_development_history(page):
+    """What changed belongs in CHANGELOG.md, not in pages a user reads to get a job done."""
+    assert not HISTORY_WORDS.findall(page.read_text())
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """`mkdocs build --strict`: broken links between pages, missing nav pages or anchors fail it."""
+    pytest.importorskip("mkdocs", reason="the docs site needs the docs extra: pip install .[docs]")
+    import subprocess
+    import sys
+
+    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
+pytest.importorskip("onnxruntime", reason="exporters need the onnx extra: pip install .[onnx]")
 
 from vitgender.errors import ExitCode, ToolchainError  # noqa: E402
 from vitgender.exporters import main_export  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
+pytest.importorskip("onnxruntime", reason="exporters need the onnx extra: pip install .[onnx]")
 
 from vitgender.exporters import FORMATS, ExportError, main_export, parse_formats  # noqa: E402
 from vitgender.manifest import read_manifest, verify_artifact  # noqa: E402

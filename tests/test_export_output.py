@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("onnxruntime", reason="exporters need the export extra: pip install .[export]")
+pytest.importorskip("onnxruntime", reason="exporters need the onnx extra: pip install .[onnx]")
 
 from vitgender.errors import ExitCode  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="quantization needs the export extra: pip install .[export]")
+pytest.importorskip("onnxruntime", reason="quantization needs the onnx extra: pip install .[onnx]")
 
 from vitgender.exporters import ExportOptions, main_export  # noqa: E402
 from vitgender.manifest import read_manifest  # noqa: E402
@@ -76,7 +76,7 @@ def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_
 
 def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8_io(tiny_model, tmp_path):
     """XNNPACK has no int8 LayerNorm/Softmax/GELU; as int8 they ran on reference kernels (3x slower)."""
-    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    pytest.importorskip("tensorflow", reason="TFLite export needs the onnx extra")
     from ai_edge_litert.interpreter import Interpreter
 
     from vitgender.exporters.options import ExportOptions

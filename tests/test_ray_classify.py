@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("ray.data", reason="classify --ray needs the serve extra: pip install .[serve]")
+pytest.importorskip("ray.data", reason="classify --ray needs the ray extra: pip install .[ray]")
 pytest.importorskip("psutil")
 
 from benchmarks.local_ray_cluster import LocalCluster  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-ray = pytest.importorskip("ray", reason="Ray Serve needs the serve extra: pip install .[serve]")
+ray = pytest.importorskip("ray", reason="Ray Serve needs the ray extra: pip install .[ray]")
 from ray import serve  # noqa: E402
 
 from vitgender.serving.ray_app import RayServeOptions, build_app  # noqa: E402

@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="validators need the export extra: pip install .[export]")
+pytest.importorskip("onnxruntime", reason="validators need the onnx extra: pip install .[onnx]")
 
 from vitgender.exporters import main_export  # noqa: E402
 from vitgender.manifest import artifact_sha256  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="web export needs the export extra: pip install .[export]")
+pytest.importorskip("onnxruntime", reason="web export needs the onnx extra: pip install .[onnx]")
 
 from vitgender.exporters import main_export  # noqa: E402
 from vitgender.preprocess import Preprocessor, decode_image  # noqa: E402
