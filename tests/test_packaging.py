@@ -54,7 +54,7 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_wheel_ships_every_file_the_code_reads(wheel):
     from vitgender.checkpoint import DEFAULT_MODEL_DIR
-    from vitgender.exporters.main import CALIBRATION_DIR
+    from vitgender.exporters.options import CALIBRATION_DIR
     from vitgender.validators import budgets
     from vitgender.validators.parity import REFERENCE_ROOT
 

@@ -38,14 +38,14 @@ def cli_reference() -> str:
 
 
 def budgets_reference() -> str:
-    from vitgender.exporters.formats import FORMATS, GROUPS
+    from vitgender.formats import FORMATS, GROUPS
     from vitgender.validators.budgets import KINDS
 
     data = json.loads((REPO / "vitgender" / "validators" / "default_budgets.json").read_text())
     budgets = data["budgets"]
     metrics = sorted({metric for values in budgets.values() for metric in values})
     lines = ["# Formats, budgets and metrics\n",
-             "Generated at build time from the format registry (`vitgender/exporters/formats.py`) and "
+             "Generated at build time from the format registry (`vitgender/formats.py`) and "
              "`vitgender/validators/default_budgets.json`.\n",
              "## Export formats\n",
              "| format | runtime | precision | file | converted by | extra |", "|---|---|---|---|---|---|"]
