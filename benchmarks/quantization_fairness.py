@@ -23,7 +23,7 @@ from vitgender.exporters.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
-from vitgender.validators.fairness import Prediction, accuracy_cell
+from vitgender.evaluation.metrics import Prediction, accuracy_cell
 from vitgender.validators.metrics import paired_accuracy
 from vitgender.validators.parity import group_deltas
 

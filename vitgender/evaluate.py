@@ -17,7 +17,7 @@ from vitgender.errors import ImageError, UsageError
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import Runner, runner_input
 from vitgender.data import Sample, load_labelled, split_samples
-from vitgender.validators.fairness import Prediction, summarize
+from vitgender.evaluation.metrics import Prediction, summarize
 
 SPLITS = ("all", "train", "val")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from vitgender.explain.api import Explainer
 from vitgender.explain.maps import average_maps
-from vitgender.validators.fairness import Prediction
+from vitgender.evaluation.metrics import Prediction
 
 CELL_KEYS = ("race", "gender")
 

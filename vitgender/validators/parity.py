@@ -25,7 +25,7 @@ from vitgender.precision import Precision
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.batching import batch_variation
 from vitgender.validators.checks import ArtifactResult, Check, ValidationResult
-from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
+from vitgender.evaluation.metrics import GROUPINGS, Prediction, accuracy_cell, group_table
 from vitgender.validators.inventory import check_precision, inventory
 from vitgender.validators.metrics import compare_logits, logit_diff_histogram, paired_accuracy
 
