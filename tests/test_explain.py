@@ -364,7 +364,7 @@ def test_sheet_puts_wrong_and_uncertain_answers_first(tiny_model, tmp_path, monk
     args = ["explain", str(images), "--model", str(tiny_model), "--out", str(out)]
     assert run_main(monkeypatch, capsys, *args)[0] == ExitCode.OK
     page = (out / "index.html").read_text()
-    assert page.count("wrong (file name says") == 1 and "uncertain" not in page
+    assert page.count("wrong (expected") == 1 and "uncertain" not in page
     cards = re.findall(r'<div class="card"[^>]*>.*?<div class="name">([^<]*)</div>', page)
     assert cards[0].endswith("00_first.png")  # without --min-confidence: input order
     code, _, _ = run_main(monkeypatch, capsys, *args, "--overwrite", "--min-confidence", "1.0")
@@ -373,7 +373,7 @@ def test_sheet_puts_wrong_and_uncertain_answers_first(tiny_model, tmp_path, monk
     code, _, _ = run_main(monkeypatch, capsys, *args, "--overwrite", "--min-confidence", "0.0")
     page = (out / "index.html").read_text()
     cards = re.findall(r'<div class="card"[^>]*>.*?<div class="name">([^<]*)</div>', page)
-    assert "wrong (file name says" in page.split('<div class="card"')[1]  # the wrong answer comes first,
+    assert "wrong (expected" in page.split('<div class="card"')[1]  # the wrong answer comes first,
     assert cards[1].endswith("00_first.png")  # then the rest in input order
 
 
