@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from vitgender.errors import ImageError, UsageError, VitgenderError
-from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
+from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor
 from vitgender.runtimes import Runner, open_runner, runner_input
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
@@ -112,7 +112,7 @@ class Classifier:
         self.max_pixels = max_pixels
 
     def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
-        resized = np.stack([self.preprocessor.resize(decode_image(image, max_pixels=self.max_pixels)) for image in images])
+        resized = np.stack([self.preprocessor.load(image, self.max_pixels) for image in images])
         return self.runner.run(runner_input(self.runner, resized))
 
     def classify(
@@ -147,7 +147,7 @@ class Classifier:
 
         out = []
         for image in _as_list(images):
-            decoded = decode_image(image, max_pixels=self.max_pixels)
+            decoded = self.preprocessor.decode(image, self.max_pixels)
             faces, crops = faces_and_crops(detector, decoded, max_faces)
             predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
                                         function_to_apply=function_to_apply,
@@ -207,7 +207,7 @@ class Classifier:
                 pending.append((item[0], Result(item[0], error=item[1])))
             else:
                 try:
-                    image = decode_image(item, max_pixels=self.max_pixels)
+                    image = self.preprocessor.decode(item, self.max_pixels)
                 except ImageError as exc:
                     pending.append((item, Result(item, error=exc.why)))
                 else:
@@ -226,11 +226,13 @@ def load_classifier(
     allow_pickle: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tta: str | None = None,
+    alpha: str | None = None,
 ) -> Classifier:
     """A Classifier over `model` (None = the embedded default model) on the given runtime;
-    `tta="flip"` averages each image with its mirror image."""
+    `tta="flip"` averages each image with its mirror image; `alpha` (white, black, drop) replaces
+    the model's alpha policy for transparent images."""
     options = {"allow_pickle": allow_pickle} if runtime == "torch" else {}
-    return Classifier(open_runner(runtime, model, tta=tta, **options), max_pixels=max_pixels)
+    return Classifier(open_runner(runtime, model, tta=tta, alpha=alpha, **options), max_pixels=max_pixels)
 
 
 __all__ = ["Classifier", "Result", "VitgenderError", "load_classifier"]

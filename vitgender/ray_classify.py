@@ -33,7 +33,7 @@ import numpy as np
 from vitgender.classify import Result, apply_function, rank, with_uncertainty
 from vitgender.errors import ImageError, UsageError
 from vitgender.inputs import IMAGE_SUFFIXES, expand_inputs
-from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor, decode_image
+from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor
 from vitgender.shards import ShardSink
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -62,6 +62,12 @@ class RayClassifyOptions:
     max_faces: int = 20
     max_pixels: int = DEFAULT_MAX_PIXELS
     tta: str | None = None  # "flip": horizontal-flip test-time averaging in every actor
+    alpha: str | None = None  # replaces the model's alpha policy (white, black, drop)
+    allow_pickle: bool = False  # PyTorch checkpoints with .bin/.pt weights, in the driver and every actor
+
+    def runner_options(self) -> dict:
+        """What `open_runner` takes, the same in the driver and in every actor."""
+        return {"tta": self.tta, "alpha": self.alpha, **({"allow_pickle": True} if self.allow_pickle else {})}
 
 
 @dataclass
@@ -187,7 +193,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, max
     errors = []
     for i, source in enumerate(paths):
         try:
-            pixels[i] = preprocessor.resize(decode_image(read_image_bytes(str(source)), max_pixels=max_pixels))
+            pixels[i] = preprocessor.load(read_image_bytes(str(source)), max_pixels)
             errors.append("")
         except (ImageError, OSError) as exc:
             errors.append(_why(exc))
@@ -198,10 +204,10 @@ class Predict:
     """Ray actor: one Runner per actor, loaded once; scores (NaN rows for errors) per batch."""
 
     def __init__(self, model: str | None, runtime: str, threads: int, function_to_apply: str,
-                 tta: str | None = None) -> None:
+                 runner_options: dict | None = None) -> None:
         from vitgender.runtimes import open_runner
 
-        self.runner = open_runner(runtime, model, threads=threads, tta=tta)
+        self.runner = open_runner(runtime, model, threads=threads, **(runner_options or {}))
         self.function_to_apply = function_to_apply
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -223,7 +229,7 @@ class PredictFaces:
         from vitgender.faces import open_detector
         from vitgender.runtimes import open_runner
 
-        self.classifier = Classifier(open_runner(runtime, model, threads=threads, tta=options.tta),
+        self.classifier = Classifier(open_runner(runtime, model, threads=threads, **options.runner_options()),
                                      max_pixels=options.max_pixels)
         self.detector = open_detector(options.detector)
         self.options = options
@@ -308,7 +314,9 @@ def classify_on_ray(
     todo = list(dict.fromkeys(item for item in listed if isinstance(item, str) and item not in done))
     skipped = sum(1 for item in listed if (item[0] if isinstance(item, tuple) else item) in done)
 
-    info = open_runner(runtime, model, tta=options.tta).info  # labels and preprocessing; the actors open their own
+    if options.allow_pickle and runtime != "torch":
+        raise UsageError("--allow-pickle", f"only with PyTorch checkpoints (not the {runtime} runtime)")
+    info = open_runner(runtime, model, **options.runner_options()).info  # labels, preprocessing; actors open their own
     for spec, why in failed:
         on_error(f"{spec}: {why}")
     sink.add(Result(spec, error=why).to_dict() for spec, why in failed)
@@ -334,7 +342,8 @@ def classify_on_ray(
                                           batch_size=options.batch_size, batch_format="numpy",
                                           num_cpus=options.decode_cpus,
                                           concurrency=options.decode_tasks_per_node * max(1, len(nodes)))
-            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply, options.tta)
+            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply,
+                                             options.runner_options())
         else:
             predictor, arguments = PredictFaces, (model, runtime, threads, options)
         dataset = dataset.map_batches(predictor, fn_constructor_args=arguments, batch_size=options.batch_size,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import ALPHA_HELP, TTA_HELP, only_with, progress_bar
+from vitgender.cli.common import ALPHA_HELP, AlphaPolicy, TTA_HELP, only_with, progress_bar
 from vitgender.explain.api import DEFAULT_METHOD
 
 
@@ -33,7 +33,7 @@ def evaluate(
                                                    help="Also report coverage/accuracy when answering only above this."),
     batch_size: int = typer.Option(16, metavar="N", min=1),
     tta: str = typer.Option("none", metavar="MODE", help=TTA_HELP),
-    alpha: Optional[str] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
+    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the full report as JSON."),
     html_out: Optional[Path] = typer.Option(None, "--html", metavar="FILE", help="Write a self-contained HTML page with charts."),
     explain: int = typer.Option(0, "--explain", metavar="N", min=0, help="Add, per cell of the finest reported "
@@ -43,6 +43,7 @@ def evaluate(
                                        "(the default) or rollout; see docs/explain.md."),
 ) -> None:
     """Accuracy with 95% CIs per label and per group of the data, and calibration, on a labelled set."""
+    alpha = alpha.value if alpha is not None else None
     from rich.console import Console
 
     from vitgender.errors import UsageError

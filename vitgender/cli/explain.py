@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import ALPHA_HELP, MODEL_HELP, PICKLE_HELP, error, only_with, progress_bar
+from vitgender.cli.common import ALPHA_HELP, AlphaPolicy, MODEL_HELP, PICKLE_HELP, error, only_with, progress_bar
 from vitgender.explain.api import DEFAULT_METHOD
 
 
@@ -45,7 +45,7 @@ def explain(
                                               "a column of --labels, or a UTKFace file-name field (gender, race, "
                                               "age, age_bucket; default: the one whose values are the model's "
                                               "labels)."),
-    alpha: Optional[str] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
+    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it holds an earlier explain output "
                                    "(an index.html); any other non-empty folder is refused."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
@@ -57,6 +57,7 @@ def explain(
     A bad input never aborts the run: it is listed on the sheet as an error and on stderr, and the
     exit code is 2 if any input failed, 0 otherwise.
     """
+    alpha = alpha.value if alpha is not None else None
     from vitgender.data import ExpectedLabels
     from vitgender.explain.api import Explainer
     from vitgender.explain.render import SheetWriter, atomic_folder

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import MODEL_HELP
+from vitgender.cli.common import ALPHA_HELP, AlphaPolicy, MODEL_HELP
 from vitgender.exporters.formats import formats_help
 from vitgender.exporters.main import CALIBRATION_METHODS
 from vitgender.exporters.quantize import STATIC_PRESETS
@@ -31,17 +31,20 @@ def export_cmd(
                                                  "int8-dynamic budget)."),
     opset: int = typer.Option(20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
     tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
+    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help="The alpha policy each artifact's "
+                                        "sidecar records for runners, servers and apps to apply. " + ALPHA_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT whatever it holds. Without it, an "
                                    "export of the same checkpoint in OUT is merged (formats built now replace "
                                    "theirs, the rest is kept) and anything else is refused."),
 ) -> None:
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
+    alpha = alpha.value if alpha is not None else None
     from vitgender.exporters import ExportOptions, main_export
     from vitgender.exporters.manifest import read_manifest
 
     options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
                             quant_target=quant_target,
-                            tflite_int8_io=tflite_int8_io)
+                            tflite_int8_io=tflite_int8_io, alpha=alpha)
     if calibration is not None:
         options.calibration = calibration
     written = main_export(model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True),

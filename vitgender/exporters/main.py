@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vitgender import checkpoint
@@ -23,7 +23,7 @@ from vitgender.exporters.formats import FORMATS, ArtifactSpec, InputLayout, pars
 from vitgender.exporters.manifest import describe, write_manifest
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.inputs import IMAGE_SUFFIXES
-from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.preprocess import ALPHA_POLICIES, Preprocessor
 from vitgender.runtimes.sidecar import Sidecar, write_sidecar
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
@@ -42,6 +42,7 @@ class ExportOptions:
     quant_preset: str = "safe"
     quant_target: float | None = None  # `auto`: q90 |Δlogit| on the calibration images (None: the int8-dynamic budget)
     tflite_int8_io: bool = False
+    alpha: str | None = None  # the alpha policy the sidecars record (None: the checkpoint's, white by default)
 
     def __post_init__(self) -> None:
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -50,6 +51,8 @@ class ExportOptions:
             raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(STATIC_PRESETS)}")
         if self.quant_target is not None and not self.quant_target > 0:
             raise UsageError(str(self.quant_target), "quant target must be a positive q90 |logit difference|")
+        if self.alpha is not None and self.alpha not in ALPHA_POLICIES:
+            raise UsageError(f"--alpha {self.alpha}", f"alpha policy must be one of {', '.join(ALPHA_POLICIES)}")
 
 
 def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
@@ -63,7 +66,8 @@ def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
 
 def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibration:
     images = calibration_images(options.calibration)
-    pixels = Preprocessor(ckpt.preprocess)([decode_image(p) for p in images])
+    pre = Preprocessor(ckpt.preprocess)
+    pixels = pre([pre.decode(p) for p in images])
     provenance = {"images": [p.name for p in images], "count": len(images), "folder": str(options.calibration),
                   "method": options.calibration_method, "preset": options.quant_preset,
                   "normalisation": ckpt.preprocess.to_dict()}
@@ -185,7 +189,8 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
     for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
         path = scratch / spec.filename
         io = input_spec(spec, ctx, built[spec.name])
-        write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, spec.precision, ckpt.architecture), io)
+        preprocess = ckpt.preprocess if options.alpha is None else replace(ckpt.preprocess, alpha=options.alpha)
+        write_sidecar(path, Sidecar(ckpt.labels, preprocess, spec.precision, ckpt.architecture), io)
         extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
         if spec.needs_calibration:
             extra["calibration"] = calibration.provenance

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -79,14 +79,25 @@ def runtime_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, **options) -> Runner:
-    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging."""
+def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, alpha: str | None = None,
+                **options) -> Runner:
+    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging, and `alpha`
+    replaces the alpha policy the model or artifact records (see `vitgender.preprocess`)."""
     if runtime not in _REGISTRY:
         raise UsageError(runtime, f"unknown runtime (choose from {', '.join(runtime_names())})")
+    from vitgender.preprocess import check_alpha
     from vitgender.runtimes.tta import check_tta, with_tta
 
     check_tta(tta)
-    return with_tta(_REGISTRY[runtime].load()(source, **options), tta)
+    if alpha is not None:
+        try:
+            check_alpha(alpha)
+        except ValueError as exc:
+            raise UsageError(f"--alpha {alpha}", str(exc)) from None
+    runner = _REGISTRY[runtime].load()(source, **options)
+    if alpha is not None:
+        runner.info = replace(runner.info, preprocess=replace(runner.info.preprocess, alpha=alpha))
+    return with_tta(runner, tta)
 
 
 def runtime_for(path: str | Path | None) -> str:

@@ -18,7 +18,7 @@ from vitgender.classify import apply_function
 from vitgender.errors import UsageError
 from vitgender.exporters.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
-from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor
 from vitgender.runtimes import open_runner, runtime_for
 from vitgender.data import Sample, load_labelled
 from vitgender.precision import Precision
@@ -137,7 +137,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
 def _runner_inputs(image_paths: list[Path], config: PreprocessConfig, raw: bool) -> np.ndarray:
     """The images as a runner with this preprocessing takes them: resized uint8 NHWC, or pixel_values."""
     pre = Preprocessor(config)
-    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
+    resized = np.stack([pre.load(path) for path in image_paths])
     return resized if raw else pre.normalize(resized)
 
 
@@ -152,9 +152,11 @@ def validate(
     only: list[str] | None = None,
     localize: bool = False,
     on_artifact: Callable[[str], None] = lambda name: None,
+    alpha: str | None = None,
 ) -> ValidationResult:
     """Run PyTorch and every artifact on the same images and judge each; with `localize`, every
-    ONNX and TFLite artifact (and, always, a failing one) gets its block-by-block error curve."""
+    ONNX and TFLite artifact (and, always, a failing one) gets its block-by-block error curve.
+    `alpha` replaces every runner's alpha policy (else each decodes as its sidecar records)."""
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
@@ -174,7 +176,7 @@ def validate(
     budgets = budgets_mod.load_budgets(budget_file)
 
     on_artifact("torch (reference)")
-    torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"])
+    torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"], alpha=alpha)
     # Each runner is fed the images preprocessed as its own sidecar says (what a deployment does);
     # decoding and resizing run once per distinct preprocessing, normally once for all. An
     # unreadable reference image is a usage error.
@@ -201,7 +203,7 @@ def validate(
     for entry in entries:
         on_artifact(entry["name"])
         path = paths[entry["name"]]
-        runner = open_runner(runtime_for(path), path)
+        runner = open_runner(runtime_for(path), path, alpha=alpha)
         result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
                           (ref_preds, samples, index) if ref_preds else None, labels_t)
         if (localize or not result.passed) and can_localize(runner):
