@@ -1,0 +1,75 @@
+"""`vitgender convert`: pickle weights -> model.safetensors + SHA256SUMS, the way past the pickle refusal."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitgender import checkpoint
+
+CLI = [sys.executable, "-m", "vitgender.cli"]
+
+
+@pytest.fixture
+def pickled(tmp_path, tiny_model):
+    """The tiny model with its weights as pytorch_model.bin (what older HF checkpoints ship)."""
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model, folder)
+    model = checkpoint.load_model(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "SHA256SUMS").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return folder
+
+
+def run(*args):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_commands_without_allow_pickle_name_the_converter(pickled, tmp_path):
+    result = run("evaluate", str(pickled), "--data", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"vitgender convert {pickled}" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_convert_to_a_new_folder_is_checked_and_verifiable(pickled, tmp_path):
+    out = tmp_path / "converted"
+    result = run("convert", str(pickled / "pytorch_model.bin"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "warning: loading the pickle weights pytorch_model.bin" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors",
+                                                     "preprocessor_config.json"]
+    assert run("verify", str(out)).returncode == 0
+    original = torch.load(pickled / "pytorch_model.bin", weights_only=True)
+    converted = checkpoint.load_model(out).state_dict()
+    assert all(torch.equal(converted[k], v) for k, v in original.items())
+    assert (pickled / "pytorch_model.bin").is_file() and not (pickled / "model.safetensors").exists()
+    again = run("convert", str(pickled), "--out", str(out))  # never overwrites
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_in_place_needs_the_flag_and_keeps_the_pickle(pickled):
+    assert run("convert", str(pickled)).returncode == 2  # neither --out nor --in-place: nothing written
+    assert not (pickled / "model.safetensors").exists()
+    result = run("convert", str(pickled), "--in-place")
+    assert result.returncode == 0, result.stderr
+    assert (pickled / "pytorch_model.bin").is_file() and (pickled / "model.safetensors").is_file()
+    assert sorted(checkpoint.verify_sha256sums(pickled)) == ["config.json", "model.safetensors",
+                                                             "preprocessor_config.json", "pytorch_model.bin"]
+    assert run("convert", str(pickled), "--in-place").returncode == 2  # already converted
+
+
+def test_a_pickle_that_is_not_a_state_dict_is_one_line(tmp_path, tiny_model):
+    folder = tmp_path / "odd"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "SHA256SUMS").unlink()
+    torch.save([1, 2, 3], folder / "pytorch_model.bin")
+    result = run("convert", str(folder), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "no plain {name: tensor} state dict" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
