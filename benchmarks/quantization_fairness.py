@@ -38,7 +38,7 @@ def predictions(logits: np.ndarray, labels: tuple[str, ...], samples) -> list[Pr
 
 
 def summarise(name: str, ref: list[Prediction], art: list[Prediction], agreement: float) -> dict:
-    deltas = group_deltas(ref, art)
+    deltas = group_deltas(ref, art, ("female", "male"))  # the default model's tables
     cells = [d for d in deltas if set(d["group"]) in ({"race", "gender"}, {"age_bucket"})]
     big = [d for d in cells if d["n"] >= CELL_N]
     worst = max(big, key=lambda d: abs(d["delta"]), default=None)
