@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import ALPHA_HELP, AlphaPolicy, MODEL_HELP
+from vitgender.cli.common import ALPHA_HELP, MODEL_HELP, AlphaPolicy, only_with
 from vitgender.exporters.formats import formats_help
 from vitgender.exporters.main import CALIBRATION_METHODS
 from vitgender.exporters.quantize import STATIC_PRESETS
@@ -16,6 +16,7 @@ from vitgender.exporters.quantize import STATIC_PRESETS
 
 @app.command("export")
 def export_cmd(
+    ctx: typer.Context,
     model: Optional[str] = typer.Argument(None, metavar="MODEL", help=MODEL_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output directory (default artifacts/<model-name>/)."),
     formats: str = typer.Option("onnx", "--formats", metavar="FORMATS", help=formats_help()),
@@ -40,7 +41,16 @@ def export_cmd(
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
     alpha = alpha.value if alpha is not None else None
     from vitgender.exporters import ExportOptions, main_export
+    from vitgender.exporters.formats import parse_formats
     from vitgender.exporters.manifest import read_manifest
+
+    names = {spec.name for spec in parse_formats(formats)}
+    only_with(ctx, any(spec.needs_calibration for spec in parse_formats(formats)),
+              "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8)", "calibration")
+    only_with(ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method",
+              "quant_preset")
+    only_with(ctx, "onnx-int8-static" in names and quant_preset == "auto", "--quant-preset auto", "quant_target")
+    only_with(ctx, "tflite-int8" in names, "tflite-int8 (full-integer TFLite)", "tflite_int8_io")
 
     options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
                             quant_target=quant_target,
