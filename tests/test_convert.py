@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import pickled_copy
 from vitgender import checkpoint
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
@@ -16,14 +17,7 @@ CLI = [sys.executable, "-m", "vitgender.cli"]
 
 @pytest.fixture
 def pickled(tmp_path, tiny_model):
-    """The tiny model with its weights as pytorch_model.bin (what older HF checkpoints ship)."""
-    folder = tmp_path / "pickled"
-    shutil.copytree(tiny_model, folder)
-    model = checkpoint.load_model(folder)
-    (folder / "model.safetensors").unlink()
-    (folder / "SHA256SUMS").unlink()
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    return folder
+    return pickled_copy(tiny_model, tmp_path / "pickled")
 
 
 def run(*args):

@@ -4,14 +4,13 @@ the deletion metric ranks a faithful map above random, and the CLI writes a comp
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import HOSTILE_LABEL, random_image
+from tests.conftest import HOSTILE_LABEL, random_image, run_main
 from vitgender.errors import ExitCode
 from vitgender.explain.deletion import curve_auc, deletion_curves, patch_order, remove_patches
 from vitgender.explain.maps import METHODS, attribution_result, average_maps, explain_pixels, rollout, rollout_result
@@ -271,16 +270,6 @@ def test_face_maps_land_inside_their_crop_on_the_original_photo(explainer):
     assert changed[inside].mean() > 0.9 and not changed[~inside].any()
     assert drawn.shape[0] > 100  # the caption strip below the photo
     assert explainer.explain_faces(photo, FixedDetector([])) == []
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from vitgender.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vitgender", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 def test_cli_writes_an_overlay_per_image_and_a_self_contained_sheet(tiny_model, image_dir, tmp_path, monkeypatch,

@@ -11,26 +11,15 @@ import csv
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tiny_vit, random_image
+from tests.conftest import make_tiny_vit, random_image, run_main
 from vitgender.errors import ExitCode, UsageError
 
 REFERENCE = Path(__file__).resolve().parent.parent / "vitgender" / "reference" / "utkface-val-50"
 GENDER = re.compile(r"\bgender\b", re.IGNORECASE)  # the word, not the tool's name
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from vitgender.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vitgender", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 def assert_no_gender(*texts: str) -> None:

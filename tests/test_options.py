@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
+from tests.conftest import run_main
 from vitgender.errors import ExitCode
 
 REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
@@ -27,14 +26,9 @@ REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
     (["verify", ".", "--write", "--allow-pickle"], "--allow-pickle: only with checking"),
 ])
 def test_ignored_options_are_refused(args, words, monkeypatch, capsys, tmp_path):
-    from vitgender.cli import main
-
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["vitgender", *(a if a != REFERENCE_IMAGE else _reference() for a in args)])
-    with pytest.raises(SystemExit) as info:
-        main()
-    err = capsys.readouterr().err
-    assert info.value.code == ExitCode.USAGE and words in err and err.count("\n") == 1, err
+    code, _, err = run_main(monkeypatch, capsys, *(a if a != REFERENCE_IMAGE else _reference() for a in args))
+    assert code == ExitCode.USAGE and words in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 

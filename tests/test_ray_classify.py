@@ -113,19 +113,10 @@ def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_pa
 def test_allow_pickle_and_alpha_reach_the_actors(cluster, tiny_model, tmp_path):
     """A .bin checkpoint with --allow-pickle, and --alpha drop on transparent PNGs: the actors decode and
     load as single-machine classify does (both options used to stop at the driver)."""
-    import shutil
-
-    import torch
-
-    from vitgender.checkpoint import load_model
+    from tests.conftest import pickled_copy
     from vitgender.classify import load_classifier
 
-    pickled = tmp_path / "pickled"
-    shutil.copytree(tiny_model, pickled)
-    state = load_model(pickled).state_dict()
-    (pickled / "model.safetensors").unlink()
-    (pickled / "SHA256SUMS").unlink()
-    torch.save(state, pickled / "pytorch_model.bin")
+    pickled = pickled_copy(tiny_model, tmp_path / "pickled")
     rng = np.random.default_rng(5)
     pngs = []
     for i in range(6):
@@ -150,21 +141,12 @@ def test_allow_pickle_and_alpha_reach_the_actors(cluster, tiny_model, tmp_path):
 
 def test_actor_stages_load_pickle_weights_and_decode_under_the_alpha_policy(tiny_model, tmp_path):
     """The stages each Ray worker runs, called in-process: what the options say reaches them."""
-    import shutil
-
-    import torch
-
-    from vitgender.checkpoint import load_model
+    from tests.conftest import pickled_copy
     from vitgender.classify import load_classifier
     from vitgender.ray_classify import Predict, PredictFaces, decode_batch
     from vitgender.runtimes import open_runner
 
-    pickled = tmp_path / "pickled"
-    shutil.copytree(tiny_model, pickled)
-    state = load_model(pickled).state_dict()
-    (pickled / "model.safetensors").unlink()
-    (pickled / "SHA256SUMS").unlink()
-    torch.save(state, pickled / "pytorch_model.bin")
+    pickled = pickled_copy(tiny_model, tmp_path / "pickled")
     pixels = np.random.default_rng(5).integers(0, 256, size=(40, 40, 4), dtype=np.uint8)
     pixels[..., 3] = np.where(np.arange(40)[:, None] < 20, 0, 255)
     png = tmp_path / "alpha.png"
