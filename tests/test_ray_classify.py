@@ -110,35 +110,6 @@ def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_pa
             assert np.allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
 
 
-def test_allow_pickle_and_alpha_reach_the_actors(cluster, tiny_model, tmp_path):
-    """A .bin checkpoint with --allow-pickle, and --alpha drop on transparent PNGs: the actors decode and
-    load as single-machine classify does (both options used to stop at the driver)."""
-    from tests.conftest import pickled_copy
-    from vitgender.classify import load_classifier
-
-    pickled = pickled_copy(tiny_model, tmp_path / "pickled")
-    rng = np.random.default_rng(5)
-    pngs = []
-    for i in range(6):
-        pixels = rng.integers(0, 256, size=(40, 40, 4), dtype=np.uint8)
-        pixels[..., 3] = np.where(rng.random((40, 40)) < 0.5, 0, 255)
-        pngs.append(tmp_path / f"alpha{i}.png")
-        Image.fromarray(pixels, "RGBA").save(pngs[-1])
-    for faces in (False, True):
-        out = tmp_path / f"out-{faces}"
-        options = RayClassifyOptions(address=cluster.address, batch_size=4, alpha="drop", allow_pickle=True,
-                                     faces=faces)
-        summary = classify_on_ray([str(p) for p in pngs], out, model=str(pickled), options=options)
-        assert summary.errors == 0 and summary.images == 6
-        if faces:  # random pixels hold no face: the point is that the actors loaded the .bin model
-            continue
-        rows = in_order(read_results(out))
-        single = load_classifier(str(pickled), allow_pickle=True, alpha="drop").classify([str(p) for p in pngs])
-        for path, expected in zip(pngs, single):
-            got = rows[str(path)]["predictions"]
-            assert np.allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
-
-
 def test_actor_stages_load_pickle_weights_and_decode_under_the_alpha_policy(tiny_model, tmp_path):
     """The stages each Ray worker runs, called in-process: what the options say reaches them."""
     from tests.conftest import pickled_copy
