@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import pickled_copy
+from tests.conftest import pickled_copy, run_main
 from vitgender import checkpoint
-
-CLI = [sys.executable, "-m", "vitgender.cli"]
 
 
 @pytest.fixture
@@ -20,50 +16,54 @@ def pickled(tmp_path, tiny_model):
     return pickled_copy(tiny_model, tmp_path / "pickled")
 
 
-def run(*args):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def run(monkeypatch, capsys):
+    """`vitgender ARGS` in this process -> (exit code, stderr)."""
+    def invoke(*args: str) -> tuple[int, str]:
+        code, _, err = run_main(monkeypatch, capsys, *args)
+        return code, err
+    return invoke
 
 
-def test_commands_without_allow_pickle_name_the_converter(pickled, tmp_path):
-    result = run("evaluate", str(pickled), "--data", str(tmp_path))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"vitgender convert {pickled}" in result.stderr and result.stderr.count("\n") == 1
+def test_commands_without_allow_pickle_name_the_converter(pickled, tmp_path, run):
+    code, err = run("evaluate", str(pickled), "--data", str(tmp_path))
+    assert code == 2 and f"vitgender convert {pickled}" in err and err.count("\n") == 1
 
 
-def test_convert_to_a_new_folder_is_checked_and_verifiable(pickled, tmp_path):
+def test_convert_to_a_new_folder_is_checked_and_verifiable(pickled, tmp_path, run):
     out = tmp_path / "converted"
-    result = run("convert", str(pickled / "pytorch_model.bin"), "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "warning: loading the pickle weights pytorch_model.bin" in result.stderr
+    code, err = run("convert", str(pickled / "pytorch_model.bin"), "--out", str(out))
+    assert code == 0, err
+    assert "warning: loading the pickle weights pytorch_model.bin" in err
     assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors",
                                                      "preprocessor_config.json"]
-    assert run("verify", str(out)).returncode == 0
+    assert run("verify", str(out))[0] == 0
     original = torch.load(pickled / "pytorch_model.bin", weights_only=True)
     converted = checkpoint.load_model(out).state_dict()
     assert all(torch.equal(converted[k], v) for k, v in original.items())
     assert (pickled / "pytorch_model.bin").is_file() and not (pickled / "model.safetensors").exists()
-    again = run("convert", str(pickled), "--out", str(out))  # never overwrites
-    assert again.returncode == 2 and "already exists" in again.stderr
+    code, err = run("convert", str(pickled), "--out", str(out))  # never overwrites
+    assert code == 2 and "already exists" in err
 
 
-def test_in_place_needs_the_flag_and_keeps_the_pickle(pickled):
-    assert run("convert", str(pickled)).returncode == 2  # neither --out nor --in-place: nothing written
+def test_in_place_needs_the_flag_and_keeps_the_pickle(pickled, run):
+    assert run("convert", str(pickled))[0] == 2  # neither --out nor --in-place: nothing written
     assert not (pickled / "model.safetensors").exists()
-    result = run("convert", str(pickled), "--in-place")
-    assert result.returncode == 0, result.stderr
+    code, err = run("convert", str(pickled), "--in-place")
+    assert code == 0, err
     assert (pickled / "pytorch_model.bin").is_file() and (pickled / "model.safetensors").is_file()
     assert sorted(checkpoint.verify_sha256sums(pickled)) == ["config.json", "model.safetensors",
                                                              "preprocessor_config.json", "pytorch_model.bin"]
-    assert run("convert", str(pickled), "--in-place").returncode == 2  # already converted
+    assert run("convert", str(pickled), "--in-place")[0] == 2  # already converted
 
 
-def test_a_pickle_that_is_not_a_state_dict_is_one_line(tmp_path, tiny_model):
+def test_a_pickle_that_is_not_a_state_dict_is_one_line(tmp_path, tiny_model, run):
     folder = tmp_path / "odd"
     shutil.copytree(tiny_model, folder)
     (folder / "model.safetensors").unlink()
     (folder / "SHA256SUMS").unlink()
     torch.save([1, 2, 3], folder / "pytorch_model.bin")
-    result = run("convert", str(folder), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and "no plain {name: tensor} state dict" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    code, err = run("convert", str(folder), "--out", str(tmp_path / "out"))
+    assert code == 2 and "no plain {name: tensor} state dict" in err and err.count("\n") == 2  # warning + error
+    assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
