@@ -23,7 +23,7 @@ from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
-from vitgender.validators.fairness import Prediction, accuracy_cell
+from vitgender.evaluation.metrics import Prediction, accuracy_cell
 from vitgender.validators.metrics import paired_accuracy
 from vitgender.validators.parity import group_deltas
 
@@ -38,7 +38,7 @@ def predictions(logits: np.ndarray, labels: tuple[str, ...], samples) -> list[Pr
 
 
 def summarise(name: str, ref: list[Prediction], art: list[Prediction], agreement: float) -> dict:
-    deltas = group_deltas(ref, art)
+    deltas = group_deltas(ref, art, ("female", "male"))  # the default model's tables
     cells = [d for d in deltas if set(d["group"]) in ({"race", "gender"}, {"age_bucket"})]
     big = [d for d in cells if d["n"] >= CELL_N]
     worst = max(big, key=lambda d: abs(d["delta"]), default=None)

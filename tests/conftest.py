@@ -86,6 +86,35 @@ def hostile_model(tmp_path_factory) -> Path:
     return make_tiny_vit(tmp_path_factory.mktemp("hostile") / "hostile-vit", labels=(HOSTILE_LABEL, "<script>x</script>"))
 
 
+def pickled_copy(model: Path, destination: Path) -> Path:
+    """A copy of `model` with its weights as pytorch_model.bin (what older HF checkpoints ship)."""
+    import shutil
+
+    import torch
+
+    from vitgender.checkpoint import load_model
+
+    shutil.copytree(model, destination)
+    state = load_model(destination).state_dict()
+    (destination / "model.safetensors").unlink()
+    (destination / "SHA256SUMS").unlink()
+    torch.save(state, destination / "pytorch_model.bin")
+    return destination
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`vitgender ARGS` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from vitgender.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vitgender", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err
+
+
 def random_image(seed: int, size=(48, 40), mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}[mode]

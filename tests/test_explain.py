@@ -4,14 +4,13 @@ the deletion metric ranks a faithful map above random, and the CLI writes a comp
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import HOSTILE_LABEL, random_image
+from tests.conftest import HOSTILE_LABEL, random_image, run_main
 from vitgender.errors import ExitCode
 from vitgender.explain.deletion import curve_auc, deletion_curves, patch_order, remove_patches
 from vitgender.explain.maps import METHODS, attribution_result, average_maps, explain_pixels, rollout, rollout_result
@@ -273,16 +272,6 @@ def test_face_maps_land_inside_their_crop_on_the_original_photo(explainer):
     assert explainer.explain_faces(photo, FixedDetector([])) == []
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from vitgender.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["vitgender", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
-
-
 def test_cli_writes_an_overlay_per_image_and_a_self_contained_sheet(tiny_model, image_dir, tmp_path, monkeypatch,
                                                                       capsys):
     out = tmp_path / "explained"
@@ -364,7 +353,7 @@ def test_sheet_puts_wrong_and_uncertain_answers_first(tiny_model, tmp_path, monk
     args = ["explain", str(images), "--model", str(tiny_model), "--out", str(out)]
     assert run_main(monkeypatch, capsys, *args)[0] == ExitCode.OK
     page = (out / "index.html").read_text()
-    assert page.count("wrong (file name says") == 1 and "uncertain" not in page
+    assert page.count("wrong (expected") == 1 and "uncertain" not in page
     cards = re.findall(r'<div class="card"[^>]*>.*?<div class="name">([^<]*)</div>', page)
     assert cards[0].endswith("00_first.png")  # without --min-confidence: input order
     code, _, _ = run_main(monkeypatch, capsys, *args, "--overwrite", "--min-confidence", "1.0")
@@ -373,7 +362,7 @@ def test_sheet_puts_wrong_and_uncertain_answers_first(tiny_model, tmp_path, monk
     code, _, _ = run_main(monkeypatch, capsys, *args, "--overwrite", "--min-confidence", "0.0")
     page = (out / "index.html").read_text()
     cards = re.findall(r'<div class="card"[^>]*>.*?<div class="name">([^<]*)</div>', page)
-    assert "wrong (file name says" in page.split('<div class="card"')[1]  # the wrong answer comes first,
+    assert "wrong (expected" in page.split('<div class="card"')[1]  # the wrong answer comes first,
     assert cards[1].endswith("00_first.png")  # then the rest in input order
 
 

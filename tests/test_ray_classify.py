@@ -111,6 +111,29 @@ def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_pa
             assert np.allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
 
 
+def test_actor_stages_load_pickle_weights_and_decode_under_the_alpha_policy(tiny_model, tmp_path):
+    """The stages each Ray worker runs, called in-process: what the options say reaches them."""
+    from tests.conftest import pickled_copy
+    from vitgender.classify import load_classifier
+    from vitgender.batch.ray_classify import Predict, PredictFaces, decode_batch
+    from vitgender.runtimes import open_runner
+
+    pickled = pickled_copy(tiny_model, tmp_path / "pickled")
+    pixels = np.random.default_rng(5).integers(0, 256, size=(40, 40, 4), dtype=np.uint8)
+    pixels[..., 3] = np.where(np.arange(40)[:, None] < 20, 0, 255)
+    png = tmp_path / "alpha.png"
+    Image.fromarray(pixels, "RGBA").save(png)
+    options = RayClassifyOptions(alpha="drop", allow_pickle=True)
+    info = open_runner("torch", str(pickled), **options.runner_options()).info  # what the driver hands the tasks
+    decoded = decode_batch({"image": np.array([str(png)], dtype=object)}, info.preprocess, options.max_pixels)
+    scores = Predict(str(pickled), "torch", 1, "softmax", options.runner_options())(decoded)["scores"][0]
+    expected = load_classifier(str(pickled), allow_pickle=True, alpha="drop").classify(str(png))[0]
+    assert np.allclose(sorted(scores, reverse=True), [p["score"] for p in expected], atol=1e-6)
+    pytest.importorskip("cv2", reason="the face actor's haar detector needs OpenCV")
+    faces = PredictFaces(str(pickled), "torch", 1, options)  # opens its Classifier with the same options
+    assert faces.classifier.preprocessor.config.alpha == "drop"
+
+
 def test_face_first_mode_on_ray_matches_single_machine(cluster, tiny_model, tmp_path):
     pytest.importorskip("cv2", reason="face-first mode needs the faces extra: pip install .[faces]")
     from benchmarks.scenes import make_scene

@@ -167,7 +167,9 @@ def weight_files(directory: Path, allow_pickle: bool = False) -> CheckpointFiles
         if not allow_pickle:
             raise CheckpointError(
                 str(pickled[0]),
-                "pickle weights can run arbitrary code when loaded; convert to safetensors or pass --allow-pickle",
+                "pickle weights can run arbitrary code when loaded; convert them once with "
+                f"'vitgender convert {directory} --out {directory.name}-safetensors' (classify, explain and verify "
+                "also take --allow-pickle)",
             )
         return CheckpointFiles(directory, tuple(pickled), True)
     raise CheckpointError(str(directory), "no model.safetensors (or sharded index) found")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vitgender.errors import ImageError, UsageError, VitgenderError
 from vitgender.inputs import as_image_list
-from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
+from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor
 from vitgender.runtimes import Runner, open_runner, runner_input
 from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 
@@ -64,8 +64,7 @@ class Classifier:
         self.close()
 
     def logits(self, images: Sequence[ImageSource]) -> np.ndarray:
-        decoded = (decode_image(image, max_pixels=self.max_pixels) for image in images)
-        resized = np.stack([self.preprocessor.resize(image) for image in decoded])
+        resized = np.stack([self.preprocessor.load(image, self.max_pixels) for image in images])
         return self.runner.run(runner_input(self.runner, resized))
 
     def classify(
@@ -100,7 +99,7 @@ class Classifier:
 
         out = []
         for image in as_image_list(images):
-            decoded = decode_image(image, max_pixels=self.max_pixels)
+            decoded = self.preprocessor.decode(image, self.max_pixels)
             faces, crops = faces_and_crops(detector, decoded, max_faces)
             predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
                                         function_to_apply=function_to_apply,
@@ -160,7 +159,7 @@ class Classifier:
                 pending.append((item[0], Result(item[0], error=item[1])))
             else:
                 try:
-                    image = decode_image(item, max_pixels=self.max_pixels)
+                    image = self.preprocessor.decode(item, self.max_pixels)
                 except ImageError as exc:
                     pending.append((item, Result(item, error=exc.why)))
                 else:
@@ -179,11 +178,14 @@ def load_classifier(
     allow_pickle: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tta: str | None = None,
+    alpha: str | None = None,
 ) -> Classifier:
     """A Classifier over `model` (None = the embedded default model) on the given runtime;
-    `tta="flip"` averages each image with its mirror image. `allow_pickle` is a torch option: set for
+    `tta="flip"` averages each image with its mirror image; `alpha` (white, black, drop) replaces
+    the model's alpha policy for transparent images. `allow_pickle` is a torch option: set for
     another runtime it is refused. Close it when done (or use it in a `with` block)."""
-    return Classifier(open_runner(runtime, model, tta=tta, allow_pickle=allow_pickle), max_pixels=max_pixels)
+    return Classifier(open_runner(runtime, model, tta=tta, alpha=alpha, allow_pickle=allow_pickle),
+                      max_pixels=max_pixels)
 
 
 __all__ = ["Classifier", "Result", "VitgenderError", "load_classifier"]

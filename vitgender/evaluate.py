@@ -7,33 +7,35 @@ are counted and listed in the report, never silently dropped from the denominato
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from vitgender.scoring import apply_function
 from vitgender.errors import ImageError, UsageError
-from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.preprocess import Preprocessor
 from vitgender.runtimes import Runner, runner_input
-from vitgender.data import Sample, load_labelled, split_samples
-from vitgender.validators.fairness import Prediction, summarize
+from vitgender.data import LabelledSet, Sample, open_labelled, split_samples
+from vitgender.evaluation.metrics import Prediction, summarize
 
 SPLITS = ("all", "train", "val")
 
 
-def select(source: Path, split: str = "all", min_age: int | None = None) -> tuple[list[Sample], list[str]]:
-    """The labelled samples to evaluate, and the names skipped as unlabelled."""
+def select(source: Path, split: str = "all", min_age: int | None = None, *, labels: Sequence[str] | None = None,
+           label_field: str | None = None) -> LabelledSet:
+    """The labelled set to evaluate (labels matched to the model's `labels`), with its skipped names."""
     if split not in SPLITS:
         raise UsageError(split, f"split must be one of {', '.join(SPLITS)}")
-    samples, skipped = load_labelled(source)
+    labelled = open_labelled(source, labels=labels, label_field=label_field)
     if split != "all":
-        samples = split_samples(samples)[split]
+        labelled.samples = split_samples(labelled.samples)[split]
     if min_age is not None:
-        if not any("age" in s.groups for s in samples):
+        if not any("age" in s.groups for s in labelled.samples):
             raise UsageError(str(source), "--min-age needs age labels (UTKFace names or an age column)")
-        samples = [s for s in samples if s.groups.get("age", "").isdecimal() and int(s.groups["age"]) >= min_age]
-    return samples, skipped
+        labelled.samples = [s for s in labelled.samples
+                            if s.groups.get("age", "").isdecimal() and int(s.groups["age"]) >= min_age]
+    return labelled
 
 
 def predict_samples(
@@ -53,7 +55,7 @@ def predict_samples(
         batch, pixels = [], []
         for sample in samples[start : start + batch_size]:
             try:
-                pixels.append(pre.resize(decode_image(sample.path)))
+                pixels.append(pre.load(sample.path))
                 batch.append(sample)
             except ImageError as exc:
                 errors.append({"image": str(sample.path), "error": exc.why})
@@ -67,9 +69,11 @@ def predict_samples(
 
 
 def report_of(runner: Runner, predictions: list[Prediction], errors: list[dict], skipped: list[str], *,
-              min_confidence: float | None = None) -> dict:
-    """The evaluation report for predictions already made (the CLI keeps them for `--explain`)."""
-    report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence)
+              min_confidence: float | None = None, groupings: Sequence[tuple[str, ...]] | None = None) -> dict:
+    """The evaluation report for predictions already made (the CLI keeps them for `--explain`);
+    `groupings` as `summarize` takes them."""
+    report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence,
+                       groupings=groupings)
     report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
     return report
 

@@ -3,9 +3,13 @@
 Decoding policy (documented in the README, applied everywhere: CLI, server, validators):
 - EXIF orientation is applied (`ImageOps.exif_transpose`), as the transformers pipeline does.
 - Animated images (GIF, APNG, WebP): the first frame.
-- Transparency (RGBA, LA, PA, P with a transparency key): composited on `background`
-  (white by default). `background=None` reproduces transformers, whose `convert_to_rgb` and
-  pipeline `load_image` drop the alpha channel and keep whatever colour hides beneath it.
+- Transparency (RGBA, LA, PA, P with a transparency key): the alpha policy, one of ALPHA_POLICIES.
+  `white` (the default) and `black` composite the image on that colour; `drop` reproduces
+  transformers, whose `convert_to_rgb` and pipeline `load_image` discard the alpha channel and
+  keep whatever colour hides beneath it (often black, or junk, in fully transparent pixels).
+  The policy travels in `PreprocessConfig.alpha`: a checkpoint may set it in its
+  preprocessor_config.json ("alpha"), an export records it in each artifact's sidecar, and
+  `--alpha` overrides it for one command, so classify, validate, serve and Ray decode alike.
 - Grayscale, CMYK, YCbCr, palette: converted to RGB by Pillow.
 - 16-bit and 32-bit integer images (I;16, I): scaled to 8 bits (value * 255 / max of the mode's
   range), since Pillow's own conversion clips them to 255.
@@ -36,7 +40,9 @@ from vitgender.errors import ImageError
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
 DEFAULT_MAX_PIXELS = 64_000_000
-WHITE = (255, 255, 255)
+ALPHA_POLICIES = ("white", "black", "drop")
+DEFAULT_ALPHA = "white"
+_BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "drop": None}
 
 # Pillow's own bomb check only warns below 2x its limit; we enforce ours explicitly instead.
 Image.MAX_IMAGE_PIXELS = None
@@ -49,6 +55,13 @@ def _describe(source: ImageSource) -> str:
     if isinstance(source, Image.Image):
         return "<PIL image>"
     return os.fspath(source)
+
+
+def check_alpha(policy: str) -> str:
+    """The policy, or ValueError naming the choices (a usage error at the CLI)."""
+    if policy not in ALPHA_POLICIES:
+        raise ValueError(f"alpha policy {policy!r} is not one of {', '.join(ALPHA_POLICIES)}")
+    return policy
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int] | None) -> Image.Image:
@@ -81,9 +94,11 @@ def decode_image(
     source: ImageSource,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    background: tuple[int, int, int] | None = WHITE,
+    alpha: str = DEFAULT_ALPHA,
 ) -> Image.Image:
-    """Decode bytes, a path or a PIL image into an upright 8-bit RGB image, or raise ImageError."""
+    """Decode bytes, a path or a PIL image into an upright 8-bit RGB image (transparency handled by
+    the `alpha` policy), or raise ImageError."""
+    background = _BACKGROUNDS[check_alpha(alpha)]
     what = _describe(source)
     if isinstance(source, Image.Image):
         image = source
@@ -154,6 +169,7 @@ class PreprocessConfig:
     do_normalize: bool = True
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    alpha: str = DEFAULT_ALPHA  # not an HF field: how transparent pixels are decoded (ALPHA_POLICIES)
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
@@ -180,6 +196,7 @@ class PreprocessConfig:
             do_normalize=bool(data.get("do_normalize", True)),
             image_mean=_triple(mean, "image_mean"),
             image_std=_triple(std, "image_std"),
+            alpha=check_alpha(data.get("alpha", DEFAULT_ALPHA)),
         )
         if not (0 < config.height <= MAX_SIDE and 0 < config.width <= MAX_SIDE):
             raise ValueError(f"size {config.height}x{config.width} is outside 1..{MAX_SIDE}")
@@ -195,6 +212,7 @@ class PreprocessConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict:
+        """The HF `preprocessor_config.json` fields (the alpha policy is not one; see `to_sidecar`)."""
         return {
             "do_resize": self.do_resize,
             "size": {"height": self.height, "width": self.width},
@@ -206,6 +224,10 @@ class PreprocessConfig:
             "image_std": list(self.image_std),
             "image_processor_type": "ViTImageProcessor",
         }
+
+    def to_sidecar(self) -> dict:
+        """The HF fields plus the alpha policy, as an exported artifact's sidecar records them."""
+        return {**self.to_dict(), "alpha": self.alpha}
 
     @property
     def resample_name(self) -> str:
@@ -219,6 +241,14 @@ class Preprocessor:
         self.config = config
         self._mean = np.asarray(config.image_mean, dtype=np.float32)
         self._std = np.asarray(config.image_std, dtype=np.float32)
+
+    def decode(self, source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """`decode_image` under this model's alpha policy."""
+        return decode_image(source, max_pixels=max_pixels, alpha=self.config.alpha)
+
+    def load(self, source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Decode and resize: the uint8 HWC array the model sees before normalisation."""
+        return self.resize(self.decode(source, max_pixels))
 
     def resize(self, image: Image.Image) -> np.ndarray:
         """The uint8 HWC array the model sees before normalisation."""

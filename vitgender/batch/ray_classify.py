@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ import numpy as np
 from vitgender.batch.shards import ShardSink
 from vitgender.errors import ImageError, UsageError
 from vitgender.inputs import IMAGE_SUFFIXES, expand_inputs
-from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor, decode_image
+from vitgender.preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, Preprocessor
 from vitgender.scoring import Result, apply_function, rank, with_uncertainty
 
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -62,6 +62,12 @@ class RayClassifyOptions:
     max_faces: int = 20
     max_pixels: int = DEFAULT_MAX_PIXELS
     tta: str | None = None  # "flip": horizontal-flip test-time averaging in every actor
+    alpha: str | None = None  # replaces the model's alpha policy (white, black, drop)
+    allow_pickle: bool = False  # PyTorch checkpoints with .bin/.pt weights, in the driver and every actor
+
+    def runner_options(self) -> dict:
+        """What `open_runner` takes, the same in the driver and in every actor."""
+        return {"tta": self.tta, "alpha": self.alpha, **({"allow_pickle": True} if self.allow_pickle else {})}
 
 
 @dataclass
@@ -188,7 +194,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, max
     errors = []
     for i, source in enumerate(paths):
         try:
-            pixels[i] = preprocessor.resize(decode_image(read_image_bytes(str(source)), max_pixels=max_pixels))
+            pixels[i] = preprocessor.load(read_image_bytes(str(source)), max_pixels)
             errors.append("")
         except (ImageError, OSError) as exc:
             errors.append(_why(exc))
@@ -199,10 +205,10 @@ class Predict:
     """Ray actor: one Runner per actor, loaded once; scores (NaN rows for errors) per batch."""
 
     def __init__(self, model: str | None, runtime: str, threads: int, function_to_apply: str,
-                 tta: str | None = None) -> None:
+                 runner_options: dict | None = None) -> None:
         from vitgender.runtimes import open_runner
 
-        self.runner = open_runner(runtime, model, threads=threads, tta=tta)
+        self.runner = open_runner(runtime, model, threads=threads, **(runner_options or {}))
         self.function_to_apply = function_to_apply
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -224,7 +230,7 @@ class PredictFaces:
         from vitgender.faces import open_detector
         from vitgender.runtimes import open_runner
 
-        self.classifier = Classifier(open_runner(runtime, model, threads=threads, tta=options.tta),
+        self.classifier = Classifier(open_runner(runtime, model, threads=threads, **options.runner_options()),
                                      max_pixels=options.max_pixels)
         self.detector = open_detector(options.detector)
         self.options = options
@@ -312,7 +318,12 @@ def classify_on_ray(
     from vitgender.runtimes.tta import check_tta
 
     check_tta(options.tta)
-    labels, preprocess = read_metadata(runtime, model)  # from the model's metadata; the actors open runners
+    if options.allow_pickle and runtime != "torch":
+        raise UsageError("--allow-pickle", f"only with PyTorch checkpoints (not the {runtime} runtime)")
+    # From the model's metadata; the actors open the runners.
+    labels, preprocess = read_metadata(runtime, model, allow_pickle=options.allow_pickle)
+    if options.alpha is not None:
+        preprocess = replace(preprocess, alpha=options.alpha)
     for spec, why in failed:
         on_error(f"{spec}: {why}")
     sink.add(Result(spec, error=why).to_dict() for spec, why in failed)
@@ -338,7 +349,8 @@ def classify_on_ray(
                                           batch_size=options.batch_size, batch_format="numpy",
                                           num_cpus=options.decode_cpus,
                                           concurrency=options.decode_tasks_per_node * max(1, len(nodes)))
-            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply, options.tta)
+            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply,
+                                             options.runner_options())
         else:
             predictor, arguments = PredictFaces, (model, runtime, threads, options)
         dataset = dataset.map_batches(predictor, fn_constructor_args=arguments, batch_size=options.batch_size,

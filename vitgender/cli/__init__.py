@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from vitgender.cli import bench, classify, evaluate, export, serve, train, validate, verify  # noqa: F401 - registers
+from vitgender.cli import bench, classify, convert, evaluate, export, serve, train, validate, verify  # noqa: F401 - registers
 from vitgender.cli import explain  # noqa: F401 - registers `vitgender explain`
 from vitgender.cli.app import app
 from vitgender.cli.common import error

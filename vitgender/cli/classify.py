@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import MODEL_HELP, RUNTIME_HELP, TTA_HELP, closed_pipe_ends_quietly, error, progress_bar
+from vitgender.cli.common import (ALPHA_HELP, MODEL_HELP, PICKLE_HELP, RUNTIME_HELP, TTA_HELP, AlphaPolicy,
+                                  closed_pipe_ends_quietly, error, only_with, progress_bar)
 from vitgender.cli.result_writers import OutputFormat, ResultWriter
 from vitgender.output_folders import atomic_file
 
@@ -23,6 +24,7 @@ def _batch_size(value: str) -> int | str:
 
 @app.command()
 def classify(
+    ctx: typer.Context,
     paths: list[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders (recursive) or glob patterns; "
                                       "with --ray also URIs (s3://, gs://, file://) and path lists (.txt, or a "
                                       ".csv/.parquet column)."),
@@ -36,7 +38,8 @@ def classify(
     output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write here instead of stdout "
                                          "(atomically); with --ray, the folder (or URI) of the result shards."),
     tta: str = typer.Option("none", metavar="MODE", help=TTA_HELP),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights (loaded weights_only)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
+    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
     min_confidence: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=1.0, help="Answers whose top score is below "
                                                    "this start with the label 'uncertain' (scored with that top "
                                                    "score), followed by the ranked labels."),
@@ -61,6 +64,18 @@ def classify(
     A bad input never aborts the run: it gets an error record and a stderr line, and the exit
     code is 2 if any input failed, 0 otherwise.
     """
+    alpha = alpha.value if alpha is not None else None
+    from vitgender.runtimes import runtime_for
+
+    runtime = runtime or runtime_for(model)
+    only_with(ctx, ray, "--ray", "ray_address", "actors_per_node", "num_cpus_per_actor", "resume", "path_column",
+              "rows_per_shard")
+    only_with(ctx, faces, "--faces", "detector", "max_faces")
+    only_with(ctx, runtime == "torch", f"PyTorch checkpoints (not the {runtime} runtime)", "allow_pickle")
+    only_with(ctx, ray or not faces, "whole images or --ray (with --faces, each image's faces form one batch)",
+              "batch_size")
+    only_with(ctx, not ray or batch_size != "auto", "one machine ('auto' reads this machine's free memory; give "
+              "--ray a number)", "batch_size")
     size = _batch_size(batch_size or ("64" if ray else "8"))
     if ray:
         from vitgender.batch.ray_classify import RayClassifyOptions
@@ -74,13 +89,13 @@ def classify(
             num_cpus_per_actor=num_cpus_per_actor, output_format=(fmt or OutputFormat.parquet).value,
             rows_per_shard=rows_per_shard, resume=resume, path_column=path_column, top_k=top_k,
             min_confidence=min_confidence, faces=faces, detector=detector, max_faces=max_faces,
-            tta=tta)
+            tta=tta, alpha=alpha, allow_pickle=allow_pickle)
         _classify_on_ray(paths, output, model, runtime, options)
         return
     if fmt is OutputFormat.parquet:
         raise typer.BadParameter("parquet output is for --ray (sharded); choose jsonl, csv or json", param_hint="--format")
     _classify_here(paths, model, runtime, size, top_k, fmt or OutputFormat.jsonl, Path(output) if output else None,
-                   allow_pickle, min_confidence, faces, detector, max_faces, tta)
+                   allow_pickle, min_confidence, faces, detector, max_faces, tta, alpha)
 
 
 def _classify_on_ray(paths: list[str], output: str, model: str | None, runtime: str | None, options) -> None:
@@ -94,14 +109,13 @@ def _classify_on_ray(paths: list[str], output: str, model: str | None, runtime: 
         raise typer.Exit(2)
 
 
-def _classify_here(paths: list[str], model: str | None, runtime: str | None, size: int | str, top_k: int | None,
+def _classify_here(paths: list[str], model: str | None, runtime: str, size: int | str, top_k: int | None,
                    fmt: OutputFormat, output: Path | None, allow_pickle: bool, min_confidence: float | None,
-                   faces: bool, detector: str, max_faces: int, tta: str) -> None:
+                   faces: bool, detector: str, max_faces: int, tta: str, alpha: str | None) -> None:
     from vitgender.classify import auto_batch_size, load_classifier
     from vitgender.inputs import expand_inputs
-    from vitgender.runtimes import runtime_for
 
-    with load_classifier(model, runtime=runtime or runtime_for(model), allow_pickle=allow_pickle, tta=tta) as classifier:
+    with load_classifier(model, runtime=runtime, allow_pickle=allow_pickle, tta=tta, alpha=alpha) as classifier:
         from vitgender.faces import FaceCropHint, open_detector
 
         face_detector = open_detector(detector) if faces else None

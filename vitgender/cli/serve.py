@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import MODEL_HELP, RUNTIME_HELP, TTA_HELP
+from vitgender.cli.common import ALPHA_HELP, AlphaPolicy, MODEL_HELP, RUNTIME_HELP, TTA_HELP
 
 
 @app.command()
@@ -22,6 +22,7 @@ def serve(
     max_body_mb: float = typer.Option(2.0, metavar="MB", min=0.01, help="Largest accepted request body (413 above)."),
     threads: Optional[int] = typer.Option(None, metavar="N", min=1, help="Intra-op threads for the runtime."),
     tta: str = typer.Option("none", metavar="MODE", help=TTA_HELP),
+    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
     detector: str = typer.Option("haar", metavar="NAME", help="Face detector for requests with parameters.faces = true (haar or blazeface)."),
     max_faces: int = typer.Option(20, metavar="N", min=1, help="Most faces classified per image in face-first requests."),
     ray: bool = typer.Option(False, "--ray", help="Deploy on Ray Serve with autoscaling instead of one process."),
@@ -32,6 +33,7 @@ def serve(
     access_log: bool = typer.Option(True, help="Log one line per request (uvicorn's access log) on stdout."),
 ) -> None:
     """Serve the model over an HTTP API compatible with the HF Inference API (image-classification)."""
+    alpha = alpha.value if alpha is not None else None
     from vitgender.runtimes import runtime_for
     from vitgender.runtimes.tta import check_tta
 
@@ -43,7 +45,7 @@ def serve(
 
         options = RayServeOptions(min_replicas=min_replicas, max_replicas=max_replicas,
                                   target_ongoing_requests=target_ongoing_requests, max_batch_size=max_batch_size,
-                                  batch_wait_timeout_s=max_wait_ms / 1000, tta=tta)
+                                  batch_wait_timeout_s=max_wait_ms / 1000, tta=tta, alpha=alpha)
         run_ray_serve(model, chosen, options, host=host, port=port, address=ray_address,
                       max_body_bytes=max_body_bytes, detector=detector, max_faces=max_faces,
                       announce=lambda line: typer.echo(line, err=True))
@@ -54,7 +56,7 @@ def serve(
 
     settings = ServeSettings(model=model, runtime=chosen, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, max_body_bytes=max_body_bytes, threads=threads, tta=tta,
-                             detector=detector, max_faces=max_faces)
+                             detector=detector, max_faces=max_faces, alpha=alpha)
 
     def announce(line: str) -> None:
         typer.echo(f"vitgender serve: {line}", err=True)

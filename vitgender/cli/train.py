@@ -1,4 +1,4 @@
-"""`vitgender train`: the fine-tune recipe that built the default model (imports training/ lazily)."""
+"""`vitgender train`: fine-tune a ViT classifier with the recipe that built the default model (imports training/ lazily)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from vitgender.cli.common import progress_bar
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", metavar="DATA", help="UTKFace-named folder, ImageFolder tree, CSV (path,label) or a pack .zip."),
+    data: Path = typer.Option(..., "--data", metavar="DATA", help="Class folders (one per label), a CSV (path,label), "
+                              "a folder of UTKFace-named files (labelled by their gender field) or a pack .zip."),
     out: Path = typer.Option(..., "--out", metavar="DIR", help="Where to write the fine-tuned checkpoint directory."),
     image_size: Optional[int] = typer.Option(None, metavar="N", help="Input resolution, a multiple of 14 (default 140, "
                                              "the model's); --refit-top keeps --init's."),
@@ -37,7 +38,7 @@ def train(
     resume: bool = typer.Option(True, help="Continue from OUT.run/checkpoint.pt if present."),
     pack: Optional[Path] = typer.Option(None, metavar="FILE", help="Also write the resized data as a compact pack .zip (for another machine)."),
 ) -> None:
-    """Fine-tune a ViT gender classifier (the recipe that built the default model)."""
+    """Fine-tune a ViT image classifier on labelled images (the recipe that built the default model)."""
     from vitgender.training.finetune import TrainConfig
     from vitgender.training.recipe import run_refit, run_training
     from vitgender.training.top_blocks import TopBlocksConfig

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
+from vitgender.cli.common import ALPHA_HELP, AlphaPolicy
 from vitgender.errors import ExitCode, UsageError
 
 
@@ -27,8 +28,11 @@ def validate(
     localize: bool = typer.Option(False, "--localize", help="Compare every ONNX and TFLite artifact with PyTorch block "
                                   "by block and name where they start to differ (always done for a failing one)."),
     only: Optional[str] = typer.Option(None, metavar="NAMES", help="Comma list of artifact names to validate (default: all)."),
+    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP + " Applies to PyTorch "
+                                        "and every artifact alike."),
 ) -> None:
     """Prove every artifact matches PyTorch on the same images. Exit 0 pass, 1 parity regression, 2 usage error."""
+    alpha = alpha.value if alpha is not None else None
     from vitgender.reporting import validation as reports
     from vitgender.validators import parity
 
@@ -42,7 +46,7 @@ def validate(
             raise UsageError(str(baseline), "not a vitgender report.json (expected a JSON object)")
     result = parity.validate(artifact_dir, model=model, images=images, reference=reference, labels=labels,
                              budget_file=budget, only=only.split(",") if only else None, localize=localize,
-                             on_artifact=lambda name: typer.echo(f"[validate] {name}", err=True))
+                             on_artifact=lambda name: typer.echo(f"[validate] {name}", err=True), alpha=alpha)
     if stored is not None:
         parity.compare_baseline(result, stored)
     written = reports.write_reports(result, report_dir or artifact_dir / "validation")

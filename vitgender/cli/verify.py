@@ -12,9 +12,11 @@ from vitgender.errors import UsageError
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     directory: Path = typer.Argument(..., metavar="DIR", help="Checkpoint directory."),
     write: bool = typer.Option(False, "--write", help="Create or refresh SHA256SUMS instead of checking it."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights; or convert them once: "
+                                      "'vitgender convert DIR'."),
 ) -> None:
     """Check a checkpoint: SHA256SUMS, safetensors headers, config. Exit 0 only if all pass.
 
@@ -22,7 +24,9 @@ def verify(
     checkpoint whose files nothing vouches for is not verified.
     """
     from vitgender import checkpoint
+    from vitgender.cli.common import only_with
 
+    only_with(ctx, not write, "checking (--write records the files as they are, pickle or not)", "allow_pickle")
     if not directory.is_dir():
         raise UsageError(str(directory), "not a directory")
     if write:

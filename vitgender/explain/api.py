@@ -13,8 +13,8 @@ through the same decoding and ViTImageProcessor-identical preprocessing as `Clas
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -23,7 +23,7 @@ from vitgender.inputs import as_image_list
 from vitgender.scoring import apply_function, rank
 from vitgender.errors import ImageError, UsageError
 from vitgender.explain.maps import METHODS, MapResult, explain_pixels
-from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, decode_image
+from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor
 
 # Chosen by the deletion test (benchmarks/explain_deletion.py, 300 UTKFace validation faces,
 # docs/explain.md): removing patches in attribution's order drops the predicted class's
@@ -49,12 +49,14 @@ class Explanation:
 
 @dataclass
 class ExplainedImage:
-    """One input of `Explainer.stream`: its decoded image and explanations, or why it failed."""
+    """One input of `Explainer.stream`: its decoded image and explanations, or why it failed, and the
+    label the data says it should get (None when it does not say)."""
 
     name: str
     image: Image.Image | None = None
     explanations: list[Explanation] = field(default_factory=list)
     error: str | None = None
+    expected: str | None = None
 
 
 def crop_region(box: tuple[int, int, int, int], margin: float = 0.1) -> tuple[int, int, int, int]:
@@ -77,13 +79,18 @@ class Explainer:
     """Heat maps over the patch grid for a checkpoint's predictions (None = the embedded default model)."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, allow_pickle: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, alpha: str | None = None) -> None:
         from vitgender.checkpoint import open_checkpoint
+        from vitgender.preprocess import check_alpha
 
         checkpoint = open_checkpoint(model, allow_pickle)
         self.model = checkpoint.load_model().float()  # gradients in float32, whatever the file stores
         self.labels = checkpoint.labels
-        self.preprocessor = Preprocessor(checkpoint.preprocess)
+        try:
+            preprocess = checkpoint.preprocess if alpha is None else replace(checkpoint.preprocess, alpha=check_alpha(alpha))
+        except ValueError as exc:
+            raise UsageError(f"--alpha {alpha}", str(exc)) from None
+        self.preprocessor = Preprocessor(preprocess)
         self.max_pixels = max_pixels
 
     @property
@@ -121,7 +128,7 @@ class Explainer:
         out: list[Explanation] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            decoded = [decode_image(image, max_pixels=self.max_pixels) for image in chunk]
+            decoded = [self.preprocessor.decode(image, self.max_pixels) for image in chunk]
             out.extend(self._explanations([_name(s, start + i) for i, s in enumerate(chunk)], decoded, method))
         return out
 
@@ -130,7 +137,7 @@ class Explainer:
         """One explanation per detected face (maybe none), each placed by its box in the original photo."""
         from vitgender.faces import faces_and_crops
 
-        decoded = image if isinstance(image, Image.Image) else decode_image(image, max_pixels=self.max_pixels)
+        decoded = image if isinstance(image, Image.Image) else self.preprocessor.decode(image, self.max_pixels)
         faces, crops = faces_and_crops(detector, decoded, max_faces)
         if not crops:
             return []
@@ -143,11 +150,13 @@ class Explainer:
         return out
 
     def stream(self, paths: Iterable[str | tuple[str, str]], method: str = DEFAULT_METHOD, *,
-               detector=None, max_faces: int = 20, batch_size: int = 8) -> Iterator[ExplainedImage]:
+               detector=None, max_faces: int = 20, batch_size: int = 8,
+               expected: Callable[[str], str | None] = lambda name: None) -> Iterator[ExplainedImage]:
         """Results in input order, one batch in memory at a time; bad inputs become error records.
 
         `paths` may carry `(name, error)` pairs for inputs that failed before decoding (as
         `vitgender.inputs.expand_inputs` yields them). With a `detector`, each image yields its faces.
+        `expected(name)` gives the label the data states for an input (`vitgender.data.ExpectedLabels`).
         """
         if method not in METHODS:
             raise UsageError(method, f"unknown explanation method (choose from {', '.join(METHODS)})")
@@ -167,16 +176,17 @@ class Explainer:
                 pending.append(ExplainedImage(entry[0], error=entry[1]))
             else:
                 try:
-                    image = decode_image(entry, max_pixels=self.max_pixels)
+                    image = self.preprocessor.decode(entry, self.max_pixels)
                 except ImageError as exc:
                     pending.append(ExplainedImage(entry, error=exc.why))
                 else:
                     if detector is not None:
                         yield from flush()
                         yield ExplainedImage(entry, image, self.explain_faces(image, detector, method,
-                                                                              max_faces=max_faces, name=entry))
+                                                                              max_faces=max_faces, name=entry),
+                                             expected=expected(entry))
                         continue
-                    pending.append(ExplainedImage(entry, image))
+                    pending.append(ExplainedImage(entry, image, expected=expected(entry)))
             if len(pending) >= batch_size:
                 yield from flush()
         yield from flush()

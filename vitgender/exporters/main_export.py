@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from vitgender import checkpoint
@@ -23,7 +24,7 @@ from vitgender.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.manifest import describe, write_manifest
 from vitgender.output_folders import atomic_dir
-from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.preprocess import Preprocessor
 from vitgender.runtimes.sidecar import Sidecar, write_sidecar
 
 
@@ -42,7 +43,8 @@ def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
 
 def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibration:
     images = calibration_images(options.calibration)
-    pixels = Preprocessor(ckpt.preprocess)([decode_image(p) for p in images])
+    pre = Preprocessor(ckpt.preprocess)
+    pixels = pre([pre.decode(p) for p in images])
     provenance = {"images": [p.name for p in images], "count": len(images), "folder": str(options.calibration),
                   "method": options.calibration_method, "preset": options.quant_preset,
                   "normalisation": ckpt.preprocess.to_dict()}
@@ -164,7 +166,8 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
     for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
         path = scratch / spec.filename
         io = input_spec(spec, ctx, built[spec.name])
-        write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, spec.precision, ckpt.architecture), io)
+        preprocess = ckpt.preprocess if options.alpha is None else replace(ckpt.preprocess, alpha=options.alpha)
+        write_sidecar(path, Sidecar(ckpt.labels, preprocess, spec.precision, ckpt.architecture), io)
         extra = {"converter": spec.toolchain, **({"opset": options.opset} if spec.runtime == "onnx" else {})}
         if spec.needs_calibration:
             extra["calibration"] = calibration.provenance

@@ -209,8 +209,8 @@ def contact_sheet(cards: Sequence[Card], *, model: str, method: str, min_confide
     flagged = sum(bool(c.flags) for c in cards)
     summary = f"inputs: {len(cards)}, unreadable: {failed}"
     if min_confidence is not None:
-        summary += (f", flagged: {flagged} (uncertain below {min_confidence:g}, contradicting a label in the file "
-                    "name, or no face found)")
+        summary += (f", flagged: {flagged} (uncertain below {min_confidence:g}, contradicting the label the "
+                    "data states, or no face found)")
     buttons = ('<button onclick="sortCards(\'order\', 1)">input order</button>'
                '<button onclick="sortCards(\'score\', 1)">score: lowest first</button>'
                '<button onclick="sortCards(\'score\', -1)">score: highest first</button>'
@@ -233,15 +233,6 @@ def is_explain_output(folder: Path) -> bool:
         return sheet.is_file() and "<h1>vitgender explain</h1>" in sheet.read_text(errors="replace")
     except OSError:
         return False
-
-
-def expected_label(name: str, labels: Sequence[str]) -> str | None:
-    """The label a UTKFace-style file name (`age_gender_race_*.jpg.chip.jpg`) states, when it is one
-    of the model's labels: then a different answer is a wrong answer worth seeing first."""
-    from vitgender.data import parse_utkface_name
-
-    sample = parse_utkface_name(Path(name).name)
-    return sample.label if sample is not None and sample.label in labels else None
 
 
 def _file_name(order: int, name: str) -> str:
@@ -268,9 +259,8 @@ class SheetWriter:
             found.append("no face found")
         if any(is_uncertain(e, self.min_confidence) for e in item.explanations):
             found.append("uncertain")
-        expected = expected_label(item.name, self.explainer.labels)
-        if expected is not None and any(e.label != expected for e in item.explanations):
-            found.append(f"wrong (file name says {expected})")
+        if item.expected is not None and any(e.label != item.expected for e in item.explanations):
+            found.append(f"wrong (expected {item.expected})")
         return tuple(found)
 
     def add(self, item: ExplainedImage) -> None:

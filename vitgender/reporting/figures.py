@@ -119,7 +119,7 @@ def bench(names: Sequence[str], throughput: dict[str, dict[int, float]],
 
 
 def cell_maps(cells: Sequence[dict], title: str) -> str:
-    """`evaluate --explain`: per race x gender cell, the average map of right and of wrong answers
+    """`evaluate --explain`: per cell of a group table, the average map of right and of wrong answers
     (patch grid, brighter = more of the decision rests there), with how many images each averages."""
     import numpy as np
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -133,8 +133,10 @@ def runtime_help() -> str:
         ". Default: by --model's file type."
 
 
-def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, **options) -> Runner:
-    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging.
+def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, alpha: str | None = None,
+                **options) -> Runner:
+    """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging, and `alpha`
+    replaces the alpha policy the model or artifact records (see `vitgender.preprocess`).
 
     `options` are the runtime's declared ones (`Runtime.options`); one it does not take is refused
     when set (`allow_pickle=True` for an ONNX file), ignored when left at its default. `threads`
@@ -148,21 +150,36 @@ def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = No
     taken = {k: v for k, v in options.items() if k in spec.options}
     if "threads" in spec.options and not taken.get("threads"):
         taken["threads"] = default_threads()
+    from vitgender.preprocess import check_alpha
     from vitgender.runtimes.tta import check_tta, with_tta
 
     check_tta(tta)
-    return with_tta(spec.load()(source, **taken), tta)
+    if alpha is not None:
+        try:
+            check_alpha(alpha)
+        except ValueError as exc:
+            raise UsageError(f"--alpha {alpha}", str(exc)) from None
+    runner = spec.load()(source, **taken)
+    if alpha is not None:
+        runner.info = replace(runner.info, preprocess=replace(runner.info.preprocess, alpha=alpha))
+    return with_tta(runner, tta)
 
 
-def read_metadata(runtime: str, source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
-    """A model's labels and preprocessing, read from its metadata (no weights loaded, no runner opened)."""
+def read_metadata(runtime: str, source: str | Path | None, *,
+                  allow_pickle: bool = False) -> tuple[tuple[str, ...], PreprocessConfig]:
+    """A model's labels and preprocessing, read from its metadata (no weights loaded, no runner opened).
+
+    `allow_pickle` reaches the checkpoint reader (torch only, as in `open_runner`)."""
+    if allow_pickle:
+        return _checkpoint_metadata(source, allow_pickle=True)
     return get_runtime(runtime).metadata(source)
 
 
-def _checkpoint_metadata(source: str | Path | None) -> tuple[tuple[str, ...], PreprocessConfig]:
+def _checkpoint_metadata(source: str | Path | None,
+                         allow_pickle: bool = False) -> tuple[tuple[str, ...], PreprocessConfig]:
     from vitgender.checkpoint import open_checkpoint
 
-    checkpoint = open_checkpoint(source)  # config and headers only; pickle weights are refused here, early
+    checkpoint = open_checkpoint(source, allow_pickle=allow_pickle)  # config and headers; pickle refused unless allowed
     return checkpoint.labels, checkpoint.preprocess
 
 

@@ -34,7 +34,7 @@ def write_sidecar(artifact: Path, sidecar: Sidecar, input_spec: dict) -> Path:
     path = sidecar_path(artifact)
     data = {
         "labels": list(sidecar.labels),
-        "preprocessor": sidecar.preprocess.to_dict(),
+        "preprocessor": sidecar.preprocess.to_sidecar(),
         "precision": sidecar.precision.value,
         "input": input_spec,
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(sidecar.labels)],

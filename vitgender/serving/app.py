@@ -45,6 +45,7 @@ class ServeSettings:
     expected_load_seconds: float = 10.0
     detector: str = "haar"
     max_faces: int = 20
+    alpha: str | None = None  # replaces the model's alpha policy (white, black, drop); None keeps it
 
 
 class _Metrics:
@@ -106,7 +107,7 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
                 from vitgender.runtimes import open_runner as opener
 
                 options = {"threads": settings.threads} if settings.threads else {}
-                runner = opener(settings.runtime, settings.model, tta=settings.tta, **options)
+                runner = opener(settings.runtime, settings.model, tta=settings.tta, alpha=settings.alpha, **options)
             state.preprocessor = Preprocessor(runner.info.preprocess)
             state.runner = runner
         except VitgenderError as exc:

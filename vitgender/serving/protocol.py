@@ -17,7 +17,7 @@ import numpy as np
 
 from vitgender.scoring import FUNCTIONS, apply_function, rank, with_uncertainty
 from vitgender.faces import Face, face_records, faces_and_crops
-from vitgender.preprocess import Preprocessor, decode_image
+from vitgender.preprocess import Preprocessor
 from vitgender.runtimes import Runner, runner_input
 
 
@@ -89,7 +89,7 @@ def parse_request(body: bytes, content_type: str, labels: int) -> tuple[bytes, P
 def prepare(runner: Runner, preprocessor: Preprocessor, image_bytes: bytes, params: Parameters,
             detector=None, max_faces: int = 20) -> tuple[list[Face], np.ndarray]:
     """Decode (ImageError on bad bytes), optionally detect faces, and build the Runner's inputs."""
-    image = decode_image(image_bytes)
+    image = preprocessor.decode(image_bytes)
     if params.faces:
         faces, crops = faces_and_crops(detector, image, max_faces)
         if not faces:

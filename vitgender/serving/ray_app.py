@@ -35,17 +35,18 @@ class RayServeOptions:
     downscale_delay_s: float = 10.0
     num_cpus_per_replica: float = 1.0
     tta: str | None = None  # "flip": horizontal-flip test-time averaging in every replica
+    alpha: str | None = None  # replaces the model's alpha policy (white, black, drop); None keeps it
 
 
 @serve.deployment
 class VitGenderDeployment:
     def __init__(self, model: str | None, runtime: str, max_body_bytes: int, max_batch_size: int,
                  batch_wait_timeout_s: float, detector: str = "haar", max_faces: int = 20,
-                 tta: str | None = None) -> None:
+                 tta: str | None = None, alpha: str | None = None) -> None:
         from vitgender.preprocess import Preprocessor
         from vitgender.runtimes import open_runner
 
-        self.runner = open_runner(runtime, model, tta=tta)
+        self.runner = open_runner(runtime, model, tta=tta, alpha=alpha)
         self.preprocessor = Preprocessor(self.runner.info.preprocess)
         self.max_body_bytes = max_body_bytes
         self.detector_name, self.max_faces, self._detector = detector, max_faces, None
@@ -100,7 +101,7 @@ def build_app(model: str | None, runtime: str, options: RayServeOptions, max_bod
         max_ongoing_requests=max(2 * options.max_batch_size, 8),
     )
     return deployment.bind(model, runtime, max_body_bytes, options.max_batch_size, options.batch_wait_timeout_s,
-                           detector, max_faces, options.tta)
+                           detector, max_faces, options.tta, options.alpha)
 
 
 def run_ray_serve(model: str | None, runtime: str, options: RayServeOptions, *, host: str, port: int,

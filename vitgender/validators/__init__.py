@@ -1,4 +1,4 @@
-"""Parity metrics, tolerance budgets, quantization proof and fairness tables -> typed check results.
+"""Parity metrics, tolerance budgets and quantization proof -> typed check results.
 
 Pure data: nothing here prints or renders; `vitgender.reporting` presents what these return.
 """

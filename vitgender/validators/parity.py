@@ -9,7 +9,7 @@ error, exit 2, not a parity result).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,14 @@ from vitgender.scoring import apply_function
 from vitgender.errors import UsageError
 from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
-from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor
 from vitgender.runtimes import open_runner, runtime_for
-from vitgender.data import Sample, load_labelled
+from vitgender.data import Sample, open_labelled
 from vitgender.precision import Precision
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.batching import batch_variation
 from vitgender.validators.checks import ArtifactResult, Check, ValidationResult
-from vitgender.validators.fairness import GROUPINGS, Prediction, accuracy_cell, group_table
+from vitgender.evaluation.metrics import Prediction, accuracy_cell, default_groupings, group_table, report_tables
 from vitgender.validators.inventory import check_precision, inventory
 from vitgender.validators.metrics import compare_logits, logit_diff_histogram, paired_accuracy
 
@@ -49,8 +49,9 @@ def resolve_images(images: Path | None, reference: str | None) -> Path:
     return REFERENCE_ROOT / name
 
 
-def load_images(folder: Path, labels: str) -> tuple[list[Path], list[Sample] | None]:
-    """Image paths, plus labelled samples when `labels` is auto (names/folders) or a CSV."""
+def load_images(folder: Path, labels: str, model_labels: Sequence[str] = ()) -> tuple[list[Path], list[Sample] | None]:
+    """Image paths, plus labelled samples when `labels` is auto (names/folders) or a CSV; UTKFace names
+    are labelled by the field whose values are the model's labels (none fits: unlabelled)."""
     if not folder.is_dir():
         raise UsageError(str(folder), "image folder does not exist")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -60,7 +61,7 @@ def load_images(folder: Path, labels: str) -> tuple[list[Path], list[Sample] | N
         return paths, None
     source = folder if labels == "auto" else Path(labels)
     try:
-        samples, _ = load_labelled(source)
+        samples = open_labelled(source, labels=model_labels or None).samples
     except UsageError:
         if labels == "auto":
             return paths, None
@@ -80,10 +81,12 @@ def _predictions(logits: np.ndarray, labels: tuple[str, ...], samples: list[Samp
     return out
 
 
-def group_deltas(reference: list[Prediction], candidate: list[Prediction]) -> list[dict]:
-    """Per group: accuracy of PyTorch vs the artifact, with n, for every grouping the data has."""
+def group_deltas(reference: list[Prediction], candidate: list[Prediction], labels: Sequence[str]) -> list[dict]:
+    """Per group: accuracy of PyTorch vs the artifact, with n, per label and per group of the tables
+    `evaluate` reports by default (at most two fields each)."""
     rows = []
-    for keys in GROUPINGS[:4]:
+    fields = {key for p in reference for key in p.groups}
+    for keys in (k for k in report_tables(reference, default_groupings(labels, fields)) if len(k) <= 2):
         ref_rows = {tuple(r["group"].items()): r for r in group_table(reference, keys)}
         for row in group_table(candidate, keys):
             ref = ref_rows[tuple(row["group"].items())]
@@ -126,7 +129,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
         art_preds = _predictions(logits, labels, samples, index)
         result.metrics.update(paired_accuracy([p.correct for p in ref_preds], [p.correct for p in art_preds]))
         result.accuracy = {"torch": accuracy_cell(ref_preds), "artifact": accuracy_cell(art_preds)}
-        result.group_deltas = group_deltas(ref_preds, art_preds)
+        result.group_deltas = group_deltas(ref_preds, art_preds, labels)
     result.checks = [label_check(labels, model_labels), *budgets_mod.check(result.metrics, budget)]
     result.inventory = inventory(path, entry["runtime"])
     if result.inventory is not None:
@@ -137,7 +140,7 @@ def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np
 def _runner_inputs(image_paths: list[Path], config: PreprocessConfig, raw: bool) -> np.ndarray:
     """The images as a runner with this preprocessing takes them: resized uint8 NHWC, or pixel_values."""
     pre = Preprocessor(config)
-    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
+    resized = np.stack([pre.load(path) for path in image_paths])
     return resized if raw else pre.normalize(resized)
 
 
@@ -152,9 +155,11 @@ def validate(
     only: list[str] | None = None,
     localize: bool = False,
     on_artifact: Callable[[str], None] = lambda name: None,
+    alpha: str | None = None,
 ) -> ValidationResult:
     """Run PyTorch and every artifact on the same images and judge each; with `localize`, every
-    ONNX and TFLite artifact (and, always, a failing one) gets its block-by-block error curve."""
+    ONNX and TFLite artifact (and, always, a failing one) gets its block-by-block error curve.
+    `alpha` replaces every runner's alpha policy (else each decodes as its sidecar records)."""
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
@@ -164,8 +169,8 @@ def validate(
         raise UsageError(str(artifact_dir), "the manifest lists no artifacts")
     paths = {e["name"]: verify_artifact(artifact_dir, e) for e in entries}  # sha256 first, before any inference
     folder = resolve_images(images, reference)
-    image_paths, samples = load_images(folder, labels)
     model_labels = manifest["model"].get("labels") or []
+    image_paths, samples = load_images(folder, labels, model_labels)
     unknown = sorted({s.label for s in samples or []} - set(model_labels))
     if unknown:  # judged against labels the model cannot give, every artifact would score 0%
         raise UsageError(", ".join(unknown)[:200], f"labels in {folder} are not the model's labels "
@@ -174,7 +179,7 @@ def validate(
     budgets = budgets_mod.load_budgets(budget_file)
 
     on_artifact("torch (reference)")
-    torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"])
+    torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"], alpha=alpha)
     # Each runner is fed the images preprocessed as its own sidecar says (what a deployment does);
     # decoding and resizing run once per distinct preprocessing, normally once for all. An
     # unreadable reference image is a usage error.
@@ -202,7 +207,7 @@ def validate(
     for entry in entries:
         on_artifact(entry["name"])
         path = paths[entry["name"]]
-        with open_runner(runtime_for(path), path) as runner:  # closed before the next one opens
+        with open_runner(runtime_for(path), path, alpha=alpha) as runner:  # closed before the next one opens
             result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
                               (ref_preds, samples, index) if ref_preds else None, labels_t)
             if (localize or not result.passed) and can_localize(runner):

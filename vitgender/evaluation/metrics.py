@@ -1,8 +1,10 @@
-"""Accuracy, calibration and per-group fairness: pure functions from predictions to data.
+"""Accuracy per label and per group, calibration: pure functions from predictions to data.
 
-Used by `vitgender evaluate` (one model or artifact) and by `vitgender validate` (the same
-tables per artifact, to show whether a conversion hurts one group more than another).
-Reporting (terminal, JSON, HTML) lives elsewhere; nothing here prints.
+Labels come from the model, groups from the data. Every report has a table per true label
+("label"); per-group tables use only metadata the data carries (UTKFace fields, CSV columns),
+chosen with `--group-by` or, for the default model's labels, the fairness tables its model card
+reports (gender, race, gender x race, age). Used by `vitgender evaluate` and `evaluate --explain`;
+the parity gate reuses the group tables. Reporting lives elsewhere; nothing here prints.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vitgender.data import AGE_BUCKETS
+from vitgender.errors import UsageError
 
-# Group tables reported for every evaluation, when the data carries the attributes.
+# The default model's labels; its evaluations report GROUPINGS (the tables of its model card).
+DEFAULT_LABELS = ("female", "male")
 GROUPINGS: tuple[tuple[str, ...], ...] = (("gender",), ("race",), ("gender", "race"), ("age_bucket",), ("race", "gender", "age_bucket"))
+LABEL = "label"  # the group key of the true label, available in every table
 MIN_GROUP_N_FOR_WORST = 30  # smaller cells have CIs too wide to name a "worst group"
 
 
@@ -32,6 +37,51 @@ class Prediction:
     @property
     def correct(self) -> bool:
         return self.label == self.predicted
+
+
+def is_default_labels(labels: Iterable[str]) -> bool:
+    """True for the default model's label set (female/male), whose reports carry its responsible-use text."""
+    return sorted(label.casefold() for label in labels) == sorted(DEFAULT_LABELS)
+
+
+def value_of(prediction: Prediction, key: str) -> str | None:
+    """A prediction's value for a group key: its true label for "label", else the data's field."""
+    return prediction.label if key == LABEL else prediction.groups.get(key)
+
+
+def table_name(keys: Sequence[str]) -> str:
+    return "x".join(keys)
+
+
+def default_groupings(labels: Sequence[str], fields: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """The per-group tables reported without `--group-by`: the default model's fairness tables (for
+    its labels, where the data has the fields), none for other models (the per-label table stays)."""
+    if not is_default_labels(labels):
+        return ()
+    available = set(fields)
+    return tuple(keys for keys in GROUPINGS if set(keys) <= available)
+
+
+def parse_group_by(text: str, fields: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """`race,age` -> one table per field; `race+gender` crosses fields in one table. `age` means the
+    age buckets where the data has them; every field must be one the data carries (or `label`)."""
+    available = set(fields) | {LABEL}
+    tables = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        keys = []
+        for key in (k.strip() for k in part.split("+")):
+            if key == "age" and "age_bucket" in available:
+                key = "age_bucket"
+            if key not in available:
+                raise UsageError(f"--group-by {key}", "not a field of this data (it has: "
+                                 f"{', '.join(sorted(available))})")
+            keys.append(key)
+        tables.append(tuple(dict.fromkeys(keys)))
+    if not tables:
+        raise UsageError("--group-by", "name at least one field, e.g. --group-by race,age")
+    return tuple(dict.fromkeys(tables))
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -59,8 +109,9 @@ def _age_order(bucket: str) -> int:
 def group_table(predictions: Sequence[Prediction], keys: tuple[str, ...]) -> list[dict]:
     cells: dict[tuple[str, ...], list[Prediction]] = defaultdict(list)
     for p in predictions:
-        if all(k in p.groups for k in keys):
-            cells[tuple(p.groups[k] for k in keys)].append(p)
+        values = tuple(value_of(p, k) for k in keys)
+        if None not in values:
+            cells[values].append(p)
 
     def order(item):
         return tuple(_age_order(v) if k == "age_bucket" else v for k, v in zip(keys, item[0]))
@@ -104,20 +155,35 @@ def calibration(predictions: Sequence[Prediction], bins: int = 10) -> dict:
     return {"ece": ece if total else None, "bins": table}
 
 
-def coverage(predictions: Sequence[Prediction], min_confidence: float) -> dict:
-    """Answer only when confident: how many are answered, and how accurate those answers are."""
+def coverage(predictions: Sequence[Prediction], min_confidence: float,
+             groupings: Sequence[tuple[str, ...]] = ()) -> dict:
+    """Answer only when confident: how many are answered, and how accurate those answers are,
+    overall and per group of each table in `groupings`."""
     covered = [p for p in predictions if p.confidence >= min_confidence]
     result = {"min_confidence": min_confidence, "coverage": len(covered) / len(predictions) if predictions else None,
               "covered": accuracy_cell(covered), "groups": {}}
-    for keys in GROUPINGS[:3]:
+    for keys in groupings:
         rows = []
         for row in group_table(predictions, keys):
-            members = [p for p in predictions if all(p.groups.get(k) == v for k, v in row["group"].items())]
+            members = [p for p in predictions if all(value_of(p, k) == v for k, v in row["group"].items())]
             kept = [p for p in members if p.confidence >= min_confidence]
             rows.append({"group": row["group"], "n": len(members), "coverage": len(kept) / len(members),
                          **{k: v for k, v in accuracy_cell(kept).items() if k != "n"}})
-        result["groups"]["x".join(keys)] = rows
+        result["groups"][table_name(keys)] = rows
     return result
+
+
+def _same_partition(predictions: Sequence[Prediction], key: str) -> bool:
+    """True when a data field holds exactly the true label (e.g. UTKFace gender for the default model)."""
+    return bool(predictions) and all(p.groups.get(key) == p.label for p in predictions)
+
+
+def report_tables(predictions: Sequence[Prediction], groupings: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """`groupings` plus the per-label table, unless a one-field table already is the label."""
+    tables = tuple(groupings)
+    if not any(len(keys) == 1 and (keys[0] == LABEL or _same_partition(predictions, keys[0])) for keys in tables):
+        tables = ((LABEL,), *tables)
+    return tables
 
 
 def summarize(
@@ -127,20 +193,27 @@ def summarize(
     errors: Iterable[dict] = (),
     skipped: Iterable[str] = (),
     min_confidence: float | None = None,
+    groupings: Sequence[tuple[str, ...]] | None = None,
 ) -> dict:
-    """The whole evaluation as one JSON-ready dict (schema documented in the README)."""
+    """The whole evaluation as one JSON-ready dict (schema in docs/labels-and-groups.md).
+
+    `groupings`: the per-group tables (None: `default_groupings`); the per-label table is added.
+    """
     errors, skipped = list(errors), list(skipped)
     overall = accuracy_cell(predictions)
     classes, confusion = per_class(predictions, labels)
-    groups = {"x".join(keys): group_table(predictions, keys) for keys in GROUPINGS}
+    if groupings is None:
+        groupings = default_groupings(labels, {k for p in predictions for k in p.groups})
+    tables = report_tables(predictions, groupings)
+    groups = {table_name(keys): group_table(predictions, keys) for keys in tables}
     groups = {name: rows for name, rows in groups.items() if rows}
-    candidates = [
-        (row["accuracy"], name, row) for name, rows in groups.items() for row in rows
-        if row["n"] >= MIN_GROUP_N_FOR_WORST and name != "racexgenderxage_bucket"
+    candidates = [  # a cell of three or more fields is too thin to name; the label table loses ties
+        (row["accuracy"], name == LABEL, name, row) for keys in tables if len(keys) <= 2
+        for name in [table_name(keys)] for row in groups.get(name, []) if row["n"] >= MIN_GROUP_N_FOR_WORST
     ]
     worst = None
     if candidates and overall["accuracy"] is not None:
-        accuracy, name, row = min(candidates, key=lambda c: c[0])
+        accuracy, _, name, row = min(candidates, key=lambda c: (c[0], c[1]))
         worst = {"table": name, "group": row["group"], "n": row["n"], "accuracy": accuracy,
                  "gap_to_overall": overall["accuracy"] - accuracy}
     report = {
@@ -156,5 +229,5 @@ def summarize(
         "skipped_unlabelled": {"count": len(skipped), "items": skipped},
     }
     if min_confidence is not None:
-        report["selective"] = coverage(predictions, min_confidence)
+        report["selective"] = coverage(predictions, min_confidence, [keys for keys in tables if len(keys) <= 2])
     return report
