@@ -70,16 +70,16 @@ def serve(
     per_second = parse_rate(rate_limit) if rate_limit else None
     digests = read_keys(api_key_file)
     if digests and no_auth:
-        raise UsageError("--no-auth contradicts the keys given (--api-key-file or $VITGENDER_API_KEYS); drop one")
+        raise UsageError("--no-auth", "contradicts the keys given (--api-key-file or $VITGENDER_API_KEYS); drop one")
     if not digests and not no_auth and host not in LOOPBACK:
-        raise UsageError(f"refusing to serve on {host} without keys: anyone who reaches the port could use it; "
+        raise UsageError("serve", f"refusing to serve on {host} without keys: anyone who reaches the port could use it; "
                          "pass --api-key-file FILE (or set $VITGENDER_API_KEYS), or --no-auth if a proxy in front "
                          "authenticates")
     if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+        raise UsageError("--ssl-certfile, --ssl-keyfile", "the two go together")
     for pem in (ssl_certfile, ssl_keyfile):
         if pem is not None and not pem.is_file():
-            raise UsageError(f"cannot read '{pem}': no such file")
+            raise UsageError(f"cannot read '{pem}'", "no such file")
     chosen = runtime or runtime_for(model)
     max_body_bytes = int(max_body_mb * 1024 * 1024)
     scheme = "https" if ssl_certfile else "http"
@@ -96,7 +96,7 @@ def serve(
                    "--max-connections": max_connections, "--max-connections-per-client": max_connections_per_client}
         refused = [name for name, value in guarded.items() if value is not None]
         if refused:
-            raise UsageError(f"{', '.join(refused)}: not available with --ray (Ray Serve's HTTP proxy has no such "
+            raise UsageError(", ".join(refused), "not available with --ray (Ray Serve's HTTP proxy has no such "
                              "limit; a rate limit per replica would multiply with the replica count); put a reverse "
                              "proxy in front, see docs/serving.md")
         from vitgender.serving.ray_app import RayServeOptions, run_ray_serve

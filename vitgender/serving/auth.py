@@ -50,10 +50,10 @@ def _keys_in(text: str, where: str) -> list[str]:
         if not key:
             continue
         if not _TOKEN.fullmatch(key):
-            raise UsageError(f"{where}: line {number} is not a usable key (letters, digits and -._~+/ only, "
+            raise UsageError(where, f"line {number} is not a usable key (letters, digits and -._~+/ only, "
                              "no spaces)")
         if len(key) < MIN_KEY_CHARS:
-            raise UsageError(f"{where}: the key on line {number} has {len(key)} characters; use at least "
+            raise UsageError(where, f"the key on line {number} has {len(key)} characters; use at least "
                              f"{MIN_KEY_CHARS} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         keys.append(key)
     return keys
@@ -67,10 +67,10 @@ def read_keys(path: Path | None, environ: dict[str, str] | None = None) -> froze
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read key file '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+            raise UsageError(f"cannot read key file '{path}'", getattr(exc, "strerror", None) or str(exc)) from None
         keys += _keys_in(text, f"key file '{path}'")
         if not keys:
-            raise UsageError(f"key file '{path}' holds no key (one key per line, '#' starts a comment)")
+            raise UsageError(f"key file '{path}'", "holds no key (one key per line, '#' starts a comment)")
     keys += _keys_in(environ.get(KEYS_ENV, "").replace(",", "\n").replace(" ", "\n"), f"${KEYS_ENV}")
     return frozenset(digest(k) for k in keys)
 
@@ -133,7 +133,7 @@ def parse_rate(text: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*", text or "")
     rate = float(match.group(1)) if match else 0.0
     if not match or rate <= 0:
-        raise UsageError(f"--rate-limit '{text}': expected requests per second or minute, e.g. 10/s or 600/min")
+        raise UsageError(f"--rate-limit '{text}'", "expected requests per second or minute, e.g. 10/s or 600/min")
     return rate if match.group(2).startswith("s") else rate / 60
 
 
