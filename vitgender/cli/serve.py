@@ -128,7 +128,8 @@ def serve(
         else max_connections_per_client)
     settings = ServeSettings(model=model, runtime=chosen, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, max_body_bytes=max_body_bytes, threads=threads, tta=tta,
-                             detector=detector, max_faces=max_faces, body_timeout_s=body_timeout)
+                             detector=detector, max_faces=max_faces, body_timeout_s=body_timeout,
+                             max_header_bytes=limits.max_header_bytes)
     keys = KeyRing(digests)
     gate = Gate(keys, RateLimiter(per_second) if per_second else None, public_metrics=public_metrics)
 

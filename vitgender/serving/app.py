@@ -51,6 +51,7 @@ class ServeSettings:
     detector: str = "haar"
     max_faces: int = 20
     body_timeout_s: float = 30.0
+    max_header_bytes: int = 16 * 1024
 
 
 class _Metrics:
@@ -94,8 +95,8 @@ def log_access(client: str | None, caller: Caller | None, method: str, path: str
 class GateMiddleware:
     """Pure ASGI: admit (auth, rate limit) before routing, count refusals, write the access line."""
 
-    def __init__(self, app, gate: Gate, metrics: _Metrics) -> None:
-        self.app, self.gate, self.metrics = app, gate, metrics
+    def __init__(self, app, gate: Gate, metrics: _Metrics, max_header_bytes: int) -> None:
+        self.app, self.gate, self.metrics, self.max_header_bytes = app, gate, metrics, max_header_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -113,6 +114,10 @@ class GateMiddleware:
 
         caller = None
         try:
+            # h11 bounds a head that arrives in pieces; this bounds one that arrived whole
+            if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header_bytes:
+                raise Rejection(431, f"request headers are over the limit of {self.max_header_bytes} bytes",
+                                "headers_too_large", {"Connection": "close"})
             caller = self.gate.admit(scope["method"], scope["path"], Headers(scope=scope).get("authorization"),
                                      client[0] if client else None)
         except Rejection as rejection:
@@ -223,7 +228,7 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
 
     app = FastAPI(title="vitgender", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.vitgender = state
-    app.add_middleware(GateMiddleware, gate=gate, metrics=metrics)
+    app.add_middleware(GateMiddleware, gate=gate, metrics=metrics, max_header_bytes=settings.max_header_bytes)
 
     async def read_body(request: Request) -> bytes:
         """The body, within the size limit (413) and the time limit (408: a trickled body holds no worker forever)."""
