@@ -115,3 +115,45 @@ def test_serve_ray_stops_on_sigterm_like_ctrl_c(tiny_model, tmp_path):
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_serve_with_a_key_rejects_requests_without_one(tiny_model):
+    """Same gate as the single-process server; a key-store update reaches the replicas without a restart."""
+    from vitgender.serving.auth import digest
+    from vitgender.serving.ray_app import KEYS_NAMESPACE, KEYS_REFRESH_S, KeyStore
+
+    key, other = "k" * 20, "o" * 20
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="vgray-")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, _temp_dir=temp)
+    try:
+        store = KeyStore.options(name="vitgender-keys-test", namespace=KEYS_NAMESPACE).remote([digest(key)])
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        options = RayServeOptions(min_replicas=1, max_replicas=1, max_batch_size=4, num_cpus_per_replica=0.5,
+                                  threads=1, max_queued_requests=64)
+        serve.run(build_app(str(tiny_model), "torch", options, key_store="vitgender-keys-test",
+                            digests=frozenset({digest(key)})), route_prefix="/", name="default")
+        url = f"http://127.0.0.1:{port}/"
+        image = EXAMPLE.read_bytes()
+        refused = httpx.post(url, content=image, timeout=30)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert "error" in refused.json()
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 401
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer"}, timeout=30).status_code == 401
+        answered = httpx.post(url, content=image, headers={"authorization": "Bearer " + key}, timeout=30)
+        assert answered.status_code == 200 and {p["label"] for p in answered.json()} == {"female", "male"}
+        assert httpx.get(url + "health/ready", timeout=30).json() == {"status": "ready"}
+        assert httpx.get(url + "info", timeout=30).status_code == 401
+
+        ray.get(store.replace.remote([digest(other)]))  # what SIGHUP does on the driver
+        time.sleep(KEYS_REFRESH_S + 0.5)
+        httpx.post(url, content=image, timeout=30)  # replicas refresh on their next request
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + key}, timeout=30).status_code == 401
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 200
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
