@@ -27,8 +27,7 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
+import shutil
 import sys
 import tempfile
 import threading
@@ -39,15 +38,11 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.load import Server  # noqa: E402
 IMAGE = sorted((REPO / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))[0].read_bytes()
 KEY = "bench-" + "k" * 26
 ATTACKER = "127.0.0.2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_flags() -> str:
@@ -84,7 +79,7 @@ async def _hold(port: int, stop: asyncio.Event, stats: dict, first: bytes, drip:
     while not stop.is_set():
         try:
             reader, writer = await _connect(port)
-            stats["opened"] += 1
+            stats["connections"] += 1
             writer.write(first)
             while not stop.is_set():
                 if drip is not None:
@@ -98,7 +93,7 @@ async def _hold(port: int, stop: asyncio.Event, stats: dict, first: bytes, drip:
                     pass
             writer.close()
         except OSError:
-            stats["refused"] += 1
+            stats["reset_or_refused"] += 1
         await asyncio.sleep(1.0)  # a closed attacker comes back, but not in a tight loop
 
 
@@ -114,7 +109,7 @@ async def _hammer(port: int, stop: asyncio.Event, stats: dict, request: bytes) -
             stats[status] = stats.get(status, 0) + 1
             writer.close()
         except (OSError, asyncio.TimeoutError):
-            stats["refused"] += 1
+            stats["reset_or_refused"] += 1
             await asyncio.sleep(0.1)
 
 
@@ -137,7 +132,7 @@ def attack_tasks(name: str, port: int, stop: asyncio.Event, stats: dict, connect
 
 def under_attack(name: str, url: str, port: int, requests: int, connections: int, seconds: float,
                  build_up: float) -> dict:
-    stats = {"opened": 0, "closed_by_server": 0, "refused": 0}
+    stats = {"connections": 0, "closed_by_server": 0, "reset_or_refused": 0}
     ready, loop_box = threading.Event(), {}
 
     def run_attack() -> None:
@@ -186,20 +181,10 @@ def main() -> None:
 
     keys = Path(tempfile.mkdtemp(prefix="vg-attacks-")) / "keys.txt"
     keys.write_text(KEY + "\n")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    cmd = [sys.executable, "-m", "vitgender.cli", "serve", "--port", str(port), "--api-key-file", str(keys),
-           "--no-access-log"] + (["--model", args.model] if args.model else [])
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report = {"model": args.model or "default", "cpu": cpu_flags(), "command": " ".join(sys.argv), "runs": {}}
+    server = Server(args.model, "--api-key-file", str(keys), "--no-access-log")
+    url, port = server.url + "/", server.port
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
         legit_latencies(url, 20)  # warm-up
         for name in args.attacks.split(","):
             unloaded = summary(legit_latencies(url, args.requests))  # paired: the machine's load drifts
@@ -209,8 +194,8 @@ def main() -> None:
                                     "attack": result["attack"], "measured_s": result["measured_s"]}
             time.sleep(2)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()
+        shutil.rmtree(keys.parent, ignore_errors=True)
     print(f"model {report['model']}; {report['cpu']}")
     print("| attack | unloaded p50 / p99 ms | attacked p50 / p99 ms | p99 ratio | attacker's view |\n|---|---|---|---|---|")
     for name, run in report["runs"].items():

@@ -10,8 +10,8 @@ is never closed. `guarded_h11` subclasses uvicorn's h11 protocol (pinned uvicorn
 - a **per-address connection cap**: an address holding `max_connections_per_client` open
   connections has further ones closed at once (0 turns it off; behind a reverse proxy every
   connection comes from the proxy's address, so raise or disable it there);
-- h11's `max_incomplete_event_size` bounds a request head (`max_header_bytes`): a longer one is
-  answered 400 and closed.
+- a request head over `max_header_bytes` is refused: 431 before parsing when it arrives in one
+  read, 400 from h11's `max_incomplete_event_size` when it arrives in pieces; then closed.
 
 The body deadline (`body_timeout_s`) is enforced by the app while it reads the body (408).
 """
@@ -24,6 +24,11 @@ from dataclasses import dataclass
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+_BODY = b'{"error": "request headers are over the limit"}'
+_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                   b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY))
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,13 @@ def guarded_h11(limits: ConnectionLimits) -> type[H11Protocol]:
             self._arm_head_timer()
 
         def data_received(self, data: bytes) -> None:
+            if (self.conn.their_state is h11.IDLE and len(data) > limits.max_header_bytes
+                    and data.find(b"\r\n\r\n", 0, limits.max_header_bytes) == -1):
+                # a whole oversized head in one read: refuse it before h11 parses it (h11 bounds only
+                # a head still arriving, and parsing 64 kB of headers per request is what a flood costs)
+                self.transport.write(_HEAD_TOO_LARGE)
+                self.transport.close()
+                return
             super().data_received(data)
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self._arm_head_timer()  # part of a request head: the deadline runs from its first byte
