@@ -471,6 +471,21 @@ def test_rate_limit_per_key_and_per_address_gives_429_with_retry_after(tiny_mode
             assert 'vitgender_rejections_total{reason="rate_limited"}' in client.get("/metrics", headers=headers[0]).text
 
 
+def test_public_metrics_opens_metrics_only():
+    from fastapi.testclient import TestClient
+
+    from vitgender.serving.app import ServeSettings, create_app
+    from vitgender.serving.auth import Gate, KeyRing, digest
+
+    never = lambda: time.sleep(3600)  # noqa: E731 - the model never loads: nothing here needs it
+    for public, status in ((True, 200), (False, 401)):
+        gate = Gate(KeyRing(frozenset({digest(KEY_A)})), public_metrics=public)
+        client = TestClient(create_app(ServeSettings(), open_runner=never, gate=gate))
+        assert client.get("/metrics").status_code == status
+        assert client.post("/", content=b"x").status_code == 401
+        assert client.get("/info").status_code == 401
+
+
 def test_non_loopback_without_keys_refuses_to_start(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "VITGENDER_API_KEYS"}
     keys = tmp_path / "keys.txt"
