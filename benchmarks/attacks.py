@@ -159,7 +159,11 @@ def under_attack(name: str, url: str, port: int, requests: int, connections: int
     finally:
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(timeout=seconds + 30)
-    return {"latencies": latencies, "attack": stats, "measured_s": round(time.monotonic() - began, 1)}
+    measured = time.monotonic() - began
+    if build_up + measured > seconds:
+        print(f"warning: {name} stopped after {seconds:g} s, before the measurement ended ({build_up + measured:.0f} s): "
+              "raise --seconds", file=sys.stderr)
+    return {"latencies": latencies, "attack": stats, "measured_s": round(measured, 1)}
 
 
 def summary(latencies: list[float]) -> dict:
