@@ -157,7 +157,11 @@ def under_attack(name: str, url: str, port: int, requests: int, connections: int
     try:
         latencies = legit_latencies(url, requests)
     finally:
-        loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
+        if thread.is_alive():  # else it already stopped at --seconds
+            try:
+                loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
+            except RuntimeError:  # it closed between the check and the call
+                pass
         thread.join(timeout=seconds + 30)
     measured = time.monotonic() - began
     if build_up + measured > seconds:
@@ -196,6 +200,7 @@ def main() -> None:
             report["runs"][name] = {"unloaded": unloaded, "attacked": summary(result["latencies"]),
                                     "p99_ratio": round(summary(result["latencies"])["p99_ms"] / unloaded["p99_ms"], 2),
                                     "attack": result["attack"], "measured_s": result["measured_s"]}
+            print(name, json.dumps(report["runs"][name]), file=sys.stderr, flush=True)  # survives a later failure
             time.sleep(2)
     finally:
         server.stop()
