@@ -126,6 +126,54 @@ def test_server_survives_deep_json_on_the_same_connection(client):
     assert client.post("/", content=IMAGES["JPEG"]).status_code == 200
 
 
+# --- the Authorization header ------------------------------------------------------------------
+
+FUZZ_KEY = "hf_" + "k" * 32
+HEADER_TEXT = st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+AUTHORIZATION = (st.none() | HEADER_TEXT
+                 | st.builds(lambda scheme, gap, token: f"{scheme}{gap}{token}",
+                             st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer:", "", "Token"]),
+                             st.sampled_from([" ", "  ", "\t", ""]),
+                             HEADER_TEXT | st.sampled_from([FUZZ_KEY, FUZZ_KEY + "=", FUZZ_KEY[:-1], FUZZ_KEY.upper()]))
+                 | st.integers(0, 200_000).map(lambda n: "Bearer " + "a" * n))
+
+
+@given(header=AUTHORIZATION)
+def test_authorization_header_parser(header):
+    from vitgender.serving.auth import KeyRing, Rejection, digest
+
+    ring = KeyRing(frozenset({digest(FUZZ_KEY)}))
+    try:
+        caller = ring.authenticate(header)
+    except Rejection as exc:
+        assert exc.status == 401 and exc.reason in ("missing", "malformed", "invalid") and exc.message
+        assert exc.headers["WWW-Authenticate"].startswith("Bearer")
+    else:
+        assert header.strip().split()[-1] == FUZZ_KEY and caller.key_id and FUZZ_KEY not in caller.key_id
+
+
+@pytest.fixture(scope="module")
+def secured_client(tiny_model):
+    pytest.importorskip("fastapi", reason="serving needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from vitgender.serving.app import ServeSettings, create_app
+    from vitgender.serving.auth import Gate, KeyRing, digest
+
+    gate = Gate(KeyRing(frozenset({digest(FUZZ_KEY)})))
+    with TestClient(create_app(ServeSettings(model=str(tiny_model)), gate=gate)) as test_client:
+        yield test_client
+
+
+@given(value=st.binary(max_size=2000).filter(lambda b: not set(b) & {0, 10, 13}).map(lambda b: b.strip(b" \t"))
+       | st.sampled_from([f"Bearer {FUZZ_KEY}".encode(), b"Bearer " + "\u00e9".encode() * 30]))
+def test_server_answers_any_authorization_header_with_401_not_500(secured_client, value):
+    response = secured_client.get("/info", headers={"authorization": value})
+    assert response.status_code in (200, 401, 503), response.text
+    if response.status_code == 401:
+        assert isinstance(response.json()["error"], str) and response.headers["www-authenticate"].startswith("Bearer")
+
+
 # --- image decoding --------------------------------------------------------------------------
 
 def _decodes_or_image_error(data: bytes) -> None:

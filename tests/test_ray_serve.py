@@ -79,8 +79,11 @@ def test_ray_serve_autoscales_up_and_down(tiny_model):
 
 
 @pytest.mark.slow
-def test_serve_ray_stops_on_sigterm_like_ctrl_c(tiny_model, tmp_path):
-    """Process managers and Kubernetes stop services with SIGTERM: it must undeploy, not be logged and ignored."""
+def test_serve_ray_keys_reload_on_sighup_and_it_stops_on_sigterm(tiny_model, tmp_path):
+    """`serve --ray --api-key-file`: 401 without the key, SIGHUP swaps keys on the replicas, SIGTERM undeploys.
+
+    Process managers and Kubernetes stop services with SIGTERM: it must undeploy, not be logged and ignored.
+    """
     import signal
     import subprocess
     import sys
@@ -88,30 +91,88 @@ def test_serve_ray_stops_on_sigterm_like_ctrl_c(tiny_model, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    key, other = "k" * 20, "o" * 20
+    keys = tmp_path / "keys.txt"
+    keys.write_text(key + "\n")
     temp = tempfile.mkdtemp(prefix="vgray-")
     env = {**os.environ, "RAY_TMPDIR": temp}
     proc = subprocess.Popen([sys.executable, "-m", "vitgender.cli", "serve", "--ray", "--model", str(tiny_model),
-                             "--port", str(port), "--max-replicas", "1"],
+                             "--port", str(port), "--max-replicas", "1", "--api-key-file", str(keys), "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
+
+    def post(token: str | None) -> int:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(url, content=EXAMPLE.read_bytes(), headers=headers, timeout=30).status_code
+
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
             try:
-                if httpx.post(url, content=EXAMPLE.read_bytes(), timeout=5).status_code == 200:
+                if post(key) == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(1)
         else:
             pytest.fail(f"serve --ray never answered: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+        assert post(None) == 401 and post(other) == 401
+        keys.write_text(other + "\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 30
+        while time.time() < deadline and post(other) != 200:
+            time.sleep(0.5)
+        assert post(other) == 200 and post(key) == 401
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         stderr = proc.stderr.read()
-        assert "stopping" in stderr and "Traceback" not in stderr, stderr[-2000:]
+        assert "SIGHUP: reloaded 1 key(s)" in stderr and "stopping" in stderr, stderr[-2000:]
+        assert "Traceback" not in stderr and key not in stderr and other not in stderr, stderr[-2000:]
         with pytest.raises(httpx.HTTPError):
             httpx.post(url, content=EXAMPLE.read_bytes(), timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_serve_with_a_key_rejects_requests_without_one(tiny_model):
+    """Same gate as the single-process server; a key-store update reaches the replicas without a restart."""
+    from vitgender.serving.auth import digest
+    from vitgender.serving.ray_app import KEYS_NAMESPACE, KEYS_REFRESH_S, KeyStore
+
+    key, other = "k" * 20, "o" * 20
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="vgray-")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, _temp_dir=temp)
+    try:
+        store = KeyStore.options(name="vitgender-keys-test", namespace=KEYS_NAMESPACE).remote([digest(key)])
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        options = RayServeOptions(min_replicas=1, max_replicas=1, max_batch_size=4, num_cpus_per_replica=0.5,
+                                  threads=1, max_queued_requests=64)
+        serve.run(build_app(str(tiny_model), "torch", options, key_store="vitgender-keys-test",
+                            digests=frozenset({digest(key)})), route_prefix="/", name="default")
+        url = f"http://127.0.0.1:{port}/"
+        image = EXAMPLE.read_bytes()
+        refused = httpx.post(url, content=image, timeout=30)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        assert "error" in refused.json()
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 401
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer"}, timeout=30).status_code == 401
+        answered = httpx.post(url, content=image, headers={"authorization": "Bearer " + key}, timeout=30)
+        assert answered.status_code == 200 and {p["label"] for p in answered.json()} == {"female", "male"}
+        assert httpx.get(url + "health/ready", timeout=30).json() == {"status": "ready"}
+        assert httpx.get(url + "info", timeout=30).status_code == 401
+
+        ray.get(store.replace.remote([digest(other)]))  # what SIGHUP does on the driver
+        time.sleep(KEYS_REFRESH_S + 0.5)
+        httpx.post(url, content=image, timeout=30)  # replicas refresh on their next request
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + key}, timeout=30).status_code == 401
+        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 200
+    finally:
+        serve.shutdown()
+        ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)

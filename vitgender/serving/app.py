@@ -3,14 +3,17 @@
 `POST /` or `POST /models/{model_id}` with raw image bytes, or JSON
 `{"inputs": "<base64>", "parameters": {"top_k": int, "function_to_apply": ...}}`, answers
 `[{"label", "score"}, ...]` sorted by score, so `huggingface_hub.InferenceClient` works
-unchanged. Errors are `{"error": ...}` with HF's status codes (400, 413, 422, 429 + Retry-After,
-503 + estimated_time while loading). Requests go through the dynamic batcher; decoding and
-preprocessing run in the thread pool, never on the event loop.
+unchanged (also with `token=`: the `Gate` checks `Authorization: Bearer` keys and rate limits
+before any route runs). Errors are `{"error": ...}` with HF's status codes (400, 401, 408, 413,
+422, 429 + Retry-After, 503 + estimated_time while loading). Requests go through the dynamic
+batcher; decoding and preprocessing run in the thread pool, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +24,14 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
-from vitgender.errors import ImageError, VitgenderError
+from vitgender.errors import VitgenderError
 from vitgender.preprocess import Preprocessor
+from vitgender.serving.auth import Caller, Gate, KeyRing, Rejection
 from vitgender.serving.batcher import DynamicBatcher, QueueFull
-from vitgender.serving.protocol import HTTPError, answer, parse_request, prepare
+from vitgender.serving.describe import describe
+from vitgender.serving.protocol import HTTPError, respond
 
 DEMO_PAGE = Path(__file__).with_name("demo.html")
 RANKING_SCRIPT = Path(__file__).with_name("static") / "ranking.js"
@@ -46,6 +51,8 @@ class ServeSettings:
     detector: str = "haar"
     max_faces: int = 20
     alpha: str | None = None  # replaces the model's alpha policy (white, black, drop); None keeps it
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 16 * 1024
 
 
 class _Metrics:
@@ -60,6 +67,68 @@ class _Metrics:
         self.queue_depth = Gauge("vitgender_queue_depth", "Images waiting for a batch", registry=self.registry)
         self.rejections = Counter("vitgender_rejections", "Requests refused before inference", ["reason"],
                                   registry=self.registry)
+        self.auth_failures = Counter("vitgender_auth_failures", "Requests refused with 401 (never labelled by key)",
+                                     ["reason"], registry=self.registry)
+
+    def count(self, rejection: Rejection) -> None:
+        (self.auth_failures if rejection.status == 401 else self.rejections).labels(rejection.reason).inc()
+
+
+ACCESS_LOG = logging.getLogger("vitgender.access")
+
+
+def enable_access_log() -> None:
+    """One line per request on stdout, uvicorn's layout plus the caller's key id (never the key)."""
+    if not ACCESS_LOG.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("INFO:     %(message)s"))
+        ACCESS_LOG.addHandler(handler)
+        ACCESS_LOG.setLevel(logging.INFO)
+        ACCESS_LOG.propagate = False
+
+
+def log_access(client: str | None, caller: Caller | None, method: str, path: str, version: str, status: int) -> None:
+    if ACCESS_LOG.isEnabledFor(logging.INFO):
+        key = caller.key_id if caller and caller.key_id else "-"
+        ACCESS_LOG.info('%s - key %s - "%s %s HTTP/%s" %d', client or "-", key, method, path, version, status)
+
+
+class GateMiddleware:
+    """Pure ASGI: admit (auth, rate limit) before routing, count refusals, write the access line."""
+
+    def __init__(self, app, gate: Gate, metrics: _Metrics, max_header_bytes: int) -> None:
+        self.app, self.gate, self.metrics, self.max_header_bytes = app, gate, metrics, max_header_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else None
+        status = 500
+
+        async def send_noting_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        caller = None
+        try:
+            # h11 bounds a head that arrives in pieces; this bounds one that arrived whole
+            if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header_bytes:
+                raise Rejection(431, f"request headers are over the limit of {self.max_header_bytes} bytes",
+                                "headers_too_large", {"Connection": "close"})
+            caller = self.gate.admit(scope["method"], scope["path"], Headers(scope=scope).get("authorization"),
+                                     client[0] if client else None)
+        except Rejection as rejection:
+            self.metrics.count(rejection)
+            await _error(rejection.status, rejection.message, headers=rejection.headers)(scope, receive,
+                                                                                          send_noting_status)
+        else:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            log_access(address, caller, scope["method"], scope["path"], scope.get("http_version", "1.1"), status)
 
 
 class _State:
@@ -86,17 +155,19 @@ class _State:
             return self._detector
 
 
-def _error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[str], None] = lambda line: None) -> FastAPI:
+def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[str], None] = lambda line: None,
+               gate: Gate | None = None) -> FastAPI:
     """`open_runner()` builds the Runner (injected by tests; default: vitgender.runtimes).
 
     `announce` receives the lifecycle lines an operator wants in the log: model loaded (or
-    failed), draining, stopped.
+    failed), draining, stopped. `gate` decides who may call (default: anyone, no rate limit).
     """
     metrics = _Metrics()
+    gate = gate or Gate(KeyRing(frozenset()))
     state = _State(settings)
 
     def load() -> None:
@@ -156,20 +227,26 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
         batcher.start()
         state.batcher = batcher
 
-    app = FastAPI(title="vitgender", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="vitgender", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.vitgender = state
+    app.add_middleware(GateMiddleware, gate=gate, metrics=metrics, max_header_bytes=settings.max_header_bytes)
 
-    async def read_body(request: Request) -> bytes | JSONResponse:
+    async def read_body(request: Request) -> bytes:
+        """The body, within the size limit (413) and the time limit (408: a trickled body holds no worker forever)."""
         limit = settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            return _error(413, f"payload is {int(declared)} bytes, over the limit of {limit}")
+            raise HTTPError(413, f"payload is {int(declared)} bytes, over the limit of {limit}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return _error(413, f"payload is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise HTTPError(413, f"payload is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise HTTPError(408, f"request body not received within {settings.body_timeout_s:g} s") from None
         return b"".join(chunks)
 
     async def infer(request: Request) -> Response:
@@ -187,32 +264,29 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
             remaining = max(settings.expected_load_seconds - (time.monotonic() - state.started), 1.0)
             return _error(503, f"Model {settings.model or 'vitgender-default'} is currently loading",
                           estimated_time=round(remaining, 1))
-        body = await read_body(request)
-        if isinstance(body, JSONResponse):
-            metrics.rejections.labels("payload_too_large").inc()
-            return body
         try:
-            image, params = parse_request(body, request.headers.get("content-type", ""),
-                                          len(state.runner.info.labels))
-            detector = state.detector() if params.faces else None
-            faces, inputs = await run_in_threadpool(prepare, state.runner, state.preprocessor, image, params,
-                                                    detector, settings.max_faces)
+            body = await read_body(request)
         except HTTPError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
-        except ImageError as exc:
-            return _error(400, f"cannot decode image: {exc.why}")
+            metrics.rejections.labels("payload_too_large" if exc.status == 413 else "body_timeout").inc()
+            return JSONResponse(exc.body(), status_code=exc.status, headers={"Connection": "close"})
+
+        async def batched(inputs):
+            try:
+                metrics.queue_depth.set(state.batcher.depth)
+                return await asyncio.gather(*(state.batcher.submit(row) for row in inputs))
+            except QueueFull:
+                metrics.rejections.labels("queue_full").inc()
+                raise HTTPError(429, "server is overloaded: the request queue is full",
+                                headers={"Retry-After": "1"}) from None
+            finally:
+                metrics.queue_depth.set(state.batcher.depth)
+
+        try:
+            status, payload, headers = await respond(body, request.headers.get("content-type", ""), state.runner,
+                                                     state.preprocessor, state.detector, settings.max_faces, batched)
         except VitgenderError as exc:
             return _error(500, str(exc))
-        try:
-            metrics.queue_depth.set(state.batcher.depth)
-            logits = await asyncio.gather(*(state.batcher.submit(row) for row in inputs))
-        except QueueFull:
-            metrics.rejections.labels("queue_full").inc()
-            return JSONResponse({"error": "server is overloaded: the request queue is full"}, status_code=429,
-                                headers={"Retry-After": "1"})
-        finally:
-            metrics.queue_depth.set(state.batcher.depth)
-        return JSONResponse(answer(logits, state.runner.info.labels, params, faces))
+        return JSONResponse(payload, status_code=status, headers=headers)
 
     app.add_api_route("/", infer, methods=["POST"])
     app.add_api_route("/models/{model_id:path}", infer, methods=["POST"])
@@ -232,11 +306,21 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
     @app.get("/health/ready")
     async def ready() -> Response:
         if state.batcher is not None:
+            if gate.keys.enabled:  # open to load balancers, so it names nothing about the model
+                return JSONResponse({"status": "ready"})
             return JSONResponse({"status": "ready", "model": state.runner.info.source,
                                  "runtime": state.runner.info.runtime, "labels": list(state.runner.info.labels)})
         if state.load_error:
             return _error(500, f"model failed to load: {state.load_error}")
         return _error(503, "loading", estimated_time=settings.expected_load_seconds)
+
+    @app.get("/info")
+    async def info() -> Response:
+        """What the demo page shows: the model, its labels, a task description (behind the key, like inference)."""
+        if state.runner is None:
+            return _error(503, "loading", estimated_time=settings.expected_load_seconds)
+        return JSONResponse({"model": state.runner.info.source, "runtime": state.runner.info.runtime,
+                             **describe(settings.model, state.runner.info.labels)})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

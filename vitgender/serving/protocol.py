@@ -2,8 +2,9 @@
 
 `parse_request` turns a body into image bytes + parameters (or an HTTP error), `prepare` turns
 the image into Runner inputs (whole frame, or one crop per detected face), and `answer` turns
-logits back into the JSON the client expects. The single-process app and the Ray Serve
-deployment differ only in how they batch the Runner call between `prepare` and `answer`.
+logits back into the JSON the client expects. `respond` chains them with decoding in a worker
+thread (never on the event loop); the single-process app and the Ray Serve deployment both call
+it and differ only in the `logits_for` they pass: how the Runner call is batched.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
+from vitgender.errors import ImageError
 from vitgender.scoring import FUNCTIONS, apply_function, rank, with_uncertainty
 from vitgender.faces import Face, face_records, faces_and_crops
 from vitgender.preprocess import Preprocessor
@@ -22,11 +26,11 @@ from vitgender.runtimes import Runner, runner_input
 
 
 class HTTPError(Exception):
-    """An error answer: `{"error": message, **extra}` with `status`."""
+    """An error answer: `{"error": message, **extra}` with `status` (and response `headers`)."""
 
-    def __init__(self, status: int, message: str, **extra) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra) -> None:
         super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
+        self.status, self.message, self.extra, self.headers = status, message, extra, headers or {}
 
     def body(self) -> dict:
         return {"error": self.message, **self.extra}
@@ -106,3 +110,19 @@ def answer(logits: list[np.ndarray], labels: tuple[str, ...], params: Parameters
                       labels, params.top_k)
         answers.append(with_uncertainty(ranked, params.min_confidence))
     return face_records(faces, answers) if params.faces else answers[0]
+
+
+async def respond(body: bytes, content_type: str, runner: Runner, preprocessor: Preprocessor,
+                  detector: Callable[[], object], max_faces: int,
+                  logits_for: Callable[[np.ndarray], Awaitable[list[np.ndarray]]]) -> tuple[int, object, dict]:
+    """(status, JSON body, headers) for one request. `detector()` is called only for face-first requests."""
+    try:
+        image, params = parse_request(body, content_type, len(runner.info.labels))
+        found = await run_in_threadpool(detector) if params.faces else None  # the first call loads a model
+        faces, inputs = await run_in_threadpool(prepare, runner, preprocessor, image, params, found, max_faces)
+        logits = await logits_for(inputs)
+    except HTTPError as exc:
+        return exc.status, exc.body(), exc.headers
+    except ImageError as exc:
+        return 400, {"error": f"cannot decode image: {exc.why}"}, {}
+    return 200, answer(logits, runner.info.labels, params, faces), {}
