@@ -129,11 +129,19 @@ def test_an_architecture_outside_the_family_is_refused_up_front(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+FULL_EXPORT = ("dinov2_with_registers",)  # registers + positions baked at the export size: the most special type
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(TINY_TYPES))
 def test_every_command_on_every_type(tiny, variant, tmp_path):
-    """export all (from another working directory, with a relative model path) -> validate --localize on a
-    deliberately broken artifact -> classify -> explain, no traceback anywhere."""
+    """export (from another working directory, with a relative model path) -> validate --localize on a
+    deliberately broken artifact -> classify -> explain, no traceback anywhere.
+
+    What differs between model types is the ONNX graph (embedding rewrite), its TF conversion and the
+    ExecuTorch program (model class, rewrite), so every type exports onnx, savedmodel, tflite and
+    executorch; the quantized variants reuse those paths unchanged, so `--formats all` runs for
+    FULL_EXPORT only (it costs ~4x the time: the int8 conversions dominate on a 2-core CI machine)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     images = tmp_path / "images"
     images.mkdir()
@@ -150,12 +158,13 @@ def test_every_command_on_every_type(tiny, variant, tmp_path):
         return done
 
     out = tmp_path / "out"
-    done = cli("export", "./model", "--formats", "all", "--out", str(out), cwd=work)
+    formats = "all" if variant in FULL_EXPORT else "onnx,savedmodel,tflite,executorch"
+    done = cli("export", "./model", "--formats", formats, "--out", str(out), cwd=work)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {"executorch", "savedmodel", "tflite"} <= {a["format"] for a in manifest["artifacts"]}
+    assert {"executorch", "savedmodel", "tflite"} <= {a["runtime"] for a in manifest["artifacts"]}
     for artifact in manifest["artifacts"]:
-        if artifact["format"] in ("savedmodel", "tflite"):
+        if artifact["runtime"] in ("savedmodel", "tflite"):
             assert artifact["input"]["shape"][0] == "batch", artifact  # the TF artifacts take any batch
 
     from vitgender.runtimes import file_inventory
