@@ -44,11 +44,12 @@ def validate(
     from vitgender.reporting import validation as reports
     from vitgender.validators import parity
 
-    if load_outputs is not None and (images or reference or against or only or save_outputs):
+    if load_outputs is not None and (images or reference or against or only or save_outputs) and not fit_budgets:
         raise UsageError("--load-outputs", "compares saved outputs as they are; --images, --reference, --against, "
                                            "--only and --save-outputs apply when running")
     if fit_budgets is not None:
-        _fit(artifact_dir, fit_budgets, images=images, labels=labels, model=model)
+        _fit(artifact_dir, fit_budgets, images=images, labels=labels, model=model, save_outputs=save_outputs,
+             load_outputs=load_outputs)
         return
 
     stored = None
@@ -84,13 +85,15 @@ def validate(
         raise typer.Exit(ExitCode.GATE_FAILED)
 
 
-def _fit(artifact_dir: Path, target: Path, *, images: Optional[Path], labels: str, model: Optional[str]) -> None:
+def _fit(artifact_dir: Path, target: Path, *, images: Optional[Path], labels: str, model: Optional[str],
+         save_outputs: Optional[Path], load_outputs: Optional[Path]) -> None:
     import shlex
     import sys
 
     from vitgender.validators import gate_fit
 
     report, files = gate_fit.fit_command(artifact_dir, target, images=images, labels=labels, model=model,
+                                         save_outputs=save_outputs, load_outputs=load_outputs,
                                          command="vitgender " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                                          on_step=lambda step: typer.echo(f"[fit] {step}", err=True))
     typer.echo(gate_fit.markdown(report))

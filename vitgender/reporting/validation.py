@@ -32,12 +32,11 @@ def _code(text: str) -> str:
 
 
 def _text(text: str) -> str:
-    """A label in Markdown prose or a table cell: markup shown as text, by backslash escapes (which
-    read as the characters themselves on a terminal too, unlike HTML entities)."""
-    text = str(text).replace("\\", "\\\\").replace("\n", " ")
-    for char in "<>&|*_`[]#":
-        text = text.replace(char, "\\" + char)
-    return text
+    """A label in Markdown prose or a table cell: markup shown as text.
+
+    Only what can open markup is escaped (`&`, `<`, the table's `|`); `>` stays a plain `>`, which
+    Markdown shows as text mid-line (an HTML entity would show as `&gt;` on a terminal)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
 
 
 def _metric(a: ArtifactResult, name: str, digits: int = 4) -> str:

@@ -71,7 +71,11 @@ def load_budgets(path: Path | None, model_labels: tuple[str, ...] | list[str] | 
     if path is None:
         return budgets
     data = read_budget_file(path)
-    fitted_for = (data.get("model") or {}).get("labels") if isinstance(data.get("model"), dict) else None
+    meta = data.get("model", {})
+    fitted_for = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not (fitted_for is None or (isinstance(fitted_for, list)
+                                                                 and all(isinstance(x, str) for x in fitted_for))):
+        raise UsageError(str(path), "[model]: expected labels = [\"label\", ...]")
     if fitted_for is not None and model_labels and list(fitted_for) != list(model_labels):
         raise UsageError(str(path), f"budgets fitted for a model with labels {list(fitted_for)}, "
                                     f"not this model's {list(model_labels)}; fit them again with --fit-budgets")

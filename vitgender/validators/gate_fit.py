@@ -41,6 +41,7 @@ from vitgender.validators.metrics import compare_logits, logit_scale, paired_acc
 from vitgender.validators.results import RunResult, RunResults
 
 SIZES = (16, 64, 256)
+BROKEN_PREFIX = "broken: "  # runner names of the broken variants in a fit run
 FIT_SIZE = 64
 MIN_IMAGES = 32
 MIN_INT8_AGREEMENT = 0.97
@@ -125,10 +126,11 @@ def fit_budgets(ref: np.ndarray, members: dict[str, Member], truth: np.ndarray |
     return fitted
 
 
-def rates(ref: np.ndarray, member: Member, model_labels, truth, budget: dict, rng, resamples: int) -> dict:
+def rates(ref: np.ndarray, member: Member, model_labels, truth, budget: dict, rng, resamples: int,
+          sizes: tuple[int, ...] = SIZES) -> dict:
     """Share of random judge subsets (per size) on which the gate fails this runner, and which checks fail."""
     out = {}
-    for size in (s for s in SIZES if s <= len(ref)):
+    for size in (s for s in sizes if s <= len(ref)):
         failures, reasons = 0, {}
         for _ in range(resamples):
             idx = rng.choice(len(ref), size, replace=False)
@@ -205,11 +207,11 @@ def fit(results: RunResults, broken: dict[str, str], *, resamples: int = 2000, j
     for name, m in judge_members.items():
         on_step(f"judging {name}")
         budget = {**defaults.get(m.precision.value, {}), **budgets.get(m.precision.value, {})}
-        if truth is None:
-            budget.pop("accuracy_worse_p", None)
-            budget.pop("accuracy_drop", None)
+        default = dict(defaults.get(m.precision.value, defaults[Precision.FP32.value]))
         row = {"precision": m.precision.value, "decisions_changed": _decision_change(jref, m, model_labels),
-               **rates(jref, m, model_labels, judge_truth, budget, rng, judge_resamples)}
+               **rates(jref, m, model_labels, judge_truth, budget, rng, judge_resamples),
+               # the same judge subsets' verdicts under the shipped default budgets (no fit)
+               "default_budgets": rates(jref, m, model_labels, judge_truth, default, rng, judge_resamples, (64,))}
         if m.broken:
             report["broken"][name] = {"what": m.broken, **row}
         else:
@@ -226,7 +228,10 @@ def verdict(report: dict) -> dict:
     should_fail = {n: r[size]["fail_rate"] for n, r in report["broken"].items() if r["decisions_changed"] >= VISIBLE_DAMAGE}
     worst_alarm = max(should_pass.values(), default=0.0)
     worst_detection = min(should_fail.values(), default=1.0)
+    default_alarm = max((report["correct"][n]["default_budgets"].get("64", {}).get("fail_rate", 0.0) for n in should_pass
+                         if not Precision(report["correct"][n]["precision"]).is_int8), default=0.0)
     return {"subset_size": int(size), "worst_false_alarm": worst_alarm, "worst_detection": worst_detection,
+            "worst_float_false_alarm_default_budgets": default_alarm,
             "false_alarms_ok": worst_alarm <= FALSE_ALARM_TARGET, "detection_ok": worst_detection >= DETECTION_TARGET,
             "judged_correct": sorted(should_pass), "judged_broken": sorted(should_fail)}
 
@@ -264,21 +269,25 @@ def markdown(report: dict) -> str:
              f"({'meets' if v['false_alarms_ok'] else 'misses'} the {FALSE_ALARM_TARGET:.0%} target)",
              f"- worst detection rate of a broken variant changing ≥ {VISIBLE_DAMAGE:.0%} of decisions: "
              f"**{v['worst_detection']:.1%}** ({'meets' if v['detection_ok'] else 'misses'} the "
-             f"{DETECTION_TARGET:.0%} target)", ""]
+             f"{DETECTION_TARGET:.0%} target)",
+             f"- without fitting (the shipped default budgets), worst false-alarm rate of an fp32/fp16 artifact at 64 "
+             f"images: **{v['worst_float_false_alarm_default_budgets']:.1%}**", ""]
     for name, why in report["left_out_of_fit"].items():
         lines.append(f"- {_text(name)} left out of the fit: {_text(why)}")
-    lines += ["", "| runner | precision | decisions changed | fails at 16 | at 64 | at 256 | failing checks (64) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| runner | precision | decisions changed | fails at 16 | at 64 | at 256 | failing checks (64) "
+              "| fails at 64, default budgets |", "|---|---|---|---|---|---|---|---|"]
     resamples = report["judge_resamples"]
     for kind in ("correct", "broken"):
         for name, row in report[kind].items():
             rate = {n: f"{row[n]['fail_rate']:.1%}" if n in row else "-" for n in ("16", "64", "256")}
             reasons = ", ".join(f"{k} {c / resamples:.0%}" for k, c in sorted(row.get("64", {"checks": {}})["checks"].items()))
-            label = _text(name) if kind == "correct" else f"**broken:** {_text(name)}"
+            label = _text(name) if kind == "correct" else f"**broken:** {_text(name.removeprefix(BROKEN_PREFIX))}"
             if kind == "correct" and row["damaged"]:
                 label += " (damaged)"
+            default = row["default_budgets"].get("64")
+            default_rate = f"{default['fail_rate']:.1%}" if default else "-"
             lines.append(f"| {label} | {row['precision']} | {row['decisions_changed']:.1%} | {rate['16']} | "
-                         f"{rate['64']} | {rate['256']} | {_text(reasons) or '-'} |")
+                         f"{rate['64']} | {rate['256']} | {_text(reasons) or '-'} | {default_rate} |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,8 +334,17 @@ def write_fit(target: Path, results: RunResults, report: dict, command: str) -> 
 
 def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str = "auto", model: str | None = None,
                 work: Path | None = None, resamples: int = 2000, judge_resamples: int = 1000, command: str = "",
+                save_outputs: Path | None = None, load_outputs: Path | None = None,
                 on_step: Callable[[str], None] = lambda s: None) -> tuple[dict, dict[str, Path]]:
-    """Build the broken variants, run everything once, fit and judge, write the files."""
+    """Build the broken variants, run everything once (or load a saved run), fit and judge, write the files."""
+    from vitgender.validators.results import RunResults
+
+    if load_outputs is not None:  # refit saved outputs (variants included) without running anything
+        refuse_package_path(target)
+        results = RunResults.load(load_outputs)
+        broken = {r.name: r.path for r in results.runs if r.name.startswith(BROKEN_PREFIX)}
+        report = fit(results, broken, resamples=resamples, judge_resamples=judge_resamples, on_step=on_step)
+        return report, write_fit(Path(target), results, report, command)
     from vitgender.validators.parity import load_images, run_all
 
     refuse_package_path(target)
@@ -345,11 +363,16 @@ def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str =
         for why in skipped:
             on_step(f"broken variant skipped: {why}")
         results = run_all(artifact_dir, model=model, images=images, labels=labels,
-                          extra={f"broken: {n}": (v.path, v.precision) for n, v in variants.items()}, on_artifact=on_step)
+                          extra={BROKEN_PREFIX + n: (v.path, v.precision) for n, v in variants.items()}, on_artifact=on_step)
+        for run in results.runs:  # a saved run says what each variant breaks
+            if run.name.startswith(BROKEN_PREFIX):
+                run.path = variants[run.name[len(BROKEN_PREFIX):]].what
+        if save_outputs is not None:
+            results.save(save_outputs)
         model_labels = tuple(results.model.get("labels") or results.reference.labels)
         truth = (np.array([model_labels.index(x) for x in results.images.labels]) if results.images.labels else None)
         _check_inputs(results, truth)
-        report = fit(results, {f"broken: {n}": v.what for n, v in variants.items()}, resamples=resamples,
+        report = fit(results, {BROKEN_PREFIX + n: v.what for n, v in variants.items()}, resamples=resamples,
                      judge_resamples=judge_resamples, on_step=on_step)
     report["broken_skipped"] = skipped
     return report, write_fit(Path(target), results, report, command)
