@@ -217,7 +217,9 @@ def html(result: ValidationResult) -> str:
         f"</head><body><h1>Parity report: {'PASSED' if result.passed else 'FAILED'}</h1>"
         f"<p>{result.images['count']} images from <code>{escape(_relative(result.images['folder']))}</code>; model "
         f"<code>{escape(_relative(str(result.model.get('source'))))}</code>; PyTorch "
-        f"{_fmt(result.torch['latency_ms_per_image'], 3)} ms/image.</p>{summary}{''.join(sections)}</body></html>"
+        f"{_fmt(result.torch['latency_ms_per_image'], 3)} ms/image.</p>"
+        + "".join(f"<p class='note'>{escape(n)}</p>" for n in [result.images.get("note"), *result.notes] if n)
+        + f"{summary}{''.join(sections)}</body></html>"
     )
 
 

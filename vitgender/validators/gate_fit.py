@@ -299,14 +299,9 @@ def refuse_package_path(path: Path) -> None:
 
 
 def provenance(results: RunResults, report: dict, command: str) -> dict:
-    from importlib import metadata
+    from vitgender.validators.parity import runtime_versions
 
-    versions = {}
-    for dist in ("vitgender", "torch", "onnxruntime", "tensorflow", "ai-edge-litert", "executorch"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
+    versions = runtime_versions()
     return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "images_sha256": results.images.sha256, "images": results.images.count,
             "fit_images": report["images"]["fit"], "judge_images": report["images"]["judge"],

@@ -82,11 +82,9 @@ def _runner_inputs(image_paths: list[Path], config: PreprocessConfig, raw: bool)
     return resized if raw else pre.normalize(resized)
 
 
-def _machine() -> dict:
-    """CPU model, ISA flags and runtime versions: what decides which kernels ran (recorded in baselines)."""
+def runtime_versions() -> dict[str, str]:
+    """Versions of vitgender and of the runtimes installed here (what produced a set of numbers)."""
     from importlib import metadata
-
-    from vitgender.bench import machine
 
     versions = {}
     for dist in ("vitgender", "torch", "onnxruntime", "tensorflow", "ai-edge-litert", "executorch", "numpy"):
@@ -94,8 +92,15 @@ def _machine() -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
+    return versions
+
+
+def _machine() -> dict:
+    """CPU model, ISA flags and runtime versions: what decides which kernels ran (recorded in baselines)."""
+    from vitgender.bench import machine
+
     info = machine()
-    return {"cpu": info["cpu"], "isa": info["isa"], "cores": info["cores"], "versions": versions}
+    return {"cpu": info["cpu"], "isa": info["isa"], "cores": info["cores"], "versions": runtime_versions()}
 
 
 def _image_set(folder: Path, image_paths: list[Path], samples: list[Sample] | None, note: str) -> ImageSet:
