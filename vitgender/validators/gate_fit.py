@@ -225,7 +225,13 @@ def verdict(report: dict) -> dict:
     size = "64" if any("64" in r for r in report["correct"].values()) else "16"
     should_pass = {n: r[size]["fail_rate"] for n, r in report["correct"].items()
                    if not (Precision(r["precision"]).is_int8 and 1 - r["decisions_changed"] < MIN_INT8_AGREEMENT)}
-    should_fail = {n: r[size]["fail_rate"] for n, r in report["broken"].items() if r["decisions_changed"] >= VISIBLE_DAMAGE}
+    # A broken variant of a precision none of whose correct artifacts is sound (every int8 artifact
+    # damaged) starts from damage already: how often it fails measures the damaged base, not the gate.
+    sound = {r["precision"] for r in report["correct"].values() if not r["damaged"]}
+    not_judged = {n: f"no sound {r['precision']} artifact to break (all agree < {MIN_INT8_AGREEMENT:.0%})"
+                  for n, r in report["broken"].items() if r["precision"] not in sound}
+    should_fail = {n: r[size]["fail_rate"] for n, r in report["broken"].items()
+                   if r["decisions_changed"] >= VISIBLE_DAMAGE and n not in not_judged}
     worst_alarm = max(should_pass.values(), default=0.0)
     worst_detection = min(should_fail.values(), default=1.0)
     default_alarm = max((report["correct"][n]["default_budgets"].get("64", {}).get("fail_rate", 0.0) for n in should_pass
@@ -233,7 +239,7 @@ def verdict(report: dict) -> dict:
     return {"subset_size": int(size), "worst_false_alarm": worst_alarm, "worst_detection": worst_detection,
             "worst_float_false_alarm_default_budgets": default_alarm,
             "false_alarms_ok": worst_alarm <= FALSE_ALARM_TARGET, "detection_ok": worst_detection >= DETECTION_TARGET,
-            "judged_correct": sorted(should_pass), "judged_broken": sorted(should_fail)}
+            "judged_correct": sorted(should_pass), "judged_broken": sorted(should_fail), "not_judged": not_judged}
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -274,6 +280,8 @@ def markdown(report: dict) -> str:
              f"images: **{v['worst_float_false_alarm_default_budgets']:.1%}**", ""]
     for name, why in report["left_out_of_fit"].items():
         lines.append(f"- {_text(name)} left out of the fit: {_text(why)}")
+    for name, why in v.get("not_judged", {}).items():
+        lines.append(f"- {_text(name.removeprefix(BROKEN_PREFIX))} not counted in the detection rate: {_text(why)}")
     lines += ["", "| runner | precision | decisions changed | fails at 16 | at 64 | at 256 | failing checks (64) "
               "| fails at 64, default budgets |", "|---|---|---|---|---|---|---|---|"]
     resamples = report["judge_resamples"]
