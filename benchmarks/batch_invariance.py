@@ -3,12 +3,10 @@
 Runs `vitgender.validators.batching.batch_variation` on `--groups` disjoint groups of 40 UTKFace
 validation faces (non-commercial research data; not the bundled reference faces): 8 probes per
 group, alone and inside two batches of 32 with different companions. Prints, per artifact, the
-worst and median largest |Δlogit| and the decisions that changed. With `--write-budgets` the
-`batch_max_abs_logit_diff` budget of each precision becomes 3x its worst artifact, floored at
-1e-4 (fp32) or 0.01 (reduced precision: one rounding step of an activation); the other budgets
-in the file are left as `gate_quality.py` fitted them.
+worst and median largest |Δlogit| and the decisions that changed. The gate's budget for it
+(`batch_max_rel_logit_diff`) is fitted with the others by `vitgender validate --fit-budgets`.
 
-    .venv/bin/python benchmarks/batch_invariance.py --write-budgets
+    .venv/bin/python benchmarks/batch_invariance.py --json artifacts/evaluations/batch_invariance.json
 """
 
 from __future__ import annotations
@@ -29,17 +27,13 @@ from vitgender.validators.parity import _runner_inputs
 REPO = Path(__file__).resolve().parent.parent
 UTKFACE = REPO.parent / "shared" / "data" / "utkface"
 REFERENCE = REPO / "vitgender" / "reference" / "utkface-val-50"
-BUDGETS_FILE = REPO / "vitgender" / "validators" / "default_budgets.json"
 GROUP = 40
-FLOORS = {Precision.FP32: 1e-4}
-FLOOR_REDUCED = 0.01
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, default=REPO / "artifacts" / "vitgender-default")
     parser.add_argument("--groups", type=int, default=20)
-    parser.add_argument("--write-budgets", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -66,16 +60,6 @@ def main() -> None:
               f"decisions changed {row['flips']}/{row['probes']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.write_budgets:
-        data = json.loads(BUDGETS_FILE.read_text())
-        for precision in Precision:
-            worst = [r["worst"] for r in report["artifacts"].values() if r["precision"] == precision.value]
-            if worst and precision.value in data["budgets"]:
-                budget = max(3 * max(worst), FLOORS.get(precision, FLOOR_REDUCED))
-                data["budgets"][precision.value]["batch_max_abs_logit_diff"] = float(f"{budget:.2g}")
-        data["batch_provenance"] = (f"benchmarks/batch_invariance.py --groups {args.groups}: {len(faces)} UTKFace "
-                                    "validation faces (not the bundled reference set)")
-        BUDGETS_FILE.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
 from vitgender.evaluation.metrics import Prediction, accuracy_cell
 from vitgender.validators.metrics import paired_accuracy
-from vitgender.validators.parity import group_deltas
+from vitgender.validators.compare import group_deltas
 
 REPO = Path(__file__).resolve().parent.parent
 UTKFACE = REPO.parent / "shared" / "data" / "utkface"

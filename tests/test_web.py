@@ -89,7 +89,8 @@ def test_onnxruntime_web_in_chromium_matches_pytorch(web_export, torch_reference
     assert out["errors"] == [] and out["labels"] == list(runner.info.labels)
     logits = np.array(out["logits"], dtype=np.float32).reshape(reference.shape)
     metrics = compare_logits(reference, logits, runner.info.labels, [p.name for p in REFERENCE])
-    checks = check(metrics, {k: v for k, v in DEFAULT_BUDGETS[VARIANTS[variant][1]].items() if k != "accuracy_drop"})
+    checks = check(metrics, {k: v for k, v in DEFAULT_BUDGETS[VARIANTS[variant][1]].items()
+                             if k != "batch_max_rel_logit_diff"}, labelled=False)  # one run: no batches, no labels
     failures = [c.detail for c in checks if not c.passed]
     assert not failures, failures
     demo = {d["label"]: d["score"] for d in out["demo"]}  # the page's own canvas preprocessing path

@@ -21,8 +21,20 @@ def validate(
     reference: Optional[str] = typer.Option(None, metavar="NAME", help="Name of a bundled reference set (default utkface-val-50)."),
     labels: str = typer.Option("auto", metavar="LABELS", help="auto (UTKFace names / class folders), none, or a CSV path,label file."),
     budget: Optional[Path] = typer.Option(None, metavar="FILE", help="TOML/JSON overriding tolerance budgets per precision or artifact."),
-    baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="An earlier report.json: fail on drift beyond a margin."),
-    write_baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="Also save this run's report.json here as a baseline."),
+    baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="An earlier report.json: fail on a statistically "
+                                            "supported regression of decisions (paired on the same images)."),
+    write_baseline: Optional[Path] = typer.Option(None, metavar="FILE", help="Also save this run's report.json here as a "
+                                                  "baseline (refused for a failing run unless --force-baseline)."),
+    force_baseline: bool = typer.Option(False, "--force-baseline", help="Write --write-baseline even though the run failed."),
+    fit_budgets: Optional[Path] = typer.Option(None, metavar="FILE", help="Fit budgets on --images (split by content "
+                                               "hash into fit and judge halves), write FILE (TOML) and its gate-quality "
+                                               "report (FILE stem .gate-quality.json/.md). Exit 0 when the fit succeeded."),
+    save_outputs: Optional[Path] = typer.Option(None, metavar="DIR", help="Save every runner's raw outputs (logits, "
+                                                "timing, stages) to DIR for --load-outputs."),
+    load_outputs: Optional[Path] = typer.Option(None, metavar="DIR", help="Compare saved outputs instead of running "
+                                                "anything (DIR from --save-outputs)."),
+    against: Optional[str] = typer.Option(None, metavar="ARTIFACT", help="Use this artifact (a manifest name or a file) "
+                                          "as the reference instead of PyTorch: artifact vs artifact."),
     report_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where report.json/.md/.html go (default ARTIFACT_DIR/validation)."),
     junit: Optional[Path] = typer.Option(None, metavar="FILE", help="Write JUnit XML (one testcase per artifact x check)."),
     localize: bool = typer.Option(False, "--localize", help="Compare every ONNX and TFLite artifact with PyTorch block "
@@ -36,6 +48,14 @@ def validate(
     from vitgender.reporting import validation as reports
     from vitgender.validators import parity
 
+    if load_outputs is not None and (images or reference or against or only or save_outputs) and not fit_budgets:
+        raise UsageError("--load-outputs", "compares saved outputs as they are; --images, --reference, --against, "
+                                           "--only and --save-outputs apply when running")
+    if fit_budgets is not None:
+        _fit(artifact_dir, fit_budgets, images=images, labels=labels, model=model, save_outputs=save_outputs,
+             load_outputs=load_outputs)
+        return
+
     stored = None
     if baseline is not None:  # read before the slow part, so a bad path fails in a second
         try:
@@ -45,12 +65,20 @@ def validate(
         if not isinstance(stored, dict):
             raise UsageError(str(baseline), "not a vitgender report.json (expected a JSON object)")
     result = parity.validate(artifact_dir, model=model, images=images, reference=reference, labels=labels,
-                             budget_file=budget, only=only.split(",") if only else None, localize=localize,
+                             budget_file=budget, only=only.split(",") if only else None, against=against,
+                             localize=localize, save_outputs=save_outputs, load_outputs=load_outputs,
                              on_artifact=lambda name: typer.echo(f"[validate] {name}", err=True), alpha=alpha)
+    if result.images.get("note"):
+        typer.echo(f"vitgender: note: {result.images['note']}", err=True)
     if stored is not None:
         parity.compare_baseline(result, stored)
     written = reports.write_reports(result, report_dir or artifact_dir / "validation")
     if write_baseline is not None:
+        if not result.passed and not force_baseline:
+            typer.echo(reports.markdown(result))
+            typer.echo(f"vitgender: not writing baseline {write_baseline}: the run failed "
+                       "(fix it, or --force-baseline to record a failing run)", err=True)
+            raise typer.Exit(ExitCode.GATE_FAILED)
         write_baseline.parent.mkdir(parents=True, exist_ok=True)
         write_baseline.write_text(written["json"].read_text())
     if junit is not None:
@@ -59,3 +87,18 @@ def validate(
     typer.echo(f"reports: {written['md']} {written['html']} {written['json']}", err=True)
     if not result.passed:
         raise typer.Exit(ExitCode.GATE_FAILED)
+
+
+def _fit(artifact_dir: Path, target: Path, *, images: Optional[Path], labels: str, model: Optional[str],
+         save_outputs: Optional[Path], load_outputs: Optional[Path]) -> None:
+    import shlex
+    import sys
+
+    from vitgender.validators import gate_fit
+
+    report, files = gate_fit.fit_command(artifact_dir, target, images=images, labels=labels, model=model,
+                                         save_outputs=save_outputs, load_outputs=load_outputs,
+                                         command="vitgender " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                                         on_step=lambda step: typer.echo(f"[fit] {step}", err=True))
+    typer.echo(gate_fit.markdown(report))
+    typer.echo(f"budgets: {files['budgets']}; gate quality: {files['md']} {files['json']}", err=True)

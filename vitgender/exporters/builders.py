@@ -118,10 +118,10 @@ def onnx_int8_dynamic(ctx: BuildContext, target: Path) -> None:
 @per_artifact
 def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
     from vitgender.exporters.quantize import to_int8_static
-    from vitgender.validators.budgets import DEFAULT_BUDGETS
+    from vitgender.validators.budgets import DEFAULT_QUANT_TARGET
 
     options = ctx.options
-    auto_target = options.quant_target or DEFAULT_BUDGETS[Precision.INT8_DYNAMIC.value]["q90_abs_logit_diff"]
+    auto_target = options.quant_target or DEFAULT_QUANT_TARGET
     plan = to_int8_static(ctx.base_onnx, target, ctx.export_config.input_name, ctx.calibration.pixels,
                           method=options.calibration_method, preset=options.quant_preset, auto_target=auto_target,
                           progress=ctx.on_step)

@@ -14,7 +14,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from vitgender.reporting import figures
-from vitgender.validators.budgets import KINDS
+from vitgender.validators.metrics import METRICS
 from vitgender.validators.checks import ArtifactResult, ValidationResult
 
 
@@ -32,8 +32,11 @@ def _code(text: str) -> str:
 
 
 def _text(text: str) -> str:
-    """A label in Markdown prose or a table cell: markup shown as text."""
-    return escape(str(text)).replace("|", "\\|").replace("\n", " ")
+    """A label in Markdown prose or a table cell: markup shown as text.
+
+    Only what can open markup is escaped (`&`, `<`, the table's `|`); `>` stays a plain `>`, which
+    Markdown shows as text mid-line (an HTML entity would show as `&gt;` on a terminal)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
 
 
 def _metric(a: ArtifactResult, name: str, digits: int = 4) -> str:
@@ -48,29 +51,60 @@ def _relative(path: str) -> str:
         return path
 
 
+def headroom(check) -> float | None:
+    """How much of its budget a figure uses: value/budget for lower-is-better metrics, budget/value for
+    higher-is-better ones (1.0 = at the budget, above 1 = failing); None where it does not apply."""
+    metric = METRICS.get(check.name)
+    if metric is None or check.budget is None or not isinstance(check.value, (int, float)):
+        return None
+    value, budget = float(check.value), float(check.budget)
+    if metric.better == "lower":
+        return value / budget if budget > 0 else (0.0 if value <= 0 else float("inf"))
+    return budget / value if value > 0 else (0.0 if budget <= 0 else float("inf"))
+
+
+def _tightest(a: ArtifactResult) -> str:
+    """The budgeted figure closest to (or furthest over) its budget, as a share of the budget."""
+    used = [(headroom(c), c) for c in a.checks]
+    used = [(u, c) for u, c in used if u is not None]
+    if not used:
+        return "-"
+    share, check = max(used, key=lambda item: item[0])
+    return f"{check.name} {share:.0%}"
+
+
 def _budgeted(a: ArtifactResult) -> str:
-    """Each budgeted figure next to its budget, failing ones marked."""
-    return "; ".join(f"{'**' if not c.passed else ''}{c.name} {_fmt(c.value)} "
-                     f"{'≤' if KINDS.get(c.name, 'max') == 'max' else '≥'} {_fmt(c.budget)}{'**' if not c.passed else ''}"
-                     for c in a.checks if c.budget is not None and c.name in KINDS)
+    """Each budgeted figure next to its budget and the share of it used, failing ones marked."""
+    parts = []
+    for c in a.checks:
+        share = headroom(c)
+        if share is None:
+            continue
+        mark = "" if c.passed else "**"
+        parts.append(f"{mark}{c.name} {_fmt(c.value)} {METRICS[c.name].symbol} {_fmt(c.budget)} ({share:.0%}){mark}")
+    return "; ".join(parts)
 
 
 def markdown(result: ValidationResult) -> str:
     lines = [f"## vitgender parity report: {'PASSED' if result.passed else 'FAILED'}", "",
              f"{result.images['count']} reference images from {_code(_relative(result.images['folder']))} "
-             f"({result.images['labelled']} labelled); reference = PyTorch fp32 "
-             f"({_fmt(result.torch['latency_ms_per_image'], 3)} ms/image).", "",
-             "| artifact | precision | result | top-1 agreement | flips (confident) | accuracy torch → artifact "
-             "| ms/image | budgeted figures (value vs budget) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"({result.images['labelled']} labelled); reference = {_text(_reference_name(result))} "
+             f"({_fmt(result.torch['latency_ms_per_image'], 3)} ms/image).", ""]
+    notes = [f"> {_text(note)}" for note in [result.images.get("note"), *result.notes] if note]
+    lines += [*notes, *([""] if notes else []),
+              "| artifact | precision | result | tightest budget (share used) | top-1 agreement | flips (confident) "
+              "| accuracy torch → artifact | ms/image |",
+              "|---|---|---|---|---|---|---|---|"]
     for a in result.artifacts:
         m = a.metrics
         acc = a.accuracy
         acc_text = f"{acc['torch']['accuracy']:.3f} → {acc['artifact']['accuracy']:.3f}" if acc else "-"
         agreement = _agreement(a)
         flips = f"{len(m['flips'])} ({m['confident_flips']})" if m else "-"
-        lines.append(f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | {agreement} | "
-                     f"{flips} | {acc_text} | {_metric(a, 'latency_ms_per_image', 3)} | {_text(_budgeted(a))} |")
+        lines.append(f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | {_tightest(a)} | "
+                     f"{agreement} | {flips} | {acc_text} | {_metric(a, 'latency_ms_per_image', 3)} |")
+    lines += ["", "### Budgets per artifact (value vs budget, share of the budget used; over 100% fails)", ""]
+    lines += [f"- {_text(a.name)}: {_budgeted(a)}" for a in result.artifacts if a.checks]
     failing = [a for a in result.artifacts if not a.passed]
     if failing:
         lines += ["", "### Failures", ""]
@@ -111,24 +145,30 @@ def _thumbnail(folder: str, name: str, size: int = 72) -> str:
     return f"<img alt='{escape(name)}' src='data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
-def _image_cards(folder: str, label0: str, items: list[dict]) -> str:
+def _reference_name(result: ValidationResult) -> str:
+    name = result.torch.get("reference", "torch")
+    return "PyTorch fp32" if name == "torch" else f"artifact {name}"
+
+
+def _image_cards(folder: str, items: list[dict]) -> str:
     cards = []
     for item in items:
+        label = item.get("label", "label 0")  # reports of schema 2 gave P(label 0)
         caption = (f"PyTorch {item['reference']} {item['reference_prob']:.2f} → artifact {item['artifact']} "
                    f"({item['artifact_prob']:.2f} for {item['reference']})" if "reference" in item else
-                   f"|Δlogit| {_fmt(item['max_abs_logit_diff'])}; P({label0}) PyTorch {item['torch_prob']:.3f}, "
+                   f"|Δlogit| {_fmt(item['max_abs_logit_diff'])}; P({label}) PyTorch {item['torch_prob']:.3f}, "
                    f"artifact {item['artifact_prob']:.3f}")
         cards.append(f"<figure>{_thumbnail(folder, item['image'])}<figcaption><code>{escape(item['image'])}</code>"
                      f"<br>{escape(caption)}</figcaption></figure>")
     return f"<div class='cards'>{''.join(cards)}</div>"
 
 
-def _charts(a: ArtifactResult, label0: str) -> list[str]:
+def _charts(a: ArtifactResult) -> list[str]:
     if not a.metrics:
         return []
     charts = [figures.histogram(a.histogram["log10_edges"], a.histogram["counts"], f"{a.name}: |logit diff|",
                                 "log10 |PyTorch - artifact| per logit"),
-              figures.scatter(a.probabilities["torch"], a.probabilities["artifact"], f"{a.name}: P({label0})",
+              figures.scatter(a.probabilities["torch"], a.probabilities["artifact"], f"{a.name}: P(PyTorch's class)",
                               "PyTorch", "artifact")]
     deltas = [d for d in a.group_deltas or [] if set(d["group"]) in ({"race"}, {"gender"}, {"gender", "race"})]
     if deltas:
@@ -150,26 +190,25 @@ def _agreement(a: ArtifactResult) -> str:
 
 
 def html(result: ValidationResult) -> str:
-    label0 = (result.model.get("labels") or ["label 0"])[0]
     rows = []
     for a in result.artifacts:
         rows.append(f"<tr><td><a href='#{escape(a.name)}'>{escape(a.name)}</a></td><td>{escape(a.precision)}</td>"
                     f"<td class='{'ok' if a.passed else 'bad'}'>{'PASS' if a.passed else 'FAIL'}</td>"
-                    f"<td>{_agreement(a)}</td>"
+                    f"<td>{escape(_tightest(a))}</td><td>{_agreement(a)}</td>"
                     f"<td>{escape(_budgeted(a).replace('**', ''))}</td><td>{_metric(a, 'latency_ms_per_image', 3)}</td></tr>")
-    summary = ("<table><tr><th>artifact</th><th>precision</th><th>verdict</th><th>top-1 agreement</th>"
-               "<th>budgeted figures (value vs budget)</th><th>ms/image</th></tr>" + "".join(rows) + "</table>")
+    summary = ("<table><tr><th>artifact</th><th>precision</th><th>verdict</th>"
+               "<th>tightest budget</th><th>top-1 agreement</th><th>budgeted figures (value vs budget, share used)</th><th>ms/image</th></tr>" + "".join(rows) + "</table>")
     sections = []
     for a in result.artifacts:
         failures = "".join(f"<li>{escape(f)}</li>" for f in a.failures)
-        flips = _image_cards(result.images["folder"], label0, a.metrics.get("flips", [])[:12]) if a.metrics else ""
-        worst = _image_cards(result.images["folder"], label0, a.metrics.get("worst_images", [])[:5]) if a.metrics else ""
+        flips = _image_cards(result.images["folder"], a.metrics.get("flips", [])[:12]) if a.metrics else ""
+        worst = _image_cards(result.images["folder"], a.metrics.get("worst_images", [])[:5]) if a.metrics else ""
         sections.append(
             f"<section id='{escape(a.name)}'><h2>{escape(a.name)} <small>{escape(a.precision)}</small> "
             f"<span class='{'ok' if a.passed else 'bad'}'>{'PASS' if a.passed else 'FAIL'}</span></h2>"
             + (f"<p>Why it failed:</p><ul>{failures}</ul>" if failures else "")
             + f"<p>Weights by dtype: {escape(json.dumps((a.inventory or {}).get('weight_share_by_dtype', {})))}</p>"
-            + f"<div class='charts'>{''.join(_charts(a, label0))}</div>"
+            + f"<div class='charts'>{''.join(_charts(a))}</div>"
             + (f"<h3>Flipped images</h3>{flips}" if a.metrics and a.metrics["flips"] else "")
             + (f"<h3>Largest differences</h3>{worst}" if worst else "") + "</section>"
         )
@@ -178,7 +217,9 @@ def html(result: ValidationResult) -> str:
         f"</head><body><h1>Parity report: {'PASSED' if result.passed else 'FAILED'}</h1>"
         f"<p>{result.images['count']} images from <code>{escape(_relative(result.images['folder']))}</code>; model "
         f"<code>{escape(_relative(str(result.model.get('source'))))}</code>; PyTorch "
-        f"{_fmt(result.torch['latency_ms_per_image'], 3)} ms/image.</p>{summary}{''.join(sections)}</body></html>"
+        f"{_fmt(result.torch['latency_ms_per_image'], 3)} ms/image.</p>"
+        + "".join(f"<p class='note'>{escape(n)}</p>" for n in [result.images.get("note"), *result.notes] if n)
+        + f"{summary}{''.join(sections)}</body></html>"
     )
 
 

@@ -39,7 +39,7 @@ class ArtifactResult:
     checks: list[Check]
     budget: dict[str, float]
     histogram: dict | None = None
-    probabilities: dict | None = None  # per-image P(label 0), PyTorch and artifact: feeds the HTML plots only
+    probabilities: dict | None = None  # per-image P(reference's top class), PyTorch and artifact: HTML plots only
     accuracy: dict | None = None
     group_deltas: list[dict] | None = None
     inventory: dict | None = None
@@ -77,14 +77,23 @@ class ValidationResult:
     images: dict
     torch: dict
     artifacts: list[ArtifactResult]
+    machine: dict = field(default_factory=dict)  # CPU model, ISA flags, runtime versions
+    notes: list[str] = field(default_factory=list)
 
-    SCHEMA = 2  # 2: per-artifact `checks` and `localization`; statistical metrics; no cosine for two classes
+    # 2: per-artifact `checks` and `localization`; statistical metrics; no cosine for two classes.
+    # 3: images.sha256 (content) and `machine`; scale-free metrics (*_rel_logit_diff); worst_images give
+    #    the probability of the reference's top class; the baseline check is a paired test of decisions.
+    SCHEMA = 3
 
     @property
     def passed(self) -> bool:
         return all(a.passed for a in self.artifacts)
 
     def to_dict(self) -> dict:
-        """report.json; `--baseline` also reads reports of schema 1."""
-        return {"schema": self.SCHEMA, "passed": self.passed, "artifact_dir": self.artifact_dir, "model": self.model,
-                "images": self.images, "torch": self.torch, "artifacts": [a.to_dict() for a in self.artifacts]}
+        """report.json; `--baseline` also reads reports of schemas 1 and 2."""
+        data = {"schema": self.SCHEMA, "passed": self.passed, "artifact_dir": self.artifact_dir, "model": self.model,
+                "images": self.images, "machine": self.machine, "torch": self.torch,
+                "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.notes:
+            data["notes"] = self.notes
+        return data

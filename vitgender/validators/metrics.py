@@ -15,10 +15,82 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
 from vitgender.scoring import apply_function
+
+
+class Better(str, Enum):
+    """Which way a metric improves: a budget is an upper bound on a LOWER metric, a lower bound on a HIGHER one."""
+
+    LOWER = "lower"
+    HIGHER = "higher"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    better: Better
+    meaning: str
+
+    def within(self, value: float, limit: float) -> bool:
+        return value <= limit if self.better is Better.LOWER else value >= limit
+
+    def worse_by(self, new: float, old: float) -> float:
+        """How much worse `new` is than `old` (positive = worse), whichever way the metric improves."""
+        return new - old if self.better is Better.LOWER else old - new
+
+    @property
+    def symbol(self) -> str:
+        return "≤" if self.better is Better.LOWER else "≥"
+
+
+def _metrics(*rows: tuple[str, Better, str]) -> dict[str, Metric]:
+    return {name: Metric(name, better, meaning) for name, better, meaning in rows}
+
+
+# Every metric a budget may name, with its direction: the one place budgets, baselines, reports
+# and the fit command read it from. "rel" metrics divide |Δlogit| by the reference logits' spread
+# over the images (`logit_scale`), so one budget means the same for a model whose logits stay within
+# +-1.6 and one whose logits reach 14.
+METRICS: dict[str, Metric] = _metrics(
+    ("max_abs_logit_diff", Better.LOWER, "largest |Δlogit| over all images and classes"),
+    ("mean_abs_logit_diff", Better.LOWER, "mean |Δlogit|"),
+    ("p99_abs_logit_diff", Better.LOWER, "99th percentile of |Δlogit| over all logits"),
+    ("q90_abs_logit_diff", Better.LOWER, "90th percentile over images of the image's largest |Δlogit|"),
+    ("q90_rel_logit_diff", Better.LOWER, "q90_abs_logit_diff / the reference logits' spread"),
+    ("max_rel_logit_diff", Better.LOWER, "max_abs_logit_diff / the reference logits' spread"),
+    ("max_abs_prob_diff", Better.LOWER, "largest |Δprobability|"),
+    ("q90_abs_prob_diff", Better.LOWER, "90th percentile over images of the image's largest |Δprobability|"),
+    ("cosine_min", Better.HIGHER, "smallest per-image cosine of the logit vectors (more than two classes)"),
+    ("cosine_mean", Better.HIGHER, "mean per-image cosine of the logit vectors (more than two classes)"),
+    ("top1_agreement", Better.HIGHER, "share of images with the reference's top-1 class"),
+    ("flip_rate_lower99", Better.LOWER, "99% lower confidence bound of the share of changed decisions"),
+    ("confident_flip_rate_lower99", Better.LOWER, "the same, for decisions the reference took with p >= 0.9"),
+    ("accuracy_worse_p", Better.HIGHER, "McNemar p-value that the candidate is less accurate (labelled images)"),
+    ("accuracy_drop", Better.LOWER, "reference accuracy - candidate accuracy (labelled images)"),
+    ("flips_far_from_boundary", Better.LOWER, "changed decisions whose reference margin was >= 0.1"),
+    ("batch_max_abs_logit_diff", Better.LOWER, "largest |Δlogit| of an image alone vs inside a batch"),
+    ("batch_max_rel_logit_diff", Better.LOWER, "batch_max_abs_logit_diff / the reference logits' spread"),
+)
+
+
+def logit_scale(reference: np.ndarray) -> float:
+    """The reference logits' spread: root mean square of each image's logits about their own mean.
+
+    What a logit difference is measured against. Softmax ignores a shift shared by an image's logits,
+    so the spread is too; it grows with the model's logit scale (rounding errors in fp16 and int8 grow
+    with it as well), so a budget in these units transfers between a model whose logits stay within
+    +-1.6 and one whose logits reach 14.
+    """
+    ref = np.asarray(reference, np.float64)
+    if not ref.size:
+        return 1.0
+    return max(float(np.sqrt(((ref - ref.mean(axis=1, keepdims=True)) ** 2).mean())), 1e-12)
+
 
 # A flip is "confident" when PyTorch gave its answer at least this probability: such an answer
 # changing is a real behaviour change, unlike a coin-toss face crossing the boundary.
@@ -86,6 +158,7 @@ def compare_logits(
         for i in np.flatnonzero(top_ref != top_art)
     ]
     per_image = diff.max(axis=1) if diff.size else np.zeros(0)
+    scale = logit_scale(reference)
     prob_diff = np.abs(p_ref - p_art).max(axis=1) if diff.size else np.zeros(0)
     confident = sum(f["confident"] for f in flips)
     worst = np.argsort(-per_image)[:5]
@@ -97,6 +170,9 @@ def compare_logits(
         "mean_abs_logit_diff": float(diff.mean()) if diff.size else 0.0,
         "p99_abs_logit_diff": float(np.percentile(diff, 99)) if diff.size else 0.0,
         "q90_abs_logit_diff": float(np.quantile(per_image, QUANTILE)) if n else 0.0,
+        "logit_scale": scale,
+        "q90_rel_logit_diff": float(np.quantile(per_image, QUANTILE)) / scale if n else 0.0,
+        "max_rel_logit_diff": float(diff.max()) / scale if diff.size else 0.0,
         "max_abs_prob_diff": float(prob_diff.max()) if n else 0.0,
         "q90_abs_prob_diff": float(np.quantile(prob_diff, QUANTILE)) if n else 0.0,
         "top1_agreement": float((top_ref == top_art).mean()) if n else 1.0,
@@ -109,8 +185,10 @@ def compare_logits(
         "flips_near_boundary": sum(f["near_boundary"] for f in flips),
         "flips_far_from_boundary": sum(not f["near_boundary"] for f in flips),
         "boundary_margin": BOUNDARY_MARGIN,
-        "worst_images": [{"image": names[i], "max_abs_logit_diff": float(per_image[i]),
-                          "torch_prob": float(p_ref[i, 0]), "artifact_prob": float(p_art[i, 0])} for i in worst],
+        # probabilities of the class the reference predicted (not of label 0: five-class models too)
+        "worst_images": [{"image": names[i], "max_abs_logit_diff": float(per_image[i]), "label": labels[top_ref[i]],
+                          "torch_prob": float(p_ref[i, top_ref[i]]), "artifact_prob": float(p_art[i, top_ref[i]])}
+                         for i in worst],
     }
     if reference.shape[1] > 2:  # with two classes the logits are near-antisymmetric: cosine is always +-1
         cosine = _cosine_rows(reference, safe)

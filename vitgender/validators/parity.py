@@ -8,30 +8,34 @@ error, exit 2, not a parity result).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from vitgender.scoring import apply_function
 from vitgender.errors import UsageError
 from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.preprocess import PreprocessConfig, Preprocessor
-from vitgender.runtimes import open_runner, runtime_for
+from vitgender.runtimes import can_localize, open_runner, runtime_for
 from vitgender.data import Sample, open_labelled
 from vitgender.precision import Precision
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.batching import batch_variation
-from vitgender.validators.checks import ArtifactResult, Check, ValidationResult
-from vitgender.evaluation.metrics import Prediction, accuracy_cell, default_groupings, group_table, report_tables
-from vitgender.validators.inventory import check_precision, inventory
-from vitgender.validators.metrics import compare_logits, logit_diff_histogram, paired_accuracy
+from vitgender.validators.checks import Check, ValidationResult
+from vitgender.validators.compare import compare, judge, predictions
+from vitgender.evaluation.metrics import accuracy_cell
+from vitgender.validators.inventory import inventory
+from vitgender.validators.metrics import mcnemar_worse_p
+from vitgender.validators.results import ImageSet, RunResult, RunResults, content_hash
 
 REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
 DEFAULT_REFERENCE = "utkface-val-50"
 LOCALIZE_IMAGES = 8  # activations of every block for a few images are enough to see where errors start
+# A baseline regression is a decision change this unlikely under "nothing changed" (one-sided).
+REGRESSION_ALPHA = 0.01
 
 
 def reference_sets() -> list[str]:
@@ -71,115 +75,93 @@ def load_images(folder: Path, labels: str, model_labels: Sequence[str] = ()) -> 
     return paths, labelled or None
 
 
-def _predictions(logits: np.ndarray, labels: tuple[str, ...], samples: list[Sample], index: dict[Path, int]) -> list[Prediction]:
-    probs = apply_function(logits, "softmax")
-    out = []
-    for s in samples:
-        row = probs[index[s.path.resolve()]]
-        top = int(row.argmax())
-        out.append(Prediction(str(s.path), s.label, labels[top], float(row[top]), s.groups))
-    return out
-
-
-def group_deltas(reference: list[Prediction], candidate: list[Prediction], labels: Sequence[str]) -> list[dict]:
-    """Per group: accuracy of PyTorch vs the artifact, with n, per label and per group of the tables
-    `evaluate` reports by default (at most two fields each)."""
-    rows = []
-    fields = {key for p in reference for key in p.groups}
-    for keys in (k for k in report_tables(reference, default_groupings(labels, fields)) if len(k) <= 2):
-        ref_rows = {tuple(r["group"].items()): r for r in group_table(reference, keys)}
-        for row in group_table(candidate, keys):
-            ref = ref_rows[tuple(row["group"].items())]
-            rows.append({"group": row["group"], "n": row["n"], "torch_accuracy": ref["accuracy"],
-                         "artifact_accuracy": row["accuracy"], "delta": row["accuracy"] - ref["accuracy"]})
-    return rows
-
-
-def label_check(artifact_labels: tuple[str, ...], model_labels: tuple[str, ...]) -> Check:
-    """The artifact's sidecar must name the model's labels in the model's order: a swapped order
-    turns every answer into its opposite while the logits still match."""
-    return Check("labels", tuple(artifact_labels) == tuple(model_labels), ", ".join(artifact_labels), None,
-                 f"labels {list(artifact_labels)} differ from the model's {list(model_labels)} (order matters)")
-
-
-def _compare(entry: dict, path: Path, runner, ref_logits: np.ndarray, pixels: np.ndarray, names: list[str],
-             budgets: dict, predictions: tuple[list[Prediction], list[Sample], dict] | None,
-             model_labels: tuple[str, ...]) -> ArtifactResult:
-    """Run one artifact on the reference images (preprocessed as its sidecar says) and judge it."""
-    precision = Precision.parse(entry["precision"])
-    budget = budgets_mod.budget_for(budgets, entry["name"], precision)
-    result = ArtifactResult(entry["name"], entry["runtime"], precision, entry["path"], entry["sha256"], {}, [], budget,
-                            calibration=entry.get("calibration"))
-    labels = runner.info.labels
-    began = time.perf_counter()
-    logits = runner.run(pixels)
-    latency = (time.perf_counter() - began) * 1000 / len(pixels)
-    if logits.shape != ref_logits.shape:
-        result.checks.append(Check("output_shape", False, str(tuple(logits.shape)), None,
-                                   f"logits of shape {tuple(logits.shape)}, PyTorch gives {tuple(ref_logits.shape)}"))
-        return result
-    result.metrics = compare_logits(ref_logits, logits, labels, names)
-    result.metrics["latency_ms_per_image"] = round(latency, 3)
-    result.metrics.update(batch_variation(runner.run, pixels))
-    result.histogram = logit_diff_histogram(ref_logits, logits)
-    result.probabilities = {"torch": apply_function(ref_logits, "softmax")[:, 0].tolist(),
-                            "artifact": apply_function(np.nan_to_num(logits), "softmax")[:, 0].tolist()}
-    if predictions:
-        ref_preds, samples, index = predictions
-        art_preds = _predictions(logits, labels, samples, index)
-        result.metrics.update(paired_accuracy([p.correct for p in ref_preds], [p.correct for p in art_preds]))
-        result.accuracy = {"torch": accuracy_cell(ref_preds), "artifact": accuracy_cell(art_preds)}
-        result.group_deltas = group_deltas(ref_preds, art_preds, labels)
-    result.checks = [label_check(labels, model_labels), *budgets_mod.check(result.metrics, budget)]
-    result.inventory = inventory(path, entry["runtime"])
-    if result.inventory is not None:
-        result.checks.append(check_precision(result.inventory, precision))
-    return result
-
-
 def _runner_inputs(image_paths: list[Path], config: PreprocessConfig, raw: bool) -> np.ndarray:
     """The images as a runner with this preprocessing takes them: resized uint8 NHWC, or pixel_values."""
     pre = Preprocessor(config)
-    resized = np.stack([pre.load(path) for path in image_paths])
+    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
     return resized if raw else pre.normalize(resized)
 
 
-def validate(
+def runtime_versions() -> dict[str, str]:
+    """Versions of vitgender and of the runtimes installed here (what produced a set of numbers)."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("vitgender", "torch", "onnxruntime", "tensorflow", "ai-edge-litert", "executorch", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _machine() -> dict:
+    """CPU model, ISA flags and runtime versions: what decides which kernels ran (recorded in baselines)."""
+    from vitgender.bench import machine
+
+    info = machine()
+    return {"cpu": info["cpu"], "isa": info["isa"], "cores": info["cores"], "versions": runtime_versions()}
+
+
+def _image_set(folder: Path, image_paths: list[Path], samples: list[Sample] | None, note: str) -> ImageSet:
+    digest, _ = content_hash(image_paths)
+    by_path = {s.path.resolve(): s for s in samples or []}
+    labelled = [by_path.get(p.resolve()) for p in image_paths]
+    names = [str(p.relative_to(folder)) for p in image_paths]
+    if samples and all(labelled):
+        return ImageSet(str(folder), names, digest, [s.label for s in labelled], [dict(s.groups) for s in labelled], note)
+    if samples:  # only part of the folder is labelled: judge accuracy on that part only is not offered
+        note = note or f"{len(samples)} of {len(image_paths)} images labelled: accuracy not judged"
+    return ImageSet(str(folder), names, digest, None, None, note)
+
+
+def run_all(
     artifact_dir: Path,
     *,
     model: str | None = None,
     images: Path | None = None,
     reference: str | None = None,
     labels: str = "auto",
-    budget_file: Path | None = None,
     only: list[str] | None = None,
+    against: str | None = None,
     localize: bool = False,
+    extra: dict[str, tuple[Path, Precision]] | None = None,
     on_artifact: Callable[[str], None] = lambda name: None,
     alpha: str | None = None,
-) -> ValidationResult:
-    """Run PyTorch and every artifact on the same images and judge each; with `localize`, every
-    ONNX and TFLite artifact (and, always, a failing one) gets its block-by-block error curve.
-    `alpha` replaces every runner's alpha policy (else each decodes as its sidecar records)."""
+) -> RunResults:
+    """The run step: the reference (PyTorch, or the artifact `against`) and every artifact, once, on the same images.
+
+    `extra` adds runners that are not in the manifest (name -> (file, declared precision)): the
+    fit command's broken variants. `alpha` replaces every runner's alpha policy (else each decodes
+    as its sidecar records).
+    """
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
         missing = sorted(set(only) - {e["name"] for e in entries})
         raise UsageError(", ".join(missing), "not in the manifest")
-    if not entries:
+    if not entries and not extra:
         raise UsageError(str(artifact_dir), "the manifest lists no artifacts")
+    by_name = {e["name"]: e for e in manifest["artifacts"]}
+    if against is not None and against not in by_name and not Path(against).exists():
+        raise UsageError(against, "--against takes an artifact name from the manifest or an artifact file")
     paths = {e["name"]: verify_artifact(artifact_dir, e) for e in entries}  # sha256 first, before any inference
     folder = resolve_images(images, reference)
     model_labels = manifest["model"].get("labels") or []
     image_paths, samples = load_images(folder, labels, model_labels)
+    note = ""
     unknown = sorted({s.label for s in samples or []} - set(model_labels))
-    if unknown:  # judged against labels the model cannot give, every artifact would score 0%
+    if images is None and labels == "auto" and (unknown or not samples):
+        # The bundled faces carry UTKFace's fields (gender, race, age): a model whose labels none of them
+        # gives is judged on them unlabelled.
+        note = ("the bundled faces carry none of this model's labels: judged unlabelled (decision metrics only); "
+                "give --images with your own labelled images")
+        samples = None
+    elif unknown:  # judged against labels the model cannot give, every artifact would score 0%
         raise UsageError(", ".join(unknown)[:200], f"labels in {folder} are not the model's labels "
                                                    f"({', '.join(model_labels)}); rename the class folders, give "
                                                    "--labels FILE.csv, or --labels none to skip accuracy")
-    budgets = budgets_mod.load_budgets(budget_file)
-
-    on_artifact("torch (reference)")
-    torch_runner = open_runner("torch", model if model is not None else manifest["model"]["source"], alpha=alpha)
+    image_set = _image_set(folder, image_paths, samples, note)
     # Each runner is fed the images preprocessed as its own sidecar says (what a deployment does);
     # decoding and resizing run once per distinct preprocessing, normally once for all. An
     # unreadable reference image is a usage error.
@@ -191,64 +173,192 @@ def validate(
             inputs[key] = _runner_inputs(image_paths, *key)
         return inputs[key]
 
-    names = [str(p.relative_to(folder)) for p in image_paths]
-    pixels = inputs_for(torch_runner)
-    began = time.perf_counter()
-    ref_logits = torch_runner.run(pixels)
-    torch_ms = (time.perf_counter() - began) * 1000 / len(pixels)
-    labels_t = torch_runner.info.labels
-    index = {p.resolve(): i for i, p in enumerate(image_paths)}
-    ref_preds = _predictions(ref_logits, labels_t, samples, index) if samples else None
+    def run_one(name: str, path: Path | None, precision: str, entry: dict | None, *, stages: bool) -> RunResult:
+        on_artifact(name if path is not None else f"{name} (reference)")
+        runner = open_runner(runtime_for(path), path if path is not None else
+                             (model if model is not None else manifest["model"]["source"]), alpha=alpha)
+        try:
+            pixels = inputs_for(runner)
+            began = time.perf_counter()
+            logits = runner.run(pixels)
+            latency = (time.perf_counter() - began) * 1000 / len(pixels)
+            return RunResult(
+                name, runner.info.runtime, precision, tuple(runner.info.labels), logits, latency,
+                path=str(entry["path"]) if entry else str(path or ""), sha256=(entry or {}).get("sha256", ""),
+                calibration=(entry or {}).get("calibration"),
+                batch=batch_variation(runner.run, pixels) if path is not None else None,
+                stages=runner.stage_activations(pixels[:LOCALIZE_IMAGES]) if stages and can_localize(runner) else None,
+                inventory=inventory(path, entry["runtime"]) if entry is not None else None)
+        finally:
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()
 
-    from vitgender.runtimes import can_localize
-    from vitgender.validators.localize import localize as localize_artifact
+    if against is None:
+        ref = run_one("torch", None, Precision.FP32.value, None, stages=localize)
+    else:
+        entry = by_name.get(against)
+        path = verify_artifact(artifact_dir, entry) if entry else Path(against)
+        ref = run_one(against, path, entry["precision"] if entry else Precision.FP32.value, entry, stages=localize)
+        ref.batch = None
+    runs = [run_one(e["name"], paths[e["name"]], e["precision"], e, stages=localize)
+            for e in entries if e["name"] != ref.name]
+    for name, (path, precision) in (extra or {}).items():
+        runs.append(run_one(name, path, precision.value, None, stages=False))
+    results = RunResults(manifest["model"], image_set, ref, runs)
+    results.model = {**manifest["model"], "artifact_dir": str(artifact_dir)}
+    return results
 
-    results = []
-    for entry in entries:
-        on_artifact(entry["name"])
-        path = paths[entry["name"]]
-        with open_runner(runtime_for(path), path, alpha=alpha) as runner:  # closed before the next one opens
-            result = _compare(entry, path, runner, ref_logits, inputs_for(runner), names, budgets,
-                              (ref_preds, samples, index) if ref_preds else None, labels_t)
-            if (localize or not result.passed) and can_localize(runner):
-                on_artifact(f"{entry['name']}: localizing")
-                result.localization = localize_artifact(torch_runner, runner, pixels[:LOCALIZE_IMAGES],
-                                                        inputs_for(runner)[:LOCALIZE_IMAGES])
-        results.append(result)
-    torch_runner.close()
+
+def localize_runs(results: RunResults, names: list[str], artifact_dir: Path, model: str | None,
+                  on_artifact: Callable[[str], None] = lambda name: None, alpha: str | None = None) -> None:
+    """A second, small run step: stage activations of `names` (failing artifacts) and of the reference."""
+    manifest = read_manifest(artifact_dir)
+    by_name = {e["name"]: e for e in manifest["artifacts"]}
+    folder = Path(results.images.folder)
+    image_paths = [folder / n for n in results.images.names[:LOCALIZE_IMAGES]]
+    for run in [results.reference, *[r for r in results.runs if r.name in names]]:
+        if run.stages is not None or (run is not results.reference and run.name not in by_name):
+            continue
+        if run is not results.reference:
+            on_artifact(f"{run.name}: localizing")
+        entry = by_name.get(run.name)
+        source = (artifact_dir / entry["path"]) if entry else (model if model is not None else manifest["model"]["source"])
+        runner = open_runner(runtime_for(source) if entry else "torch", source, alpha=alpha)
+        try:
+            if can_localize(runner):
+                run.stages = runner.stage_activations(_runner_inputs(image_paths, runner.info.preprocess,
+                                                                     runner.info.raw_input))
+        finally:
+            if hasattr(runner, "close"):
+                runner.close()
+
+
+def compare_all(results: RunResults, budgets: dict) -> ValidationResult:
+    """The compare and judge steps over saved or fresh RunResults: no model runs here."""
+    ref = results.reference
+    model_labels = tuple(results.model.get("labels") or ref.labels)
+    labelled = bool(results.images.labels)
+    artifacts = []
+    for run in results.runs:
+        precision = Precision.parse(run.precision)
+        artifacts.append(judge(compare(ref, run, results.images), budgets_mod.budget_for(budgets, run.name, precision),
+                               run.labels, model_labels, labelled))
+    torch_accuracy = accuracy_cell(predictions(ref, results.images)) if labelled else None
+    images = {"folder": results.images.folder, "count": results.images.count,
+              "labelled": results.images.count if labelled else 0, "sha256": results.images.sha256}
+    if results.images.note:
+        images["note"] = results.images.note
     return ValidationResult(
-        artifact_dir=str(artifact_dir),
-        model=manifest["model"],
-        images={"folder": str(folder), "count": len(image_paths), "labelled": len(samples) if samples else 0},
-        torch={"latency_ms_per_image": round(torch_ms, 3), "accuracy": accuracy_cell(ref_preds) if ref_preds else None},
-        artifacts=results,
+        artifact_dir=str(results.model.get("artifact_dir", "")),
+        model={k: v for k, v in results.model.items() if k != "artifact_dir"},
+        images=images,
+        torch={"latency_ms_per_image": round(ref.latency_ms_per_image, 3), "accuracy": torch_accuracy,
+               "reference": ref.name},
+        artifacts=artifacts,
+        machine=_machine(),
     )
 
 
-def compare_baseline(result: ValidationResult, baseline: dict, margin: dict[str, float] | None = None) -> None:
-    """Add a `baseline` check to each artifact the stored report also has: fail on drift beyond `margin`.
+def validate(
+    artifact_dir: Path,
+    *,
+    model: str | None = None,
+    images: Path | None = None,
+    reference: str | None = None,
+    labels: str = "auto",
+    budget_file: Path | None = None,
+    only: list[str] | None = None,
+    against: str | None = None,
+    localize: bool = False,
+    save_outputs: Path | None = None,
+    load_outputs: Path | None = None,
+    on_artifact: Callable[[str], None] = lambda name: None,
+    alpha: str | None = None,
+) -> ValidationResult:
+    """Run (or load) -> compare -> judge. With `localize`, every runner that exposes stages gets its
+    block-by-block error curve; a failing artifact always gets one when its runtime can (not from
+    loaded outputs, which hold only what was saved)."""
+    if load_outputs is not None:
+        results = RunResults.load(load_outputs)
+    else:
+        if budget_file is not None:  # a bad budget file fails in a second, before anything runs
+            budgets_mod.load_budgets(budget_file, read_manifest(artifact_dir)["model"].get("labels"))
+        results = run_all(artifact_dir, model=model, images=images, reference=reference, labels=labels, only=only,
+                          against=against, localize=localize, on_artifact=on_artifact, alpha=alpha)
+    budgets = budgets_mod.load_budgets(budget_file, results.model.get("labels"))
+    result = compare_all(results, budgets)
+    failing = [a.name for a in result.artifacts if not a.passed and not a.localization]
+    if failing and load_outputs is None:
+        localize_runs(results, failing, artifact_dir, model, on_artifact, alpha)
+        result = compare_all(results, budgets)
+    if save_outputs is not None:
+        results.save(save_outputs)
+    return result
 
-    Drift is judged per metric: error metrics may grow by at most max(2x, +abs margin) and
-    agreement/accuracy may fall by at most the margin, so noise passes and a trend does not.
+
+def _paired_flips(new: dict, old: dict) -> tuple[int, int]:
+    """Images flipped now but not in the baseline, and the other way round (same image set)."""
+    now = {f["image"] for f in new.get("flips", [])}
+    before = {f["image"] for f in old.get("flips", [])}
+    return len(now - before), len(before - now)
+
+
+def _fisher_worse_p(k_new: int, n_new: int, k_old: int, n_old: int) -> float:
+    """One-sided Fisher exact p-value for 'the flip rate is higher now' on two independent image sets."""
+    total, flips = n_new + n_old, k_new + k_old
+    if n_new == 0 or flips == 0:
+        return 1.0
+    denominator = math.comb(total, flips)
+    return min(1.0, sum(math.comb(n_new, k) * math.comb(n_old, flips - k)
+                        for k in range(k_new, min(n_new, flips) + 1)) / denominator)
+
+
+def same_image_set(result: ValidationResult, baseline: dict) -> bool:
+    """Whether a baseline was measured on these images: by content hash; a baseline of schema 2 (no
+    hash) by the folder's name and the count."""
+    old = baseline.get("images") or {}
+    if "sha256" in old:
+        return old["sha256"] == result.images.get("sha256")
+    return (Path(str(old.get("folder", ""))).name == Path(result.images["folder"]).name
+            and old.get("count") == result.images["count"])
+
+
+def compare_baseline(result: ValidationResult, baseline: dict, alpha: float = REGRESSION_ALPHA) -> None:
+    """Add a `baseline` check to each artifact the stored report also has: fail on a statistically
+    supported regression of its decisions, not on a fixed margin one image can cross.
+
+    Same images: a paired exact test on the images whose decision changed between the runs (newly
+    flipped vs no longer flipped); one image flipping on another CPU (p = 0.5) passes, a real
+    regression fails, on 50 images or on 5,000. Other images: Fisher's exact test of the flip rates,
+    and nothing that grows with the sample (maxima) is compared. Values (|Δlogit|) are bounded by
+    the budgets, not by the baseline: kernels differ between CPUs.
     """
-    margin = margin or {"top1_agreement": 0.02, "accuracy_drop": 0.02, "cosine_min": 0.001}
     previous = {a["name"]: a for a in baseline.get("artifacts", []) if isinstance(a, dict) and "name" in a}
+    paired = same_image_set(result, baseline)
+    if not paired:
+        old = baseline.get("images") or {}
+        result.notes.append(f"the baseline was measured on other images ({old.get('count', '?')} from "
+                            f"{Path(str(old.get('folder', '?'))).name}): only flip rates are compared, unpaired")
+    machine = baseline.get("machine")
+    if machine and result.machine and machine.get("cpu") != result.machine.get("cpu"):
+        result.notes.append(f"the baseline was measured on {machine.get('cpu')} ({' '.join(machine.get('isa', []))}); "
+                            f"this run on {result.machine.get('cpu')}")
     for artifact in result.artifacts:
         old = previous.get(artifact.name)
-        if old is None or not artifact.metrics:
+        if old is None or not artifact.metrics or not old.get("metrics"):
             continue
-        regressions = []
-        new_m, old_m = artifact.metrics, old.get("metrics", {})
-        for metric in ("max_abs_logit_diff", "mean_abs_logit_diff"):
-            if metric in old_m and new_m[metric] > max(2 * old_m[metric], old_m[metric] + 1e-6):
-                regressions.append(f"{metric} {new_m[metric]:.3g} vs baseline {old_m[metric]:.3g} (more than 2x)")
-        for metric, allowed in margin.items():
-            if metric not in old_m or metric not in new_m:
-                continue
-            worse = new_m[metric] - old_m[metric] if metric == "accuracy_drop" else old_m[metric] - new_m[metric]
-            if worse > allowed:
-                regressions.append(f"{metric} {new_m[metric]:.4g} vs baseline {old_m[metric]:.4g} (margin {allowed})")
+        new_m, old_m = artifact.metrics, old["metrics"]
+        if paired:
+            newly, no_longer = _paired_flips(new_m, old_m)
+            p = mcnemar_worse_p(newly, no_longer)
+            detail = f"{newly} images newly flipped, {no_longer} no longer flipped vs the baseline (paired p={p:.2g})"
+        else:
+            k_new, k_old = len(new_m.get("flips", [])), len(old_m.get("flips", []))
+            p = _fisher_worse_p(k_new, new_m["images"], k_old, old_m.get("images", 0))
+            detail = (f"flips {k_new}/{new_m['images']} vs baseline {k_old}/{old_m.get('images', 0)} on other images "
+                      f"(Fisher p={p:.2g})")
         if old.get("sha256") and old["sha256"] != artifact.sha256:
             artifact.notes.append("artifact bytes differ from the baseline's (re-exported)")
-        artifact.checks.append(Check("baseline", not regressions, len(regressions), 0,
-                                     "baseline regression: " + "; ".join(regressions)))
+        artifact.checks.append(Check("baseline", p >= alpha, round(p, 6), alpha,
+                                     f"baseline regression: {detail} < {alpha}" if p < alpha else detail))
