@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.bench import machine
+from vitgender.machine import machine
 from vitgender.checkpoint import open_checkpoint
 from vitgender.data import split_samples, utkface_samples
 from vitgender.explain.deletion import FRACTIONS, curve_auc, deletion_curves, patch_order, torch_predict

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from vitgender.data import load_labelled, split_samples
+from vitgender.reporting import gate_quality
 from vitgender.validators import gate_fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,8 +44,9 @@ def fit_default_model(export: Path, faces: int, out: Path) -> dict:
             (Path(scratch) / s.path.name).symlink_to(s.path.resolve())
         report, files = gate_fit.fit_command(export, out, images=Path(scratch), labels="auto",
                                              command=f"benchmarks/gate_quality.py fit --faces {faces}",
-                                             on_step=lambda step: print(f"[fit] {step}", flush=True))
-    print(gate_fit.markdown(report))
+                                             on_step=lambda step: print(f"[fit] {step}", flush=True),
+                                             render_markdown=gate_quality.markdown)
+    print(gate_quality.markdown(report))
     print(f"wrote {files['budgets']} {files['md']} {files['json']}")
     return report
 

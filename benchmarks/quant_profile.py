@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.bench import machine
+from vitgender.machine import machine
 
 
 def onnx_profile(path: Path, batch: int, runs: int = 5) -> list[tuple[str, float, int]]:

@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from vitgender.bench import available_cores, machine
+    from vitgender.machine import available_cores, machine
     from vitgender.runtimes import open_runner, runtime_for
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local throwaway clusters only

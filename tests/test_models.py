@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import IMAGENET, TINY_TYPES, make_tiny, random_image
 
-from vitgender.models import model_config, supported_model_types
+from vitgender.models import supported_model_types
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIMED = ("vit", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision", "vit_msn")

@@ -361,8 +361,22 @@ def five_label_export(tmp_path_factory) -> Path:
     return main_export(model, root / "artifacts", "onnx")
 
 
-def test_bundled_faces_judge_another_label_set_unlabelled_and_say_so(five_label_export, tmp_path):
+def test_bundled_faces_are_labelled_by_the_field_that_gives_the_models_labels(five_label_export, tmp_path):
+    """A race model is judged on the bundled faces labelled by their race field: no note, accuracy kept."""
     result = validate(str(five_label_export), "--report-dir", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert not [line for line in result.stderr.splitlines() if line.startswith("vitgender: note:")]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["images"]["labelled"] == report["images"]["count"] == 50
+    assert "accuracy_worse_p" in report["artifacts"][0]["metrics"]
+
+
+def test_bundled_faces_judge_another_label_set_unlabelled_and_say_so(tmp_path):
+    """Labels no UTKFace field gives: the bundled faces are judged unlabelled, and one line says so."""
+    from tests.conftest import make_tiny_vit
+
+    export = main_export(make_tiny_vit(tmp_path / "model", labels=("cat", "dog", "bird")), tmp_path / "a", "onnx")
+    result = validate(str(export), "--report-dir", str(tmp_path / "r"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("vitgender: note:")]
     assert len(notes) == 1 and "judged unlabelled (decision metrics only)" in notes[0]
@@ -469,4 +483,6 @@ def test_fit_on_synthetic_runs_separates_correct_from_broken(tmp_path):
     import tomllib
 
     assert tomllib.loads(toml)["model"]["labels"] == list(RACE5)
-    assert "| **broken:** weight x1.05 |" in gate_fit.markdown(report)
+    from vitgender.reporting import gate_quality
+
+    assert "| **broken:** weight x1.05 |" in gate_quality.markdown(report)

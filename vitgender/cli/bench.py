@@ -30,7 +30,8 @@ def bench(
 ) -> None:
     """Throughput, latency, memory, size and top-1 agreement of PyTorch, the HF pipeline and every artifact,
     as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
-    from vitgender.bench import available_cores, run_benchmark
+    from vitgender.bench import run_benchmark
+    from vitgender.machine import available_cores
     from vitgender.reporting.bench import header, plot_svg, table
     from vitgender.runtimes.tta import check_tta
 

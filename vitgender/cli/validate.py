@@ -94,11 +94,13 @@ def _fit(artifact_dir: Path, target: Path, *, images: Optional[Path], labels: st
     import shlex
     import sys
 
+    from vitgender.reporting import gate_quality
     from vitgender.validators import gate_fit
 
     report, files = gate_fit.fit_command(artifact_dir, target, images=images, labels=labels, model=model,
                                          save_outputs=save_outputs, load_outputs=load_outputs,
                                          command="vitgender " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                                         on_step=lambda step: typer.echo(f"[fit] {step}", err=True))
-    typer.echo(gate_fit.markdown(report))
+                                         on_step=lambda step: typer.echo(f"[fit] {step}", err=True),
+                                         render_markdown=gate_quality.markdown)
+    typer.echo(gate_quality.markdown(report))
     typer.echo(f"budgets: {files['budgets']}; gate quality: {files['md']} {files['json']}", err=True)

@@ -264,41 +264,6 @@ def budget_toml(budgets: dict[str, dict[str, float]], model_labels, provenance: 
     return "\n".join(lines) + "\n"
 
 
-def markdown(report: dict) -> str:
-    from vitgender.reporting.validation import _text
-
-    v = report["verdict"]
-    images = report["images"]
-    lines = [f"## Gate quality: {images['fit']} fit + {images['judge']} judge images "
-             f"({'labelled' if images['labelled'] else 'unlabelled: decision metrics only'})", "",
-             f"- worst false-alarm rate of a correct artifact at {v['subset_size']} images: **{v['worst_false_alarm']:.1%}** "
-             f"({'meets' if v['false_alarms_ok'] else 'misses'} the {FALSE_ALARM_TARGET:.0%} target)",
-             f"- worst detection rate of a broken variant changing ≥ {VISIBLE_DAMAGE:.0%} of decisions: "
-             f"**{v['worst_detection']:.1%}** ({'meets' if v['detection_ok'] else 'misses'} the "
-             f"{DETECTION_TARGET:.0%} target)",
-             f"- without fitting (the shipped default budgets), worst false-alarm rate of an fp32/fp16 artifact at 64 "
-             f"images: **{v['worst_float_false_alarm_default_budgets']:.1%}**", ""]
-    for name, why in report["left_out_of_fit"].items():
-        lines.append(f"- {_text(name)} left out of the fit: {_text(why)}")
-    for name, why in v.get("not_judged", {}).items():
-        lines.append(f"- {_text(name.removeprefix(BROKEN_PREFIX))} not counted in the detection rate: {_text(why)}")
-    lines += ["", "| runner | precision | decisions changed | fails at 16 | at 64 | at 256 | failing checks (64) "
-              "| fails at 64, default budgets |", "|---|---|---|---|---|---|---|---|"]
-    resamples = report["judge_resamples"]
-    for kind in ("correct", "broken"):
-        for name, row in report[kind].items():
-            rate = {n: f"{row[n]['fail_rate']:.1%}" if n in row else "-" for n in ("16", "64", "256")}
-            reasons = ", ".join(f"{k} {c / resamples:.0%}" for k, c in sorted(row.get("64", {"checks": {}})["checks"].items()))
-            label = _text(name) if kind == "correct" else f"**broken:** {_text(name.removeprefix(BROKEN_PREFIX))}"
-            if kind == "correct" and row["damaged"]:
-                label += " (damaged)"
-            default = row["default_budgets"].get("64")
-            default_rate = f"{default['fail_rate']:.1%}" if default else "-"
-            lines.append(f"| {label} | {row['precision']} | {row['decisions_changed']:.1%} | {rate['16']} | "
-                         f"{rate['64']} | {rate['256']} | {_text(reasons) or '-'} | {default_rate} |")
-    return "\n".join(lines) + "\n"
-
-
 def refuse_package_path(path: Path) -> None:
     """The fit writes the user's files, never into the installed package."""
     package = Path(__file__).resolve().parent.parent
@@ -317,8 +282,11 @@ def provenance(results: RunResults, report: dict, command: str) -> dict:
             "versions": [f"{k} {v}" for k, v in versions.items()]}
 
 
-def write_fit(target: Path, results: RunResults, report: dict, command: str) -> dict[str, Path]:
-    """budgets.toml plus <stem>.gate-quality.json/.md beside it, each written whole (temp file + rename)."""
+def write_fit(target: Path, results: RunResults, report: dict, command: str,
+              render_markdown: Callable[[dict], str]) -> dict[str, Path]:
+    """budgets.toml plus <stem>.gate-quality.json/.md beside it, each written whole (temp file + rename).
+
+    `render_markdown` is `vitgender.reporting.gate_quality.markdown` (rendering lives in reporting/)."""
     refuse_package_path(target)
     model_labels = tuple(results.model.get("labels") or results.reference.labels)
     prov = provenance(results, report, command)
@@ -327,7 +295,7 @@ def write_fit(target: Path, results: RunResults, report: dict, command: str) -> 
              "md": target.with_name(f"{target.stem}.gate-quality.md")}
     texts = {"budgets": budget_toml(report["budgets"], model_labels, prov) if target.suffix != ".json" else
              json.dumps({"model": {"labels": list(model_labels)}, "provenance": prov, **report["budgets"]}, indent=2) + "\n",
-             "json": json.dumps({"provenance": prov, **report}, indent=2) + "\n", "md": markdown(report)}
+             "json": json.dumps({"provenance": prov, **report}, indent=2) + "\n", "md": render_markdown(report)}
     for key, path in files.items():
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
             handle.write(texts[key])
@@ -338,7 +306,8 @@ def write_fit(target: Path, results: RunResults, report: dict, command: str) -> 
 def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str = "auto", model: str | None = None,
                 work: Path | None = None, resamples: int = 2000, judge_resamples: int = 1000, command: str = "",
                 save_outputs: Path | None = None, load_outputs: Path | None = None,
-                on_step: Callable[[str], None] = lambda s: None) -> tuple[dict, dict[str, Path]]:
+                on_step: Callable[[str], None] = lambda s: None,
+                render_markdown: Callable[[dict], str]) -> tuple[dict, dict[str, Path]]:
     """Build the broken variants, run everything once (or load a saved run), fit and judge, write the files."""
     from vitgender.validators.results import RunResults
 
@@ -347,14 +316,16 @@ def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str =
         results = RunResults.load(load_outputs)
         broken = {r.name: r.path for r in results.runs if r.name.startswith(BROKEN_PREFIX)}
         report = fit(results, broken, resamples=resamples, judge_resamples=judge_resamples, on_step=on_step)
-        return report, write_fit(Path(target), results, report, command)
+        return report, write_fit(Path(target), results, report, command, render_markdown)
+    from vitgender.manifest import read_manifest
     from vitgender.validators.parity import load_images, run_all
 
     refuse_package_path(target)
     if images is None:
         raise UsageError("--fit-budgets", "give --images: budgets are fitted on your own images (at least "
                                           f"{MIN_IMAGES}, a few hundred for rates that mean something)")
-    paths, samples = load_images(Path(images), labels)  # refuse bad input before minutes of running
+    model_labels = read_manifest(Path(artifact_dir))["model"].get("labels") or ()
+    paths, samples = load_images(Path(images), labels, model_labels)  # refuse bad input before minutes of running
     if len(paths) < MIN_IMAGES:
         raise UsageError(str(images), f"{len(paths)} images; fitting budgets needs at least {MIN_IMAGES} "
                                       "(a few hundred for rates that mean something)")
@@ -378,4 +349,4 @@ def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str =
         report = fit(results, {BROKEN_PREFIX + n: v.what for n, v in variants.items()}, resamples=resamples,
                      judge_resamples=judge_resamples, on_step=on_step)
     report["broken_skipped"] = skipped
-    return report, write_fit(Path(target), results, report, command)
+    return report, write_fit(Path(target), results, report, command, render_markdown)

@@ -78,7 +78,7 @@ def load_images(folder: Path, labels: str, model_labels: Sequence[str] = ()) -> 
 def _runner_inputs(image_paths: list[Path], config: PreprocessConfig, raw: bool) -> np.ndarray:
     """The images as a runner with this preprocessing takes them: resized uint8 NHWC, or pixel_values."""
     pre = Preprocessor(config)
-    resized = np.stack([pre.resize(decode_image(path)) for path in image_paths])
+    resized = np.stack([pre.load(path) for path in image_paths])
     return resized if raw else pre.normalize(resized)
 
 
@@ -97,7 +97,7 @@ def runtime_versions() -> dict[str, str]:
 
 def _machine() -> dict:
     """CPU model, ISA flags and runtime versions: what decides which kernels ran (recorded in baselines)."""
-    from vitgender.bench import machine
+    from vitgender.machine import machine
 
     info = machine()
     return {"cpu": info["cpu"], "isa": info["isa"], "cores": info["cores"], "versions": runtime_versions()}
