@@ -40,6 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.load import Server  # noqa: E402
+
 IMAGE = sorted((REPO / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))[0].read_bytes()
 KEY = "bench-" + "k" * 26
 ATTACKER = "127.0.0.2"
@@ -51,16 +52,23 @@ def cpu_flags() -> str:
     except (OSError, StopIteration):
         return platform.processor()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "?")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return f"{model}; {os.cpu_count()} CPUs; " + " ".join(f for f in wanted if f in flags.split())
 
 
 def legit_latencies(url: str, requests: int) -> list[float]:
     """Sequential keyed requests, each on a new connection."""
     latencies = []
-    with httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0),
-                      headers={"authorization": f"Bearer {KEY}"}) as client:
+    with httpx.Client(
+        timeout=60, limits=httpx.Limits(max_keepalive_connections=0), headers={"authorization": f"Bearer {KEY}"}
+    ) as client:
         for _ in range(requests):
             began = time.perf_counter()
             status = client.post(url, content=IMAGE).status_code
@@ -89,7 +97,7 @@ async def _hold(port: int, stop: asyncio.Event, stats: dict, first: bytes, drip:
                     if await asyncio.wait_for(reader.read(65536), 1.0) == b"":
                         stats["closed_by_server"] += 1
                         break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             writer.close()
         except OSError:
@@ -108,7 +116,7 @@ async def _hammer(port: int, stop: asyncio.Event, stats: dict, request: bytes) -
             status = answer[9:12].decode(errors="replace") or "closed"
             stats[status] = stats.get(status, 0) + 1
             writer.close()
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             stats["reset_or_refused"] += 1
             await asyncio.sleep(0.1)
 
@@ -130,8 +138,9 @@ def attack_tasks(name: str, port: int, stop: asyncio.Event, stats: dict, connect
     raise ValueError(name)
 
 
-def under_attack(name: str, url: str, port: int, requests: int, connections: int, seconds: float,
-                 build_up: float) -> dict:
+def under_attack(
+    name: str, url: str, port: int, requests: int, connections: int, seconds: float, build_up: float
+) -> dict:
     stats = {"connections": 0, "closed_by_server": 0, "reset_or_refused": 0}
     ready, loop_box = threading.Event(), {}
 
@@ -143,7 +152,7 @@ def under_attack(name: str, url: str, port: int, requests: int, connections: int
             tasks = [asyncio.ensure_future(t) for t in attack_tasks(name, port, stop, stats, connections)]
             try:
                 await asyncio.wait_for(stop.wait(), seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -165,15 +174,22 @@ def under_attack(name: str, url: str, port: int, requests: int, connections: int
         thread.join(timeout=seconds + 30)
     measured = time.monotonic() - began
     if build_up + measured > seconds:
-        print(f"warning: {name} stopped after {seconds:g} s, before the measurement ended ({build_up + measured:.0f} s): "
-              "raise --seconds", file=sys.stderr)
+        print(
+            f"warning: {name} stopped after {seconds:g} s, before the measurement ended ({build_up + measured:.0f} s): "
+            "raise --seconds",
+            file=sys.stderr,
+        )
     return {"latencies": latencies, "attack": stats, "measured_s": round(measured, 1)}
 
 
 def summary(latencies: list[float]) -> dict:
     ms = 1000 * np.asarray(latencies)
-    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "max_ms": round(float(ms.max()), 1)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "max_ms": round(float(ms.max()), 1),
+    }
 
 
 def main() -> None:
@@ -197,19 +213,27 @@ def main() -> None:
         for name in args.attacks.split(","):
             unloaded = summary(legit_latencies(url, args.requests))  # paired: the machine's load drifts
             result = under_attack(name, url, port, args.requests, args.connections, args.seconds, args.build_up)
-            report["runs"][name] = {"unloaded": unloaded, "attacked": summary(result["latencies"]),
-                                    "p99_ratio": round(summary(result["latencies"])["p99_ms"] / unloaded["p99_ms"], 2),
-                                    "attack": result["attack"], "measured_s": result["measured_s"]}
+            report["runs"][name] = {
+                "unloaded": unloaded,
+                "attacked": summary(result["latencies"]),
+                "p99_ratio": round(summary(result["latencies"])["p99_ms"] / unloaded["p99_ms"], 2),
+                "attack": result["attack"],
+                "measured_s": result["measured_s"],
+            }
             print(name, json.dumps(report["runs"][name]), file=sys.stderr, flush=True)  # survives a later failure
             time.sleep(2)
     finally:
         server.stop()
         shutil.rmtree(keys.parent, ignore_errors=True)
     print(f"model {report['model']}; {report['cpu']}")
-    print("| attack | unloaded p50 / p99 ms | attacked p50 / p99 ms | p99 ratio | attacker's view |\n|---|---|---|---|---|")
+    print(
+        "| attack | unloaded p50 / p99 ms | attacked p50 / p99 ms | p99 ratio | attacker's view |\n|---|---|---|---|---|"
+    )
     for name, run in report["runs"].items():
-        print(f"| {name} | {run['unloaded']['p50_ms']} / {run['unloaded']['p99_ms']} | {run['attacked']['p50_ms']} / "
-              f"{run['attacked']['p99_ms']} | {run['p99_ratio']:.2f} | {run['attack']} |")
+        print(
+            f"| {name} | {run['unloaded']['p50_ms']} / {run['unloaded']['p99_ms']} | {run['attacked']['p50_ms']} / "
+            f"{run['attacked']['p99_ms']} | {run['p99_ratio']:.2f} | {run['attack']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -52,12 +52,19 @@ def main() -> None:
         inputs = _runner_inputs(faces, runner.info.preprocess, runner.info.raw_input)
         runs = [batch_variation(runner.run, inputs[i : i + GROUP]) for i in range(0, len(faces), GROUP)]
         worst = [r["batch_max_abs_logit_diff"] for r in runs]
-        report["artifacts"][name] = {"precision": precision.value, "worst": max(worst), "median": float(np.median(worst)),
-                                     "flips": sum(r["batch_flips"] for r in runs),
-                                     "probes": 2 * sum(r["batch_probes"] for r in runs)}
+        report["artifacts"][name] = {
+            "precision": precision.value,
+            "worst": max(worst),
+            "median": float(np.median(worst)),
+            "flips": sum(r["batch_flips"] for r in runs),
+            "probes": 2 * sum(r["batch_probes"] for r in runs),
+        }
         row = report["artifacts"][name]
-        print(f"{name:<22} {precision.value:<13} worst {row['worst']:.3g}  median {row['median']:.3g}  "
-              f"decisions changed {row['flips']}/{row['probes']}", flush=True)
+        print(
+            f"{name:<22} {precision.value:<13} worst {row['worst']:.3g}  median {row['median']:.3g}  "
+            f"decisions changed {row['flips']}/{row['probes']}",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.machine import machine
 from vitgender.checkpoint import open_checkpoint
 from vitgender.data import split_samples, utkface_samples
 from vitgender.explain.deletion import FRACTIONS, curve_auc, deletion_curves, patch_order, torch_predict
 from vitgender.explain.maps import METHODS, explain_pixels
+from vitgender.machine import machine
 from vitgender.preprocess import Preprocessor, decode_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +47,11 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
     """Mean of a - b over images with a normal-approximation 95% CI, and the share where a > b."""
     diff = np.asarray(a) - np.asarray(b)
     half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return {"mean": float(diff.mean()), "ci95": [float(diff.mean() - half), float(diff.mean() + half)],
-            "share_positive": float((diff > 0).mean())}
+    return {
+        "mean": float(diff.mean()),
+        "ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+        "share_positive": float((diff > 0).mean()),
+    }
 
 
 def main() -> None:
@@ -64,16 +67,22 @@ def main() -> None:
     import torch
 
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     checkpoint = open_checkpoint(args.model)
     model = checkpoint.load_model().float()
     preprocessor = Preprocessor(checkpoint.preprocess)
     patch = int(model.config.patch_size)
     predict = torch_predict(model)
     faces = validation_faces(args.data, args.images)
-    print(f"{len(faces)} UTKFace validation faces, {args.seeds} random seeds, k = "
-          f"{', '.join(f'{f:.0%}' for f in FRACTIONS)}", flush=True)
+    print(
+        f"{len(faces)} UTKFace validation faces, {args.seeds} random seeds, k = "
+        f"{', '.join(f'{f:.0%}' for f in FRACTIONS)}",
+        flush=True,
+    )
 
     rngs = [np.random.default_rng(seed) for seed in range(args.seeds)]
     curves: dict[str, list[np.ndarray]] = {"random": []}
@@ -94,11 +103,20 @@ def main() -> None:
             flat = result.maps.reshape(len(target), -1)
             peak_share[method].append(np.sort(flat, 1)[:, -5:].sum(1))  # mass on the 5 hottest patches
             for order in ("salient", "least"):
-                curves[f"{method}/{order}"].append(deletion_curves(predict, pixels, patch_order(result.maps, order),
-                                                                   target, patch, base=base))
-        randoms = [deletion_curves(predict, pixels, patch_order(np.zeros((len(target), pixels.shape[2] // patch,
-                                                                           pixels.shape[3] // patch)), "random", rng),
-                                   target, patch, base=base) for rng in rngs]
+                curves[f"{method}/{order}"].append(
+                    deletion_curves(predict, pixels, patch_order(result.maps, order), target, patch, base=base)
+                )
+        randoms = [
+            deletion_curves(
+                predict,
+                pixels,
+                patch_order(np.zeros((len(target), pixels.shape[2] // patch, pixels.shape[3] // patch)), "random", rng),
+                target,
+                patch,
+                base=base,
+            )
+            for rng in rngs
+        ]
         curves["random"].append(np.mean(randoms, axis=0))
         done = min(start + args.chunk, len(faces))
         print(f"  {done}/{len(faces)} faces, {time.perf_counter() - started:.0f} s", flush=True)
@@ -106,8 +124,10 @@ def main() -> None:
 
     stacked = {name: np.concatenate(parts) for name, parts in curves.items()}
     aucs = {name: curve_auc(c) for name, c in stacked.items()}
-    print(f"\n{len(faces)} faces in {seconds:.0f} s; maps: "
-          + ", ".join(f"{m} {1000 * map_seconds[m] / len(faces):.0f} ms/image" for m in METHODS))
+    print(
+        f"\n{len(faces)} faces in {seconds:.0f} s; maps: "
+        + ", ".join(f"{m} {1000 * map_seconds[m] / len(faces):.0f} ms/image" for m in METHODS)
+    )
     print("\n| method | order | AUC | " + " | ".join(f"k={f:.0%}" for f in FRACTIONS) + " |")
     print("|---|---|---|" + "---|" * len(FRACTIONS))
     for name in [*(f"{m}/{o}" for m in METHODS for o in ("salient", "least")), "random"]:
@@ -119,18 +139,28 @@ def main() -> None:
     for method in METHODS:
         faster = comparisons[f"{method}: random - salient"] = paired(aucs["random"], aucs[f"{method}/salient"])
         slower = comparisons[f"{method}: least - random"] = paired(aucs[f"{method}/least"], aucs["random"])
-        print(f"{method}: random - salient AUC {faster['mean']:+.3f} (95% CI {faster['ci95'][0]:+.3f} to "
-              f"{faster['ci95'][1]:+.3f}; salient-first lower on {faster['share_positive']:.0%} of faces); "
-              f"least - random {slower['mean']:+.3f} ({slower['ci95'][0]:+.3f} to {slower['ci95'][1]:+.3f}); "
-              f"mass on the 5 hottest patches {np.concatenate(peak_share[method]).mean():.1%}")
-    versus = comparisons["rollout - attribution (salient AUC)"] = paired(aucs["rollout/salient"],
-                                                                         aucs["attribution/salient"])
-    print(f"rollout - attribution salient-first AUC {versus['mean']:+.3f} (95% CI {versus['ci95'][0]:+.3f} to "
-          f"{versus['ci95'][1]:+.3f}; attribution lower on {versus['share_positive']:.0%} of faces)")
+        print(
+            f"{method}: random - salient AUC {faster['mean']:+.3f} (95% CI {faster['ci95'][0]:+.3f} to "
+            f"{faster['ci95'][1]:+.3f}; salient-first lower on {faster['share_positive']:.0%} of faces); "
+            f"least - random {slower['mean']:+.3f} ({slower['ci95'][0]:+.3f} to {slower['ci95'][1]:+.3f}); "
+            f"mass on the 5 hottest patches {np.concatenate(peak_share[method]).mean():.1%}"
+        )
+    versus = comparisons["rollout - attribution (salient AUC)"] = paired(
+        aucs["rollout/salient"], aucs["attribution/salient"]
+    )
+    print(
+        f"rollout - attribution salient-first AUC {versus['mean']:+.3f} (95% CI {versus['ci95'][0]:+.3f} to "
+        f"{versus['ci95'][1]:+.3f}; attribution lower on {versus['share_positive']:.0%} of faces)"
+    )
     if args.json:
         report = {
-            "machine": info, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "model": str(checkpoint.directory), "images": len(faces), "seeds": args.seeds, "seconds": round(seconds, 1),
+            "machine": info,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "model": str(checkpoint.directory),
+            "images": len(faces),
+            "seeds": args.seeds,
+            "seconds": round(seconds, 1),
             "map_ms_per_image": {m: round(1000 * map_seconds[m] / len(faces), 1) for m in METHODS},
             "fractions": list(FRACTIONS),
             "mean_curves": {name: [round(float(v), 5) for v in c.mean(0)] for name, c in stacked.items()},

@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 
 import numpy as np
-
 from scenes import make_scene  # benchmarks/scenes.py, beside this script
+
 from vitgender.data import load_labelled
 from vitgender.faces import HaarDetector, looks_like_a_scene
 from vitgender.preprocess import decode_image
@@ -28,7 +28,9 @@ def main() -> None:
     crops, pool = picked[:1000], picked[1000:]
     flagged = sum(looks_like_a_scene(detector, decode_image(s.path)) for s in crops)
     rng = np.random.default_rng(0)
-    caught = sum(looks_like_a_scene(detector, make_scene(pool[3 * i: 3 * i + 1 + i % 3], rng).image) for i in range(100))
+    caught = sum(
+        looks_like_a_scene(detector, make_scene(pool[3 * i : 3 * i + 1 + i % 3], rng).image) for i in range(100)
+    )
     print(f"face crops flagged as scenes: {flagged} / {len(crops)} ({flagged / len(crops):.1%})")
     print(f"synthetic scenes flagged: {caught} / 100")
 

@@ -15,11 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scenes import make_scene, matches  # benchmarks/scenes.py, beside this script
 
 from vitgender.classify import load_classifier
-from vitgender.faces import crop, open_detector
 from vitgender.data import load_labelled, split_samples
-from scenes import make_scene, matches  # benchmarks/scenes.py, beside this script
+from vitgender.faces import crop, open_detector
 
 UTKFACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "utkface"
 
@@ -42,8 +42,9 @@ def main() -> None:
     report = {"scenes": len(scenes), "faces": sum(len(s.faces) for s in scenes), "detectors": {}}
     single = [s for s in scenes if len(s.faces) == 1]
     whole = classifier.classify([s.image for s in single], batch_size=16)
-    report["whole_frame_accuracy_single_face"] = float(np.mean(
-        [w[0]["label"] == s.faces[0][1].label for w, s in zip(whole, single)]))
+    report["whole_frame_accuracy_single_face"] = float(
+        np.mean([w[0]["label"] == s.faces[0][1].label for w, s in zip(whole, single, strict=False)])
+    )
     for name in args.detectors.split(","):
         detector = open_detector(name)
         hits, totals, seconds, false_positives = defaultdict(int), defaultdict(int), [], 0

@@ -25,8 +25,22 @@ def main() -> None:
     args = parser.parse_args()
     env = dict(os.environ, VITGENDER_FUZZ_PROFILE="long", VITGENDER_FUZZ_EXAMPLES=str(args.examples))
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-show-statistics",
-                           str(REPO / "tests" / "test_fuzz.py")], capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--hypothesis-show-statistics",
+            str(REPO / "tests" / "test_fuzz.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     seconds = time.perf_counter() - began
     out = proc.stdout
     print("| property | cases run | failing cases |\n|---|---|---|")

@@ -42,16 +42,23 @@ def fit_default_model(export: Path, faces: int, out: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="gate-quality-") as scratch:
         for s in val:
             (Path(scratch) / s.path.name).symlink_to(s.path.resolve())
-        report, files = gate_fit.fit_command(export, out, images=Path(scratch), labels="auto",
-                                             command=f"benchmarks/gate_quality.py fit --faces {faces}",
-                                             on_step=lambda step: print(f"[fit] {step}", flush=True),
-                                             render_markdown=gate_quality.markdown)
+        report, files = gate_fit.fit_command(
+            export,
+            out,
+            images=Path(scratch),
+            labels="auto",
+            command=f"benchmarks/gate_quality.py fit --faces {faces}",
+            on_step=lambda step: print(f"[fit] {step}", flush=True),
+            render_markdown=gate_quality.markdown,
+        )
     print(gate_quality.markdown(report))
     print(f"wrote {files['budgets']} {files['md']} {files['json']}")
     return report
 
 
-def merged_defaults(reports: list[Path], start: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+def merged_defaults(
+    reports: list[Path], start: dict[str, dict[str, float]] | None = None
+) -> dict[str, dict[str, float]]:
     """The largest fitted budget per precision and metric over the models' fit reports (and `start`)."""
     merged: dict[str, dict[str, float]] = {k: dict(v) for k, v in (start or {}).items()}
     for path in reports:
@@ -70,8 +77,12 @@ def main() -> None:
     fit.add_argument("--out", type=Path, default=REPO / "runs" / "gate-quality" / "default.toml")
     defaults = commands.add_parser("defaults", help="merge fitted budgets of several models into the defaults")
     defaults.add_argument("reports", type=Path, nargs="+", help="*.gate-quality.json files written by fits")
-    defaults.add_argument("--with-current", action="store_true", help="also keep the current defaults where larger "
-                          "(models whose fit reports are not at hand, e.g. the default model's)")
+    defaults.add_argument(
+        "--with-current",
+        action="store_true",
+        help="also keep the current defaults where larger "
+        "(models whose fit reports are not at hand, e.g. the default model's)",
+    )
     defaults.add_argument("--write", action="store_true", help=f"write {DEFAULTS_FILE}")
     args = parser.parse_args()
     if args.command == "fit":
@@ -82,13 +93,24 @@ def main() -> None:
     print(json.dumps(merged, indent=2))
     if args.write:
         models = [json.loads(p.read_text())["provenance"]["model_source"] for p in args.reports]
-        DEFAULTS_FILE.write_text(json.dumps({
-            "provenance": "benchmarks/gate_quality.py defaults: the largest budget fitted (vitgender validate "
-                          f"--fit-budgets) per precision and metric over {len(models)} models: "
-                          + ", ".join(Path(m).name for m in models)
-                          + ("; and the previous defaults where larger: " + previous["provenance"] if args.with_current else ""),
-            **{k: v for k, v in previous.items() if k == "batch_provenance"},
-            "budgets": merged}, indent=2) + "\n")
+        DEFAULTS_FILE.write_text(
+            json.dumps(
+                {
+                    "provenance": "benchmarks/gate_quality.py defaults: the largest budget fitted (vitgender validate "
+                    f"--fit-budgets) per precision and metric over {len(models)} models: "
+                    + ", ".join(Path(m).name for m in models)
+                    + (
+                        "; and the previous defaults where larger: " + previous["provenance"]
+                        if args.with_current
+                        else ""
+                    ),
+                    **{k: v for k, v in previous.items() if k == "batch_provenance"},
+                    "budgets": merged,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

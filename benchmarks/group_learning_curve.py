@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vitgender.data import Sample, load_labelled, split_samples
-from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 
 REPO = Path(__file__).resolve().parent.parent
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -48,8 +48,12 @@ def features(samples: list[Sample], cache: Path, batch: int = 64) -> np.ndarray:
             return cached
     from vitgender.training.backbone import IMAGENET_MEAN, IMAGENET_STD, fetch_backbone_onnx, import_backbone
 
-    model = import_backbone(fetch_backbone_onnx(Path.home() / ".cache" / "vitgender"), 140, {0: "female", 1: "male"}).eval()
-    pre = Preprocessor(PreprocessConfig(height=140, width=140, resample=2, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD))
+    model = import_backbone(
+        fetch_backbone_onnx(Path.home() / ".cache" / "vitgender"), 140, {0: "female", 1: "male"}
+    ).eval()
+    pre = Preprocessor(
+        PreprocessConfig(height=140, width=140, resample=2, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    )
     out = []
     with torch.inference_mode():
         for start in range(0, len(samples), batch):
@@ -79,17 +83,20 @@ def fit_probe(x: np.ndarray, y: np.ndarray, weight_decay: float = 1e-3) -> tuple
 
 
 def scores(w, b, x: np.ndarray, y: np.ndarray, samples: list[Sample]) -> dict:
-    correct = ((torch.from_numpy(x) @ w + b > 0).numpy().astype(int) == y)
+    correct = (torch.from_numpy(x) @ w + b > 0).numpy().astype(int) == y
     cells: dict[str, list[bool]] = {}
     adult_cells: dict[str, list[bool]] = {}
-    for ok, s in zip(correct, samples):
+    for ok, s in zip(correct, samples, strict=False):
         cells.setdefault(cell(s), []).append(bool(ok))
         if int(s.groups["age"]) >= 15:
             adult_cells.setdefault(cell(s), []).append(bool(ok))
     adult = np.array([int(s.groups["age"]) >= 15 for s in samples])
-    return {"accuracy": float(correct.mean()), "ages_15_plus": float(correct[adult].mean()),
-            "cells": {k: float(np.mean(v)) for k, v in sorted(cells.items())},
-            "cells_15_plus": {k: float(np.mean(v)) for k, v in sorted(adult_cells.items())}}
+    return {
+        "accuracy": float(correct.mean()),
+        "ages_15_plus": float(correct[adult].mean()),
+        "cells": {k: float(np.mean(v)) for k, v in sorted(cells.items())},
+        "cells_15_plus": {k: float(np.mean(v)) for k, v in sorted(adult_cells.items())},
+    }
 
 
 def mean_over_seeds(runs: list[dict]) -> dict:
@@ -103,8 +110,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "utkface")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vitgender-learning-curve"))
-    parser.add_argument("--cell", action="append", help="A cell for curve 2 ('RACE gender'); repeatable "
-                        "(default: Other male and Asian male, the two weakest).")
+    parser.add_argument(
+        "--cell",
+        action="append",
+        help="A cell for curve 2 ('RACE gender'); repeatable " "(default: Other male and Asian male, the two weakest).",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -128,8 +138,10 @@ def main() -> None:
             runs.append(scores(*fit_probe(xtr[pick], ytr[pick]), xva, yva, val))
         row = {"fraction": fraction, "train_images": int(fraction * len(train)), **mean_over_seeds(runs)}
         all_data.append(row)
-        print(f"all data x{fraction:<7.4g} n={row['train_images']:>5}  val {100 * row['accuracy']:.1f}%  "
-              f"15+ {100 * row['ages_15_plus']:.1f}%  " + "  ".join(f"{c} {100 * row['cells'][c]:.1f}%" for c in cells))
+        print(
+            f"all data x{fraction:<7.4g} n={row['train_images']:>5}  val {100 * row['accuracy']:.1f}%  "
+            f"15+ {100 * row['ages_15_plus']:.1f}%  " + "  ".join(f"{c} {100 * row['cells'][c]:.1f}%" for c in cells)
+        )
 
     one_cell = {}
     for name in cells:
@@ -141,17 +153,30 @@ def main() -> None:
                 keep = np.random.default_rng(seed).permutation(in_cell)[: int(fraction * len(in_cell))]
                 pick = np.concatenate([others, keep])
                 runs.append(scores(*fit_probe(xtr[pick], ytr[pick]), xva, yva, val))
-            rows.append({"cell_fraction": fraction, "cell_train_images": int(fraction * len(in_cell)), **mean_over_seeds(runs)})
-            print(f"{name} x{fraction:<5.3g} n={rows[-1]['cell_train_images']:>4}  {name} "
-                  f"{100 * rows[-1]['cells'][name]:.1f}% (ages 15+ {100 * rows[-1]['cells_15_plus'][name]:.1f}%)  "
-                  f"overall {100 * rows[-1]['accuracy']:.1f}%")
+            rows.append(
+                {"cell_fraction": fraction, "cell_train_images": int(fraction * len(in_cell)), **mean_over_seeds(runs)}
+            )
+            print(
+                f"{name} x{fraction:<5.3g} n={rows[-1]['cell_train_images']:>4}  {name} "
+                f"{100 * rows[-1]['cells'][name]:.1f}% (ages 15+ {100 * rows[-1]['cells_15_plus'][name]:.1f}%)  "
+                f"overall {100 * rows[-1]['accuracy']:.1f}%"
+            )
 
     val_n = {k: int(sum(cell(s) == k for s in val)) for k in sorted({cell(s) for s in val})}
-    report = {"probe": "logistic regression on frozen DINOv2 ViT-S/14 [CLS, mean patch] at 140 px",
-              "data": {"source": str(args.data), "train_images": len(train), "val_images": len(val),
-                       "val_cell_n": val_n, "licence": "UTKFace: non-commercial research only"},
-              "seeds": args.seeds, "all_data": all_data, "one_cell": one_cell,
-              "seconds": round(time.time() - began, 1)}
+    report = {
+        "probe": "logistic regression on frozen DINOv2 ViT-S/14 [CLS, mean patch] at 140 px",
+        "data": {
+            "source": str(args.data),
+            "train_images": len(train),
+            "val_images": len(val),
+            "val_cell_n": val_n,
+            "licence": "UTKFace: non-commercial research only",
+        },
+        "seeds": args.seeds,
+        "all_data": all_data,
+        "one_cell": one_cell,
+        "seconds": round(time.time() - began, 1),
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

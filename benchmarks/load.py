@@ -47,7 +47,9 @@ class Server:
         cmd = [sys.executable, "-m", "vitgender.cli", "serve", "--port", str(self.port), *args]
         if model:
             cmd += ["--model", model]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # a full pipe would stall it
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )  # a full pipe would stall it
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -78,14 +80,19 @@ def _bad_requests() -> list[tuple[str, bytes, dict, int]]:
         ("empty", b"", {}, 400),
         ("deep json", b"[" * 100_000 + b"]" * 100_000, {"content-type": "application/json"}, 400),
         ("bad base64", json.dumps({"inputs": "%%%not base64"}).encode(), {"content-type": "application/json"}, 400),
-        ("bad parameters", json.dumps({"inputs": good_b64, "parameters": {"top_k": "x"}}).encode(),
-         {"content-type": "application/json"}, 422),
+        (
+            "bad parameters",
+            json.dumps({"inputs": good_b64, "parameters": {"top_k": "x"}}).encode(),
+            {"content-type": "application/json"},
+            422,
+        ),
         ("oversize", b"\xff" * (3 * 1024 * 1024), {}, 413),
     ]
 
 
-async def drive(url: str, concurrency: int, total: int, bad_every: int = 0,
-                sample_rss: Callable[[], float] | None = None) -> dict:
+async def drive(
+    url: str, concurrency: int, total: int, bad_every: int = 0, sample_rss: Callable[[], float] | None = None
+) -> dict:
     """`total` requests from `concurrency` clients; with `bad_every` = k, every k-th one is malformed."""
     payloads = [p.read_bytes() for p in IMAGES]
     bad = _bad_requests()
@@ -117,12 +124,16 @@ async def drive(url: str, concurrency: int, total: int, bad_every: int = 0,
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     ok = latencies  # latency of the good requests only
-    report = {"concurrency": concurrency, "requests": total, "seconds": round(elapsed, 2),
-              "throughput_rps": round(sum(s == 200 for s in statuses) / elapsed, 1),
-              "p50_ms": round(1000 * float(np.percentile(ok, 50)), 1) if ok else None,
-              "p95_ms": round(1000 * float(np.percentile(ok, 95)), 1) if ok else None,
-              "p99_ms": round(1000 * float(np.percentile(ok, 99)), 1) if ok else None,
-              "status_counts": {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)}}
+    report = {
+        "concurrency": concurrency,
+        "requests": total,
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(sum(s == 200 for s in statuses) / elapsed, 1),
+        "p50_ms": round(1000 * float(np.percentile(ok, 50)), 1) if ok else None,
+        "p95_ms": round(1000 * float(np.percentile(ok, 95)), 1) if ok else None,
+        "p99_ms": round(1000 * float(np.percentile(ok, 99)), 1) if ok else None,
+        "status_counts": {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)},
+    }
     if bad_every:
         report["unexpected"] = unexpected
     if rss:
@@ -154,8 +165,10 @@ def main() -> None:
     args = parser.parse_args()
     report = {"model": args.model or "default (torch)", "sweep": {}}
     if args.only in (None, "sweep"):
-        for mode, flags in (("batching", ["--max-batch-size", "16", "--max-wait-ms", "5"]),
-                            ("no-batching", ["--max-batch-size", "1"])):
+        for mode, flags in (
+            ("batching", ["--max-batch-size", "16", "--max-wait-ms", "5"]),
+            ("no-batching", ["--max-batch-size", "1"]),
+        ):
             server = Server(args.model, *flags)
             try:
                 report["sweep"][mode] = [asyncio.run(drive(server.url, c, args.requests)) for c in (1, 8, 32, 64)]
@@ -170,8 +183,11 @@ def main() -> None:
         try:
             rss_before = server.rss_mb()
             soak = asyncio.run(drive(server.url, 32, args.soak, bad_every=3, sample_rss=server.rss_mb))
-            soak.update(rss_before_mb=round(rss_before, 1), rss_after_mb=round(server.rss_mb(), 1),
-                        errors_5xx=sum(n for s, n in soak["status_counts"].items() if s.startswith("5")))
+            soak.update(
+                rss_before_mb=round(rss_before, 1),
+                rss_after_mb=round(server.rss_mb(), 1),
+                errors_5xx=sum(n for s, n in soak["status_counts"].items() if s.startswith("5")),
+            )
             report["soak"] = soak
         finally:
             server.stop()

@@ -18,8 +18,14 @@ from pathlib import Path
 import psutil
 
 RAY = str(Path(sys.executable).with_name("ray"))
-_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-               "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
+_PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+)
 
 
 def free_ports(n: int) -> list[int]:
@@ -44,8 +50,14 @@ class LocalCluster:
 
     def _start(self, *args: str) -> None:
         ports = free_ports(len(_PORT_FLAGS))
-        command = [RAY, "start", *args, f"--num-cpus={self.cpus}", "--disable-usage-stats",
-                   *(f"{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports))]
+        command = [
+            RAY,
+            "start",
+            *args,
+            f"--num-cpus={self.cpus}",
+            "--disable-usage-stats",
+            *(f"{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=False)),
+        ]
         result = subprocess.run(command, env=self.env, capture_output=True, text=True)
         if result.returncode != 0:
             self.stop()
@@ -53,8 +65,13 @@ class LocalCluster:
         self.nodes.append(ports)
 
     def start(self, nodes: int = 2) -> LocalCluster:
-        self._start("--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
-                    "--include-dashboard=false", f"--temp-dir={self.temp}")
+        self._start(
+            "--head",
+            f"--port={self.port}",
+            f"--ray-client-server-port={self.client_port}",
+            "--include-dashboard=false",
+            f"--temp-dir={self.temp}",
+        )
         for _ in range(nodes - 1):
             self.add_node()
         return self

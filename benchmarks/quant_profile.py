@@ -54,7 +54,7 @@ def tflite_partitions(path: Path) -> tuple[int, int]:
 
     interpreter = Interpreter(model_path=str(path), num_threads=2)
     interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - the only view of the delegated graph
+    ops = interpreter._get_ops_details()
     return sum(o["op_name"] != "DELEGATE" for o in ops), sum(o["op_name"] == "DELEGATE" for o in ops)
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.data import load_labelled, split_samples
+from vitgender.evaluation.metrics import Prediction, accuracy_cell
 from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
-from vitgender.evaluation.metrics import Prediction, accuracy_cell
-from vitgender.validators.metrics import paired_accuracy
 from vitgender.validators.compare import group_deltas
+from vitgender.validators.metrics import paired_accuracy
 
 REPO = Path(__file__).resolve().parent.parent
 UTKFACE = REPO.parent / "shared" / "data" / "utkface"
@@ -34,7 +34,7 @@ CELL_N, CELL_PT, OVERALL_PT = 200, 0.5, 0.3
 
 def predictions(logits: np.ndarray, labels: tuple[str, ...], samples) -> list[Prediction]:
     top = logits.argmax(1)
-    return [Prediction(str(s.path), s.label, labels[k], 1.0, s.groups) for s, k in zip(samples, top)]
+    return [Prediction(str(s.path), s.label, labels[k], 1.0, s.groups) for s, k in zip(samples, top, strict=False)]
 
 
 def summarise(name: str, ref: list[Prediction], art: list[Prediction], agreement: float) -> dict:
@@ -44,11 +44,16 @@ def summarise(name: str, ref: list[Prediction], art: list[Prediction], agreement
     worst = max(big, key=lambda d: abs(d["delta"]), default=None)
     paired = paired_accuracy([p.correct for p in ref], [p.correct for p in art])
     overall_pt = -100 * paired["accuracy_drop"]
-    return {"name": name, "accuracy": accuracy_cell(art)["accuracy"], "delta_pt": overall_pt,
-            "top1_agreement": agreement, "accuracy_worse_p": paired["accuracy_worse_p"],
-            "worst_cell": worst and {"group": worst["group"], "n": worst["n"], "delta_pt": 100 * worst["delta"]},
-            "meets_goal": abs(overall_pt) <= OVERALL_PT and all(abs(100 * d["delta"]) <= CELL_PT for d in big),
-            "cells": cells}
+    return {
+        "name": name,
+        "accuracy": accuracy_cell(art)["accuracy"],
+        "delta_pt": overall_pt,
+        "top1_agreement": agreement,
+        "accuracy_worse_p": paired["accuracy_worse_p"],
+        "worst_cell": worst and {"group": worst["group"], "n": worst["n"], "delta_pt": 100 * worst["delta"]},
+        "meets_goal": abs(overall_pt) <= OVERALL_PT and all(abs(100 * d["delta"]) <= CELL_PT for d in big),
+        "cells": cells,
+    }
 
 
 def main() -> None:
@@ -74,25 +79,35 @@ def main() -> None:
         runner = open_runner(runtime_for(path), path)
         logits = runner.run(resized if runner.info.raw_input else pixels)
         art = predictions(logits, runner.info.labels, val)
-        agreement = float(np.mean([a.predicted == r.predicted for a, r in zip(art, ref)]))
+        agreement = float(np.mean([a.predicted == r.predicted for a, r in zip(art, ref, strict=False)]))
         rows.append(summarise(entry["name"], ref, art, agreement))
         print(f"{entry['name']}: done", flush=True)
-    report = {"faces": len(val), "torch_accuracy": accuracy_cell(ref)["accuracy"], "goal": {
-        "overall_pt": OVERALL_PT, "cell_pt": CELL_PT, "cell_min_n": CELL_N}, "artifacts": rows}
+    report = {
+        "faces": len(val),
+        "torch_accuracy": accuracy_cell(ref)["accuracy"],
+        "goal": {"overall_pt": OVERALL_PT, "cell_pt": CELL_PT, "cell_min_n": CELL_N},
+        "artifacts": rows,
+    }
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def table(report: dict) -> str:
-    lines = [f"{report['faces']} UTKFace validation faces; PyTorch accuracy {report['torch_accuracy']:.2%}", "",
-             "| artifact | accuracy | Δ vs PyTorch | top-1 agreement | McNemar p (worse) | largest cell change (n ≥ 200) "
-             "| goal met |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{report['faces']} UTKFace validation faces; PyTorch accuracy {report['torch_accuracy']:.2%}",
+        "",
+        "| artifact | accuracy | Δ vs PyTorch | top-1 agreement | McNemar p (worse) | largest cell change (n ≥ 200) "
+        "| goal met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["artifacts"]:
         w = r["worst_cell"]
         cell = f"{' '.join(w['group'].values())} {w['delta_pt']:+.2f} pt (n={w['n']})" if w else "-"
-        lines.append(f"| {r['name']} | {r['accuracy']:.2%} | {r['delta_pt']:+.2f} pt | {r['top1_agreement']:.2%} | "
-                     f"{r['accuracy_worse_p']:.3g} | {cell} | {'yes' if r['meets_goal'] else 'no'} |")
+        lines.append(
+            f"| {r['name']} | {r['accuracy']:.2%} | {r['delta_pt']:+.2f} pt | {r['top1_agreement']:.2%} | "
+            f"{r['accuracy_worse_p']:.3g} | {cell} | {'yes' if r['meets_goal'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 

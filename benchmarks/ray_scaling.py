@@ -78,27 +78,44 @@ def plain_classify(model: str, paths: list[str], batch: int) -> dict:
     end_to_end, (classifier, results) = timed(load_and_run)
     assert len(results) == len(paths)
     steady, _ = timed(lambda: list(classifier.stream(paths, batch_size=batch)))
-    return {"end_to_end_images_per_s": round(len(paths) / end_to_end, 1), "steady_images_per_s": round(len(paths) / steady, 1)}
+    return {
+        "end_to_end_images_per_s": round(len(paths) / end_to_end, 1),
+        "steady_images_per_s": round(len(paths) / steady, 1),
+    }
 
 
-def on_ray(model: str, paths: list[str], out: Path, address: str | None, batch: int, actors_per_node: int,
-           cpus_per_actor: float) -> dict:
+def on_ray(
+    model: str,
+    paths: list[str],
+    out: Path,
+    address: str | None,
+    batch: int,
+    actors_per_node: int,
+    cpus_per_actor: float,
+) -> dict:
     """Two runs on one Ray session (the first also starts Ray itself); the second is reported:
     end to end (listing, actor start-up and model loads included) and steady state after start-up."""
     import ray
 
     from vitgender.batch.ray_classify import RayClassifyOptions, classify_on_ray
 
-    options = RayClassifyOptions(address=address, batch_size=batch, actors_per_node=actors_per_node,
-                                 num_cpus_per_actor=cpus_per_actor)
+    options = RayClassifyOptions(
+        address=address, batch_size=batch, actors_per_node=actors_per_node, num_cpus_per_actor=cpus_per_actor
+    )
     first = classify_on_ray(paths, out / "first", model=model, options=options)
     run = classify_on_ray(paths, out / "second", model=model, options=options)
     ray.shutdown()
     assert run.images == len(paths) and run.errors == 0
-    return {"end_to_end_images_per_s": round(run.images_per_second, 1),
-            "steady_images_per_s": round(run.steady_images_per_second, 1),
-            "startup_s": round(run.startup_seconds, 2), "first_run_startup_s": round(first.startup_seconds, 2),
-            "nodes": run.nodes, "actors": run.actors, "cpus_per_actor": cpus_per_actor, "seconds": round(run.seconds, 2)}
+    return {
+        "end_to_end_images_per_s": round(run.images_per_second, 1),
+        "steady_images_per_s": round(run.steady_images_per_second, 1),
+        "startup_s": round(run.startup_seconds, 2),
+        "first_run_startup_s": round(first.startup_seconds, 2),
+        "nodes": run.nodes,
+        "actors": run.actors,
+        "cpus_per_actor": cpus_per_actor,
+        "seconds": round(run.seconds, 2),
+    }
 
 
 def driver_row_cost(labels: tuple[str, ...], rows: int, out: Path) -> float:
@@ -106,9 +123,11 @@ def driver_row_cost(labels: tuple[str, ...], rows: int, out: Path) -> float:
     from vitgender.batch.ray_classify import RayClassifyOptions, _rows
     from vitgender.batch.shards import ShardSink
 
-    batch = {"image": np.array([f"/data/{i:08d}.jpg" for i in range(rows)], dtype=object),
-             "error": np.array([""] * rows, dtype=object),
-             "scores": np.random.default_rng(0).random((rows, len(labels))).astype(np.float32)}
+    batch = {
+        "image": np.array([f"/data/{i:08d}.jpg" for i in range(rows)], dtype=object),
+        "error": np.array([""] * rows, dtype=object),
+        "scores": np.random.default_rng(0).random((rows, len(labels))).astype(np.float32),
+    }
     sink = ShardSink(out, "parquet", 10_000)
     seconds, _ = timed(lambda: (sink.add(_rows(batch, labels, RayClassifyOptions())), sink.commit()))
     return seconds / rows
@@ -144,10 +163,13 @@ def main() -> None:
     info = open_runner(runtime_for(args.model), args.model).info
     result: dict = {"machine": machine(), "model": args.model, "images": len(paths), "batch": args.batch}
     print(json.dumps(result["machine"]))
-    result["bare_runner"] = {f"threads_{t}": round(bare_runner(args.model, paths, t, args.batch), 1) for t in (1, cores)}
+    result["bare_runner"] = {
+        f"threads_{t}": round(bare_runner(args.model, paths, t, args.batch), 1) for t in (1, cores)
+    }
     result["plain_classify"] = plain_classify(args.model, paths, args.batch)
-    result["ray_local"] = [on_ray(args.model, paths, work / f"local-{a}", None, args.batch, a, cores / a)
-                           for a in (1, cores)]
+    result["ray_local"] = [
+        on_ray(args.model, paths, work / f"local-{a}", None, args.batch, a, cores / a) for a in (1, cores)
+    ]
     cluster = LocalCluster()
     cluster.start(nodes=1)
     try:
@@ -157,15 +179,23 @@ def main() -> None:
     finally:
         cluster.stop()
     result["driver_seconds_per_row"] = driver_row_cost(info.labels, 20_000, work / "driver")
-    result["object_store_seconds_per_image"] = object_store_cost(args.batch, info.preprocess.height, info.preprocess.width)
+    result["object_store_seconds_per_image"] = object_store_cost(
+        args.batch, info.preprocess.height, info.preprocess.width
+    )
     best = max(result["ray_local"], key=lambda r: r["steady_images_per_s"])
     plain = result["plain_classify"]
     result["ratios"] = {
         "ray_vs_plain_classify_steady": round(best["steady_images_per_s"] / plain["steady_images_per_s"], 3),
-        "ray_vs_plain_classify_end_to_end": round(best["end_to_end_images_per_s"] / plain["end_to_end_images_per_s"], 3),
+        "ray_vs_plain_classify_end_to_end": round(
+            best["end_to_end_images_per_s"] / plain["end_to_end_images_per_s"], 3
+        ),
         "ray_vs_bare_runner_steady": round(best["steady_images_per_s"] / result["bare_runner"][f"threads_{cores}"], 3),
-        "two_nodes_vs_one_node_steady": round(result["ray_two_nodes_1cpu_each"]["steady_images_per_s"]
-                                              / result["ray_one_node_1cpu"]["steady_images_per_s"], 3)}
+        "two_nodes_vs_one_node_steady": round(
+            result["ray_two_nodes_1cpu_each"]["steady_images_per_s"]
+            / result["ray_one_node_1cpu"]["steady_images_per_s"],
+            3,
+        ),
+    }
     per_actor = result["bare_runner"]["threads_1"]
     result["model_for_n_machines"] = {
         "per_actor_images_per_s": per_actor,
@@ -174,7 +204,7 @@ def main() -> None:
         "driver_rows_per_s": round(1 / result["driver_seconds_per_row"]),
         "object_store_images_per_s_per_node": round(1 / result["object_store_seconds_per_image"]),
         "formula": "images/s(N) ~= min(N x actors_per_node x per_actor x efficiency, driver_rows_per_s); "
-                   "wall time ~= startup_s + images / images/s(N)",
+        "wall time ~= startup_s + images / images/s(N)",
     }
     print(json.dumps(result, indent=2))
     if args.json:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from vitgender.preprocess import decode_image
 from vitgender.data import Sample
+from vitgender.preprocess import decode_image
 
 
 @dataclass
@@ -30,13 +30,19 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(3, 9))):  # clutter: furniture-ish blocks
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        draw.rectangle([x, y, x + int(rng.integers(20, 200)), y + int(rng.integers(20, 200))],
-                       fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.rectangle(
+            [x, y, x + int(rng.integers(20, 200)), y + int(rng.integers(20, 200))],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     return canvas.filter(ImageFilter.GaussianBlur(1))
 
 
-def make_scene(samples: list[Sample], rng: np.random.Generator, size: tuple[int, int] = (640, 480),
-               face_px: tuple[int, int] = (56, 160)) -> Scene:
+def make_scene(
+    samples: list[Sample],
+    rng: np.random.Generator,
+    size: tuple[int, int] = (640, 480),
+    face_px: tuple[int, int] = (56, 160),
+) -> Scene:
     """Paste each sample's face at a random scale and position, without overlaps."""
     scene = Scene(_background(rng, size))
     taken: list[tuple[int, int, int, int]] = []

@@ -35,25 +35,33 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     head = "| " + " | ".join(c.replace("_", " ") for c in columns) + " | n | accuracy | 95% CI |"
     lines = [head, "|" + "---|" * (len(columns) + 3)]
     for row in rows:
-        lines.append("| " + " | ".join(row["group"][c] for c in columns) + f" | {row['n']} | {pct(row['accuracy'])} | {ci(row)} |")
+        lines.append(
+            "| "
+            + " | ".join(row["group"][c] for c in columns)
+            + f" | {row['n']} | {pct(row['accuracy'])} | {ci(row)} |"
+        )
     return "\n".join(lines)
 
 
 def artifact_table() -> str:
     """Validation accuracy of every exported artifact, from `vitgender evaluate ARTIFACT` runs."""
     reference = json.loads((EVALUATIONS / "utkface-val.json").read_text())
-    lines = ["| artifact | accuracy | Δ vs PyTorch | lowest race × gender cell | Asian | Other | ages 0–2 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| artifact | accuracy | Δ vs PyTorch | lowest race × gender cell | Asian | Other | ages 0–2 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(EVALUATIONS.glob("val-*.json")):
         report = json.loads(path.read_text())
         cells = report["groups"]["genderxrace"]
         worst = min(cells, key=lambda r: r["accuracy"])
         race = {r["group"]["race"]: r for r in report["groups"]["race"]}
         age = {r["group"]["age_bucket"]: r for r in report["groups"]["age_bucket"]}
-        lines.append(f"| `{Path(report['model']['source']).name}` | {pct(report['accuracy'])} | "
-                     f"{100 * (report['accuracy'] - reference['accuracy']):+.2f} pt | "
-                     f"{worst['group']['race']} {worst['group']['gender']} {pct(worst['accuracy'])} (n={worst['n']}) | "
-                     f"{pct(race['Asian']['accuracy'])} | {pct(race['Other']['accuracy'])} | {pct(age['0-2']['accuracy'])} |")
+        lines.append(
+            f"| `{Path(report['model']['source']).name}` | {pct(report['accuracy'])} | "
+            f"{100 * (report['accuracy'] - reference['accuracy']):+.2f} pt | "
+            f"{worst['group']['race']} {worst['group']['gender']} {pct(worst['accuracy'])} (n={worst['n']}) | "
+            f"{pct(race['Asian']['accuracy'])} | {pct(race['Other']['accuracy'])} | {pct(age['0-2']['accuracy'])} |"
+        )
     return "\n".join(lines)
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 REPO = Path(__file__).resolve().parent.parent
 SHARED_UTKFACE = REPO.parent / "shared" / "data" / "utkface"
 needs_utkface = pytest.mark.skipif(
@@ -27,17 +26,31 @@ TINY_TYPES = {
     "deit": ("DeiTConfig", "DeiTForImageClassification", {}),
     "deit-distilled": ("DeiTConfig", "DeiTForImageClassificationWithTeacher", {}),
     "dinov2": ("Dinov2Config", "Dinov2ForImageClassification", {"image_size": 48, "mlp_ratio": 2}),
-    "dinov2_with_registers": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersForImageClassification",
-                              {"image_size": 48, "mlp_ratio": 2, "num_register_tokens": 2}),
+    "dinov2_with_registers": (
+        "Dinov2WithRegistersConfig",
+        "Dinov2WithRegistersForImageClassification",
+        {"image_size": 48, "mlp_ratio": 2, "num_register_tokens": 2},
+    ),
     "beit": ("BeitConfig", "BeitForImageClassification", {}),
-    "data2vec-vision": ("Data2VecVisionConfig", "Data2VecVisionForImageClassification",
-                        {"use_absolute_position_embeddings": True, "use_mean_pooling": False}),
+    "data2vec-vision": (
+        "Data2VecVisionConfig",
+        "Data2VecVisionForImageClassification",
+        {"use_absolute_position_embeddings": True, "use_mean_pooling": False},
+    ),
 }
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def make_tiny(variant: str, directory: Path, *, image_size: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-              seed: int = 0, labels: tuple[str, ...] = ("apple", "banana", "cherry")) -> Path:
+def make_tiny(
+    variant: str,
+    directory: Path,
+    *,
+    image_size: int = 32,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    seed: int = 0,
+    labels: tuple[str, ...] = ("apple", "banana", "cherry"),
+) -> Path:
     """A random classifier of one claimed type (`TINY_TYPES`; patch 8, width 32, 2 layers) in HF format with
     SHA256SUMS, saved with `save_pretrained` as a user's checkpoint would be."""
     import torch
@@ -48,11 +61,20 @@ def make_tiny(variant: str, directory: Path, *, image_size: int = 32, mean=(0.5,
 
     config_name, class_name, extra = TINY_TYPES[variant]
     torch.manual_seed(seed)
-    sizes = {"image_size": image_size, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 2, "intermediate_size": 64}
+    sizes = {
+        "image_size": image_size,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
     config = getattr(transformers, config_name)(
-        **{**sizes, **extra}, id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-        architectures=[class_name])
+        **{**sizes, **extra},
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        architectures=[class_name],
+    )
     model = getattr(transformers, class_name)(config).eval()
     with torch.no_grad():  # make the logits spread, so ranking and flips are meaningful
         for name, module in model.named_modules():
@@ -82,7 +104,9 @@ HOSTILE_LABEL = '<img src=x onerror="window.pwned=1">'
 @pytest.fixture(scope="session")
 def hostile_model(tmp_path_factory) -> Path:
     """Labels are attacker-controlled text: this checkpoint's id2label carries markup."""
-    return make_tiny_vit(tmp_path_factory.mktemp("hostile") / "hostile-vit", labels=(HOSTILE_LABEL, "<script>x</script>"))
+    return make_tiny_vit(
+        tmp_path_factory.mktemp("hostile") / "hostile-vit", labels=(HOSTILE_LABEL, "<script>x</script>")
+    )
 
 
 def pickled_copy(model: Path, destination: Path) -> Path:

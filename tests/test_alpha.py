@@ -60,7 +60,7 @@ def test_drop_equals_the_transformers_pipeline(tiny_model, rgba_png):
     reference = pipeline("image-classification", model=str(tiny_model), device="cpu")(str(rgba_png), top_k=None)
     dropped = vitgender.load_classifier(tiny_model, alpha="drop").classify(str(rgba_png))[0]
     assert [p["label"] for p in dropped] == [p["label"] for p in reference]
-    assert max(abs(a["score"] - b["score"]) for a, b in zip(dropped, reference)) <= 1e-5
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(dropped, reference, strict=False)) <= 1e-5
     white = vitgender.load_classifier(tiny_model).classify(str(rgba_png))[0]
     scores = {p["label"]: p["score"] for p in white}
     assert max(abs(scores[p["label"]] - p["score"]) for p in reference) > 1e-3, "fixture alpha must matter"
@@ -79,7 +79,9 @@ def test_policy_flows_into_the_sidecar_runners_and_serve(tiny_model, rgba_png, t
     assert sidecar["preprocessor"]["alpha"] == "drop"
     runner = open_runner("onnx", exported / "model.onnx")
     assert runner.info.preprocess.alpha == "drop"  # the runner reads what the export recorded...
-    assert open_runner("onnx", exported / "model.onnx", alpha="black").info.preprocess.alpha == "black"  # ...--alpha wins
+    assert (
+        open_runner("onnx", exported / "model.onnx", alpha="black").info.preprocess.alpha == "black"
+    )  # ...--alpha wins
 
     def scores(predictions):
         return np.array([p["score"] for p in sorted(predictions, key=lambda p: p["label"])])
@@ -89,9 +91,11 @@ def test_policy_flows_into_the_sidecar_runners_and_serve(tiny_model, rgba_png, t
     assert np.abs(onnx_default - torch_drop).max() <= 1e-4
 
     served = {}
-    for name, settings in (("artifact", ServeSettings(model=str(exported / "model.onnx"), runtime="onnx")),
-                           ("--alpha drop", ServeSettings(model=str(tiny_model), alpha="drop")),
-                           ("default", ServeSettings(model=str(tiny_model)))):
+    for name, settings in (
+        ("artifact", ServeSettings(model=str(exported / "model.onnx"), runtime="onnx")),
+        ("--alpha drop", ServeSettings(model=str(tiny_model), alpha="drop")),
+        ("default", ServeSettings(model=str(tiny_model))),
+    ):
         with TestClient(create_app(settings)) as client:
             deadline = time.time() + 60
             while client.get("/health/ready").status_code != 200 and time.time() < deadline:

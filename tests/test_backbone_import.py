@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vitgender.errors import UsageError
-from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 from vitgender.training import backbone
 
 REFERENCE = Path(__file__).parent.parent / "vitgender" / "reference" / "utkface-val-50"
@@ -36,8 +36,9 @@ def test_imported_features_match_onnx_backbone_at_224(onnx_path):
     import onnxruntime as ort
 
     model = backbone.import_backbone(onnx_path, 224, {0: "female", 1: "male"})
-    pre = Preprocessor(PreprocessConfig(height=224, width=224, image_mean=backbone.IMAGENET_MEAN,
-                                        image_std=backbone.IMAGENET_STD))
+    pre = Preprocessor(
+        PreprocessConfig(height=224, width=224, image_mean=backbone.IMAGENET_MEAN, image_std=backbone.IMAGENET_STD)
+    )
     images = sorted(REFERENCE.glob("*.jpg"))[::5]
     pixels = pre([decode_image(p) for p in images])
     with torch.inference_mode():

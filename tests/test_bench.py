@@ -34,10 +34,31 @@ def test_flop_count_matches_torch_flop_counter(tiny_model):
 def test_bench_reports_every_candidate(tiny_model, tmp_path):
     export = main_export(tiny_model, tmp_path / "art", "onnx,onnx-int8-dynamic,onnx-uint8-nhwc")
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "bench", "--model", str(tiny_model),
-                             "--artifacts", str(export), "--batch-sizes", "1,2", "--seconds", "0.1", "--roof-seconds", "0.05",
-                             "--json", str(out), "--plot", str(tmp_path / "bench.svg")],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitgender.cli",
+            "bench",
+            "--model",
+            str(tiny_model),
+            "--artifacts",
+            str(export),
+            "--batch-sizes",
+            "1,2",
+            "--seconds",
+            "0.1",
+            "--roof-seconds",
+            "0.05",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "bench.svg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["schema"] == 2 and report["machine"]["cores"] >= 1 and report["threads"] >= 1
@@ -79,7 +100,7 @@ def test_tta_adds_a_flip_row_per_runner_but_not_for_the_pipeline(tiny_model, tmp
     export = main_export(tiny_model, tmp_path / "art", "onnx")
     plain = candidates(tiny_model, export)
     flipped = candidates(tiny_model, export, tta="flip")
-    extra = flipped[len(plain):]
+    extra = flipped[len(plain) :]
     assert flipped[: len(plain)] == plain
     assert [c["name"] for c in extra] == ["torch-eager+flip", "onnx+flip"] and all(c["tta"] == "flip" for c in extra)
     assert candidates(tiny_model, export, tta="none") == plain

@@ -25,7 +25,11 @@ def test_manifest_is_sha256sum_compatible(model_copy):
 
     result = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=model_copy, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert set(checkpoint.verify_sha256sums(model_copy)) == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert set(checkpoint.verify_sha256sums(model_copy)) == {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    }
 
 
 def test_flipped_byte_is_refused_naming_the_file(model_copy):
@@ -51,11 +55,14 @@ def _first_tensor(header: dict) -> dict:
 
 
 @pytest.mark.parametrize(
-    "mutate,message",
+    ("mutate", "message"),
     [
         (lambda h: _first_tensor(h).update(dtype="F33"), "unknown dtype"),
         (lambda h: _first_tensor(h).update(shape=[10**6]), "needs"),
-        (lambda h: _first_tensor(h).update(data_offsets=[1, _first_tensor(h)["data_offsets"][1] + 1]), "not contiguous|needs"),
+        (
+            lambda h: _first_tensor(h).update(data_offsets=[1, _first_tensor(h)["data_offsets"][1] + 1]),
+            "not contiguous|needs",
+        ),
         (lambda h: _first_tensor(h).pop("shape"), "lacks"),
     ],
 )
@@ -90,8 +97,12 @@ def test_hostile_nested_header_is_one_line_exit_2(model_copy):
     weights.write_bytes(struct.pack("<Q", len(header)) + header)
     (model_copy / checkpoint.SHA256SUMS).unlink()
     example = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))[0]
-    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "classify", str(example), "--model", str(model_copy)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitgender.cli", "classify", str(example), "--model", str(model_copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "nests too deeply" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
@@ -161,7 +172,10 @@ def test_hub_id_resolves_from_cache_offline(tmp_path, tiny_model):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "{0: 'female', 1: 'male'}" in result.stdout
-    assert "ERR acme/not-cached: no such directory; as a hub id it is not in the local HF cache, and HF_HUB_OFFLINE is set" in result.stdout
+    assert (
+        "ERR acme/not-cached: no such directory; as a hub id it is not in the local HF cache, and HF_HUB_OFFLINE is set"
+        in result.stdout
+    )
 
 
 def test_unknown_spec_is_a_clear_error(tmp_path, monkeypatch):
@@ -185,14 +199,17 @@ def test_default_model_is_verified_and_loads():
     assert ckpt.architecture.tokens(140, 140) == 101  # (140/14)^2 patches + [CLS]
 
 
-
 def test_verify_command_with_and_without_checksums(model_copy):
     import subprocess
     import sys
 
     def verify(*args):
-        return subprocess.run([sys.executable, "-m", "vitgender.cli", "verify", str(model_copy), *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "vitgender.cli", "verify", str(model_copy), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     ok = verify()
     assert ok.returncode == 0 and ok.stdout.startswith(f"OK {model_copy}: 3 files match SHA256SUMS")

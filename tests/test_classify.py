@@ -49,8 +49,14 @@ def test_bad_inputs_get_error_records_and_exit_2(tiny_model, image_dir, tmp_path
     (tmp_path / "text.jpg").write_text("not an image")
     (tmp_path / "nothing_here").mkdir()
     good = image_dir / "img0.jpg"
-    args = [str(tmp_path / "empty.jpg"), str(good), str(tmp_path / "text.jpg"), str(tmp_path / "missing.jpg"),
-            str(tmp_path / "nothing_here"), str(image_dir / "img1.jpg")]
+    args = [
+        str(tmp_path / "empty.jpg"),
+        str(good),
+        str(tmp_path / "text.jpg"),
+        str(tmp_path / "missing.jpg"),
+        str(tmp_path / "nothing_here"),
+        str(image_dir / "img1.jpg"),
+    ]
     result = run_cli("classify", *args, "--model", str(tiny_model))
     assert result.returncode == 2
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -66,7 +72,9 @@ def test_bad_inputs_get_error_records_and_exit_2(tiny_model, image_dir, tmp_path
 
 def test_csv_and_json_formats_and_atomic_output(tiny_model, image_dir, tmp_path):
     out = tmp_path / "out.csv"
-    result = run_cli("classify", str(image_dir / "img*.jpg"), "-m", str(tiny_model), "-f", "csv", "-o", str(out), "-k", "1")
+    result = run_cli(
+        "classify", str(image_dir / "img*.jpg"), "-m", str(tiny_model), "-f", "csv", "-o", str(out), "-k", "1"
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 5 and all(r["rank"] == "1" for r in rows)
@@ -87,7 +95,7 @@ def test_python_api_matches_pipeline(tiny_model, image_dir):
     images = sorted(str(p) for p in image_dir.glob("img*.jpg"))
     ours = vitgender.load_classifier(tiny_model).classify(images, batch_size=2)
     theirs = pipeline("image-classification", model=str(tiny_model), device="cpu")(images, top_k=2)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=False):
         assert [p["label"] for p in a] == [p["label"] for p in b]
         assert np.allclose([p["score"] for p in a], [p["score"] for p in b], atol=1e-5)
 
@@ -100,7 +108,7 @@ def test_pipeline_on_the_default_model_computes_in_fp32_and_matches():
     theirs = pipeline("image-classification", model=str(REPO / "vitgender" / "default_model"), device="cpu")
     assert theirs.model.dtype == torch.float32
     ours = vitgender.load_classifier().classify(faces, batch_size=16)
-    for a, b in zip(ours, theirs(faces, top_k=2)):
+    for a, b in zip(ours, theirs(faces, top_k=2), strict=False):
         assert [p["label"] for p in a] == [p["label"] for p in b]
         assert np.abs(np.array([p["score"] for p in a]) - [p["score"] for p in b]).max() <= 1e-5
 
@@ -109,9 +117,15 @@ def test_uncertain_answers_have_one_form_in_api_cli_and_server(tiny_model, image
     image = str(image_dir / "img0.jpg")
     api = vitgender.load_classifier(tiny_model).classify(image, min_confidence=1.0)[0]
     assert api[0]["label"] == "uncertain" and api[0]["score"] == api[1]["score"]
-    assert [p["label"] for p in api[1:]] == [p["label"] for p in vitgender.load_classifier(tiny_model).classify(image)[0]]
-    cli = subprocess.run([*CLI, "classify", image, "--model", str(tiny_model), "--min-confidence", "1"],
-                         capture_output=True, text=True, timeout=120)
+    assert [p["label"] for p in api[1:]] == [
+        p["label"] for p in vitgender.load_classifier(tiny_model).classify(image)[0]
+    ]
+    cli = subprocess.run(
+        [*CLI, "classify", image, "--model", str(tiny_model), "--min-confidence", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert [p["label"] for p in json.loads(cli.stdout)["predictions"]] == [p["label"] for p in api]
     pytest.importorskip("fastapi", reason="the server needs the serve extra")
     from fastapi.testclient import TestClient
@@ -130,8 +144,12 @@ def test_uncertain_answers_have_one_form_in_api_cli_and_server(tiny_model, image
 def test_reader_that_stops_early_is_not_an_error(tiny_model):
     """`vitgender classify DIR | head -1` exits 0 without a message, like any Unix tool."""
     faces = REPO / "vitgender" / "reference" / "utkface-val-50"
-    proc = subprocess.Popen([*CLI, "classify", str(faces), "--model", str(tiny_model), "--batch-size", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "classify", str(faces), "--model", str(tiny_model), "--batch-size", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert json.loads(proc.stdout.readline())["predictions"]
     proc.stdout.close()  # like head: read one line, then go away
     assert proc.wait(timeout=120) == 0

@@ -19,9 +19,11 @@ def pickled(tmp_path, tiny_model):
 @pytest.fixture
 def run(monkeypatch, capsys):
     """`vitgender ARGS` in this process -> (exit code, stderr)."""
+
     def invoke(*args: str) -> tuple[int, str]:
         code, _, err = run_main(monkeypatch, capsys, *args)
         return code, err
+
     return invoke
 
 
@@ -35,8 +37,12 @@ def test_convert_to_a_new_folder_is_checked_and_verifiable(pickled, tmp_path, ru
     code, err = run("convert", str(pickled / "pytorch_model.bin"), "--out", str(out))
     assert code == 0, err
     assert "warning: loading the pickle weights pytorch_model.bin" in err
-    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors",
-                                                     "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     assert run("verify", str(out))[0] == 0
     original = torch.load(pickled / "pytorch_model.bin", weights_only=True)
     converted = checkpoint.load_model(out).state_dict()
@@ -52,8 +58,12 @@ def test_in_place_needs_the_flag_and_keeps_the_pickle(pickled, run):
     code, err = run("convert", str(pickled), "--in-place")
     assert code == 0, err
     assert (pickled / "pytorch_model.bin").is_file() and (pickled / "model.safetensors").is_file()
-    assert sorted(checkpoint.verify_sha256sums(pickled)) == ["config.json", "model.safetensors",
-                                                             "preprocessor_config.json", "pytorch_model.bin"]
+    assert sorted(checkpoint.verify_sha256sums(pickled)) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "pytorch_model.bin",
+    ]
     assert run("convert", str(pickled), "--in-place")[0] == 2  # already converted
 
 

@@ -23,13 +23,27 @@ def test_default_model_is_a_plain_transformers_vit():
     assert model.config.image_size == 140 and model.config.patch_size == 14
     assert model.vit.embeddings.position_embeddings.shape == (1, 101, 384)  # no runtime interpolation
     assert sorted(checkpoint.verify_sha256sums(checkpoint.DEFAULT_MODEL_DIR)) == [
-        "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
 
 
 def test_model_card_states_the_caveats():
     card = (checkpoint.DEFAULT_MODEL_DIR / "README.md").read_text()
-    for phrase in ("perceived binary", "not anyone's gender identity", "Non-binary and", "transgender",
-                   "Surveillance", "Access control", "non-commercial", "95% CI", "By race × gender", "By age"):
+    for phrase in (
+        "perceived binary",
+        "not anyone's gender identity",
+        "Non-binary and",
+        "transgender",
+        "Surveillance",
+        "Access control",
+        "non-commercial",
+        "95% CI",
+        "By race × gender",
+        "By age",
+    ):
         assert phrase in card, phrase
 
 
@@ -38,7 +52,9 @@ def test_model_card_numbers_come_from_the_committed_evaluation():
     card = (checkpoint.DEFAULT_MODEL_DIR / "README.md").read_text()
     assert f"**{100 * report['accuracy']:.1f}%**" in card
     for row in report["groups"]["genderxrace"]:
-        assert f"| {row['group']['race']} | {row['group']['gender']} | {row['n']} | {100 * row['accuracy']:.1f}% |" in card
+        assert (
+            f"| {row['group']['race']} | {row['group']['gender']} | {row['n']} | {100 * row['accuracy']:.1f}% |" in card
+        )
 
 
 @pytest.mark.slow
@@ -47,9 +63,25 @@ def test_quality_bar_on_the_validation_split(tmp_path):
     """The bar from the model's issue, re-measured on every CI run: >= 92% overall, >= 94% for
     ages 15+, no race group below 88%. Streams 3,980 faces through the CLI (~4 min on 2 cores)."""
     out = tmp_path / "val.json"
-    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "evaluate", "--data", str(SHARED_UTKFACE),
-                             "--split", "val", "--batch-size", "32", "--json", str(out)],
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitgender.cli",
+            "evaluate",
+            "--data",
+            str(SHARED_UTKFACE),
+            "--split",
+            "val",
+            "--batch-size",
+            "32",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["overall"]["n"] == 3980 and report["unclassified"]["count"] == 0

@@ -76,8 +76,9 @@ def test_readme_command_lines_parse(argv):
 DOCS_PAGES = sorted((REPO / "docs").rglob("*.md"))
 
 
-@pytest.mark.parametrize("argv", [argv for page in DOCS_PAGES for argv in readme_commands(page)],
-                         ids=lambda a: " ".join(a)[:60])
+@pytest.mark.parametrize(
+    "argv", [argv for page in DOCS_PAGES for argv in readme_commands(page)], ids=lambda a: " ".join(a)[:60]
+)
 def test_docs_site_command_lines_parse(argv):
     """The docs site's command lines parse against the real CLI too."""
     test_readme_command_lines_parse(argv)
@@ -98,15 +99,19 @@ def test_readme_cheap_commands_run_as_written(tiny_model, tmp_path):
     import sys
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "vitgender.cli", *args], capture_output=True, text=True,
-                              timeout=300, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "vitgender.cli", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
 
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     shutil.copytree(tiny_model, tmp_path / "my-checkpoint")
     (tmp_path / "my-checkpoint" / "SHA256SUMS").unlink()
     assert ["classify", "examples/"] in readme_commands()
     assert run("classify", "examples/").returncode == 0
-    assert ["verify", "--write", "my-checkpoint/"] in readme_commands() and ["verify", "my-checkpoint/"] in readme_commands()
+    assert ["verify", "--write", "my-checkpoint/"] in readme_commands() and [
+        "verify",
+        "my-checkpoint/",
+    ] in readme_commands()
     assert run("verify", "--write", "my-checkpoint/").returncode == 0
     assert run("verify", "my-checkpoint/").returncode == 0
 
@@ -116,7 +121,7 @@ def test_readme_is_a_landing_page():
     assert len(lines) <= 250, f"README has {len(lines)} lines: move detail to docs/"
     # The first screen: exactly the two set-up commands (install + classify, then the tests).
     first_fence = lines.index("```bash")
-    block = lines[first_fence + 1:lines.index("```", first_fence + 1)]
+    block = lines[first_fence + 1 : lines.index("```", first_fence + 1)]
     commands = [line for line in block if line.strip() and not line.startswith("#")]
     assert commands == ["bash scripts/setup.sh && .venv/bin/vitgender classify examples/", ".venv/bin/python -m pytest"]
 
@@ -136,7 +141,12 @@ def test_docs_site_builds_strict(tmp_path):
     import subprocess
     import sys
 
-    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()

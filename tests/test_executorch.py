@@ -57,8 +57,12 @@ def test_validate_judges_pte_with_a_quantization_proof(pte):
 
 
 def test_classify_runs_a_pte(pte, image_dir):
-    result = subprocess.run([*CLI, "classify", str(image_dir), "--model", str(pte / "model.pte")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*CLI, "classify", str(image_dir), "--model", str(pte / "model.pte")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 6 and all(line["predictions"][0]["label"] in ("female", "male") for line in lines)
@@ -66,8 +70,13 @@ def test_classify_runs_a_pte(pte, image_dir):
 
 def test_missing_executorch_environment_is_a_toolchain_error(tiny_model, tmp_path):
     env = {**__import__("os").environ, EXECUTORCH_ENV: str(tmp_path / "nowhere" / "python")}
-    result = subprocess.run([*CLI, "export", str(tiny_model), "--out", str(tmp_path / "x"), "--formats", "executorch"],
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [*CLI, "export", str(tiny_model), "--out", str(tmp_path / "x"), "--formats", "executorch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == ExitCode.TOOLCHAIN
     assert "no ExecuTorch environment" in result.stderr and "scripts/setup.sh" in result.stderr
     assert not (tmp_path / "x").exists()

@@ -51,13 +51,16 @@ def test_exit_1_only_for_a_failed_gate(tiny_model, tmp_path):
     assert run_cli("validate", str(export), "--labels", "none").returncode == ExitCode.OK
 
 
-@pytest.mark.parametrize("args", [
-    ["classify", "missing.jpg"],  # an unreadable input
-    ["export", "no/such/model"],  # a missing checkpoint
-    ["classify", str(EXAMPLE), "--batch-size", "zero"],  # a bad flag (click's own usage error)
-    ["validate", "."],  # not an export directory
-    ["bench", "--batch-sizes", "a,b"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["classify", "missing.jpg"],  # an unreadable input
+        ["export", "no/such/model"],  # a missing checkpoint
+        ["classify", str(EXAMPLE), "--batch-size", "zero"],  # a bad flag (click's own usage error)
+        ["validate", "."],  # not an export directory
+        ["bench", "--batch-sizes", "a,b"],
+    ],
+)
 def test_exit_2_usage_or_input(args, tiny_model):
     result = run_cli(*args, "--model", str(tiny_model)) if args[0] == "classify" else run_cli(*args)
     assert result.returncode == ExitCode.USAGE, result.stderr
@@ -72,8 +75,9 @@ def test_exit_3_when_a_converter_crashes(tiny_model, tmp_path, monkeypatch, caps
         raise RuntimeError("simulated converter crash")
 
     monkeypatch.setattr(quantize, "to_int8_dynamic", crash)
-    code, err = run_main(monkeypatch, capsys, "export", str(tiny_model), "--formats", "onnx-int8-dynamic",
-                         "--out", str(tmp_path / "out"))
+    code, err = run_main(
+        monkeypatch, capsys, "export", str(tiny_model), "--formats", "onnx-int8-dynamic", "--out", str(tmp_path / "out")
+    )
     assert code == ExitCode.TOOLCHAIN
     errors = [line for line in err.splitlines() if not line.startswith("[export]")]  # progress lines aside
     assert errors == ["vitgender: onnx-int8-dynamic: step failed: RuntimeError: simulated converter crash"]
@@ -90,8 +94,19 @@ def test_bench_worker_crash_is_exit_3_and_a_refused_artifact_exit_2(tiny_model, 
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["artifacts"][0]["sha256"] = artifact_sha256(export / "model.onnx")
     (export / "manifest.json").write_text(json.dumps(manifest))
-    code, err = run_main(monkeypatch, capsys, "bench", "--model", str(tiny_model), "--artifacts", str(export),
-                         "--batch-sizes", "1", "--seconds", "0.1")
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        "bench",
+        "--model",
+        str(tiny_model),
+        "--artifacts",
+        str(export),
+        "--batch-sizes",
+        "1",
+        "--seconds",
+        "0.1",
+    )
     assert code == ExitCode.USAGE and "onnxruntime cannot load it" in err
 
     from vitgender.toolchains import processes
@@ -100,14 +115,17 @@ def test_bench_worker_crash_is_exit_3_and_a_refused_artifact_exit_2(tiny_model, 
     segfaulting.write_text("#!/bin/sh\nkill -SEGV $$\n")
     segfaulting.chmod(0o755)
     monkeypatch.setattr(processes.sys, "executable", str(segfaulting))
-    code, err = run_main(monkeypatch, capsys, "bench", "--model", str(tiny_model), "--batch-sizes", "1",
-                         "--seconds", "0.1")
+    code, err = run_main(
+        monkeypatch, capsys, "bench", "--model", str(tiny_model), "--batch-sizes", "1", "--seconds", "0.1"
+    )
     assert code == ExitCode.TOOLCHAIN and "benchmark worker failed" in err
 
 
 def test_help_works_without_linux_only_apis():
     """`--help` must not touch os.sched_getaffinity (absent on macOS) at import time."""
-    code = "import os; del os.sched_getaffinity; import sys; sys.argv = ['vitgender', 'bench', '--help']; " \
-           "from vitgender.cli import main; main()"
+    code = (
+        "import os; del os.sched_getaffinity; import sys; sys.argv = ['vitgender', 'bench', '--help']; "
+        "from vitgender.cli import main; main()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--threads" in result.stdout, result.stderr

@@ -67,10 +67,13 @@ def test_explainer_api_agrees_with_the_classifier(explainer, tiny_model, image_d
 
 def test_attribution_depends_on_the_explained_class_and_rollout_does_not(explainer, pixels):
     model = explainer.model
-    assert not np.allclose(attribution_result(model, pixels, target=[0, 0, 0]).maps,
-                           attribution_result(model, pixels, target=[1, 1, 1]).maps)
-    assert np.array_equal(rollout_result(model, pixels, target=[0, 0, 0]).maps,
-                          rollout_result(model, pixels, target=[1, 1, 1]).maps)
+    assert not np.allclose(
+        attribution_result(model, pixels, target=[0, 0, 0]).maps,
+        attribution_result(model, pixels, target=[1, 1, 1]).maps,
+    )
+    assert np.array_equal(
+        rollout_result(model, pixels, target=[0, 0, 0]).maps, rollout_result(model, pixels, target=[1, 1, 1]).maps
+    )
 
 
 def test_attention_gradients_reach_the_returned_tensors(explainer, pixels):
@@ -81,7 +84,7 @@ def test_attention_gradients_reach_the_returned_tensors(explainer, pixels):
     model.config._attn_implementation = "eager"
     out = model(pixel_values=torch.from_numpy(pixels).requires_grad_(True), output_attentions=True)
     grads = torch.autograd.grad(out.logits[:, 0].sum(), out.attentions)
-    assert all(g.shape == a.shape and g.abs().sum() > 0 for g, a in zip(grads, out.attentions))
+    assert all(g.shape == a.shape and g.abs().sum() > 0 for g, a in zip(grads, out.attentions, strict=False))
 
 
 def test_rollout_options_and_model_state_are_restored(explainer, pixels):
@@ -117,8 +120,16 @@ def ignoring_vit():
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=2, layer_norm_eps=1e-6)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+        layer_norm_eps=1e-6,
+    )
     model = ViTForImageClassification(config).eval()
     flag, big, key_gain, head_dim = 31, 100.0, 100.0, 16
     with torch.no_grad():
@@ -208,6 +219,7 @@ def test_patch_orders():
 
 def test_deletion_ranks_a_faithful_map_above_random_and_a_misleading_one_below():
     """A fake model whose confidence is the brightness of patch 0 of a 4x4 grid."""
+
     def predict(batch: np.ndarray) -> np.ndarray:
         p = 1 / (1 + np.exp(-8 * (batch[:, :, :8, :8].mean((1, 2, 3)) - 0.5)))
         return np.stack([1 - p, p], 1)
@@ -217,10 +229,14 @@ def test_deletion_ranks_a_faithful_map_above_random_and_a_misleading_one_below()
     target = np.array([1])
     faithful = np.full((1, 4, 4), 0.01)
     faithful[0, 0, 0] = 0.85
-    curves = {name: deletion_curves(predict, pixels, patch_order(faithful, name, np.random.default_rng(0)), target, 8)
-              for name in ("salient", "least")}
-    randoms = [deletion_curves(predict, pixels, patch_order(faithful, "random", np.random.default_rng(s)), target, 8)
-               for s in range(20)]
+    curves = {
+        name: deletion_curves(predict, pixels, patch_order(faithful, name, np.random.default_rng(0)), target, 8)
+        for name in ("salient", "least")
+    }
+    randoms = [
+        deletion_curves(predict, pixels, patch_order(faithful, "random", np.random.default_rng(s)), target, 8)
+        for s in range(20)
+    ]
     salient, least = curve_auc(curves["salient"])[0], curve_auc(curves["least"])[0]
     random = curve_auc(np.mean(randoms, 0))[0]
     assert curves["salient"][0, 0] == pytest.approx(predict(pixels)[0, 1])
@@ -272,11 +288,22 @@ def test_face_maps_land_inside_their_crop_on_the_original_photo(explainer):
     assert explainer.explain_faces(photo, FixedDetector([])) == []
 
 
-def test_cli_writes_an_overlay_per_image_and_a_self_contained_sheet(tiny_model, image_dir, tmp_path, monkeypatch,
-                                                                      capsys):
+def test_cli_writes_an_overlay_per_image_and_a_self_contained_sheet(
+    tiny_model, image_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "explained"
-    code, stdout, stderr = run_main(monkeypatch, capsys, "explain", str(image_dir), "--model", str(tiny_model),
-                                    "--out", str(out), "--batch-size", "4")
+    code, stdout, stderr = run_main(
+        monkeypatch,
+        capsys,
+        "explain",
+        str(image_dir),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+    )
     assert code == ExitCode.OK and stderr == "", stderr
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 6 and all(Image.open(p).size[0] > 0 for p in pngs)
@@ -291,8 +318,19 @@ def test_cli_writes_an_overlay_per_image_and_a_self_contained_sheet(tiny_model, 
 def test_cli_bad_file_is_listed_as_an_error_and_exits_2(tiny_model, image_dir, tmp_path, monkeypatch, capsys):
     (image_dir / "broken.jpg").write_bytes(b"not an image at all")
     out = tmp_path / "explained"
-    code, _, stderr = run_main(monkeypatch, capsys, "explain", str(image_dir), str(tmp_path / "missing.png"),
-                               "--model", str(tiny_model), "--out", str(out), "--method", "rollout")
+    code, _, stderr = run_main(
+        monkeypatch,
+        capsys,
+        "explain",
+        str(image_dir),
+        str(tmp_path / "missing.png"),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--method",
+        "rollout",
+    )
     assert code == ExitCode.USAGE
     assert "broken.jpg: not an image" in stderr and "missing.png: no such file" in stderr and "Traceback" not in stderr
     page = (out / "index.html").read_text()
@@ -311,8 +349,20 @@ def test_cli_refuses_a_non_empty_folder_unless_overwrite(tiny_model, image_dir, 
     assert code == ExitCode.USAGE and (out / "keep.txt").is_file()
     (out / "keep.txt").unlink()
     assert run_main(monkeypatch, capsys, *args)[0] == ExitCode.OK
-    assert run_main(monkeypatch, capsys, "explain", str(image_dir / "img1.jpg"), "--model", str(tiny_model),
-                    "--out", str(out), "--overwrite")[0] == ExitCode.OK
+    assert (
+        run_main(
+            monkeypatch,
+            capsys,
+            "explain",
+            str(image_dir / "img1.jpg"),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--overwrite",
+        )[0]
+        == ExitCode.OK
+    )
     assert [p.name for p in out.glob("*.png")] == ["0001-img1.jpg.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["explained", "images"]  # no partial or old folder
 
@@ -324,8 +374,9 @@ def test_cli_failure_midway_leaves_no_folder(tiny_model, image_dir, tmp_path, mo
         raise OSError("disk full")
 
     monkeypatch.setattr(render, "png_bytes", explode)
-    code, _, stderr = run_main(monkeypatch, capsys, "explain", str(image_dir), "--model", str(tiny_model),
-                               "--out", str(tmp_path / "explained"))
+    code, _, stderr = run_main(
+        monkeypatch, capsys, "explain", str(image_dir), "--model", str(tiny_model), "--out", str(tmp_path / "explained")
+    )
     assert code == ExitCode.USAGE and "explained: cannot write (disk full)" in stderr and "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == [image_dir]
 
@@ -335,8 +386,9 @@ def test_sheet_escapes_labels_and_file_names(hostile_model, tmp_path, monkeypatc
     images.mkdir()
     random_image(0).save(images / '"><img src=x onerror=alert(1)>.jpg')
     out = tmp_path / "explained"
-    code, _, stderr = run_main(monkeypatch, capsys, "explain", str(images), "--model", str(hostile_model),
-                               "--out", str(out))
+    code, _, stderr = run_main(
+        monkeypatch, capsys, "explain", str(images), "--model", str(hostile_model), "--out", str(out)
+    )
     assert code == ExitCode.OK, stderr
     page = (out / "index.html").read_text()
     assert "<img src=x" not in page and "<script>x" not in page and HOSTILE_LABEL not in page
@@ -373,8 +425,17 @@ def test_cli_faces_maps_each_face_back_onto_the_photo(tmp_path, monkeypatch, cap
     scene.paste(Image.open(EXAMPLES[0]).convert("RGB"), (40, 50))
     scene.save(tmp_path / "scene.png")
     out = tmp_path / "explained"
-    code, _, stderr = run_main(monkeypatch, capsys, "explain", str(tmp_path / "scene.png"), "--faces",
-                               "--model", str(tiny_model), "--out", str(out))
+    code, _, stderr = run_main(
+        monkeypatch,
+        capsys,
+        "explain",
+        str(tmp_path / "scene.png"),
+        "--faces",
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+    )
     assert code == ExitCode.OK, stderr
     page = (out / "index.html").read_text()
     assert "face 1:" in page

@@ -15,9 +15,26 @@ REFERENCE = Path(__file__).resolve().parent.parent / "vitgender" / "reference" /
 
 def test_evaluate_explain_adds_cell_maps_to_json_and_html(tiny_model, tmp_path):
     report_path, page = tmp_path / "eval.json", tmp_path / "eval.html"
-    result = subprocess.run([*CLI, "evaluate", str(tiny_model), "--data", str(REFERENCE), "--explain", "2",
-                             "--explain-method", "rollout", "--json", str(report_path), "--html", str(page)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            *CLI,
+            "evaluate",
+            str(tiny_model),
+            "--data",
+            str(REFERENCE),
+            "--explain",
+            "2",
+            "--explain-method",
+            "rollout",
+            "--json",
+            str(report_path),
+            "--html",
+            str(page),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(report_path.read_text())
     explain = report["explain"]
@@ -41,6 +58,10 @@ def test_evaluate_explain_refuses_exported_artifacts(tiny_model, tmp_path):
     from vitgender.exporters import main_export
 
     exported = main_export(tiny_model, tmp_path / "export", "onnx")
-    result = subprocess.run([*CLI, "evaluate", str(exported / "model.onnx"), "--data", str(REFERENCE), "--explain", "1"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*CLI, "evaluate", str(exported / "model.onnx"), "--data", str(REFERENCE), "--explain", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "PyTorch model" in result.stderr and "Traceback" not in result.stderr

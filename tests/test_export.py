@@ -55,8 +55,10 @@ def test_onnx_has_dynamic_batch_and_matches_torch(exported, tiny_model):
         assert np.abs(open_runner(runtime, exported / name).run(pixels) - reference).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["saved_model", "model_float32.tflite", "model_float16.tflite",
-                                  "model_int8_dynamic.tflite", "model_int8.tflite"])
+@pytest.mark.parametrize(
+    "name",
+    ["saved_model", "model_float32.tflite", "model_float16.tflite", "model_int8_dynamic.tflite", "model_int8.tflite"],
+)
 def test_tf_artifacts_take_any_batch_in_one_call(exported, tiny_model, name):
     """A free batch, not a per-image loop: batches of 1, 7 and 32 in one call each, same answers."""
     entry = next(a for a in read_manifest(exported)["artifacts"] if a["path"] == name)
@@ -83,8 +85,12 @@ def test_exported_onnx_reads_no_shape(exported, tmp_path):
 
     assert batch_free(exported / "model.onnx")
     node = helper.make_node("Shape", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+    )
     onnx.save(helper.make_model(graph), tmp_path / "shape.onnx")
     assert not batch_free(tmp_path / "shape.onnx")
 
@@ -128,7 +134,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    ("args", "message"),
     [
         (["--formats", "coreml"], "unknown format"),
         (["--formats", "onnx-int8-static", "--calibration", "EMPTY"], "contains no images"),
@@ -148,8 +154,13 @@ def test_bad_export_requests_exit_2_and_write_nothing(tiny_model, tmp_path, args
 
 def test_relative_out_dir_with_tf_formats(tiny_model, tmp_path):
     """The TF conversion runs in a child process with its own working directory."""
-    result = subprocess.run([*CLI, "export", str(tiny_model), "--out", "rel/out", "--formats", "tflite"],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [*CLI, "export", str(tiny_model), "--out", "rel/out", "--formats", "tflite"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     assert (tmp_path / "rel" / "out" / "model_float32.tflite").is_file()
 

@@ -79,12 +79,19 @@ def _alive(pid: int) -> bool:
 
 def test_killed_export_takes_its_converter_with_it_and_the_next_export_sweeps(tiny_model, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "export", str(tiny_model), "--out", str(out), "--formats", "tflite"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "export", str(tiny_model), "--out", str(out), "--formats", "tflite"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline, children = time.time() + 180, []
     while not children and time.time() < deadline and proc.poll() is None:
-        children = [c for c in _children(proc.pid)
-                    if "vitgender.exporters.tensorflow" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+        children = [
+            c
+            for c in _children(proc.pid)
+            if "vitgender.exporters.tensorflow" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
+        ]
         time.sleep(0.2)
     assert children, "the TensorFlow converter child never started"
     os.kill(proc.pid, signal.SIGKILL)  # while the child is still importing TensorFlow (seconds of work left)
@@ -107,8 +114,13 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(tiny_model, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
 
     out = tmp_path / "out"
-    result = subprocess.run([*CLI, "export", str(tiny_model), "--out", str(out), "--formats", "onnx"],
-                            capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
+    result = subprocess.run(
+        [*CLI, "export", str(tiny_model), "--out", str(out), "--formats", "onnx"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=small_disk,
+    )
     assert result.returncode == ExitCode.TOOLCHAIN, result.stderr[-2000:]
     assert "out of disk space" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []

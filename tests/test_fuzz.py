@@ -9,8 +9,8 @@ same properties with the `long` profile and reports the case counts.
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -23,11 +23,21 @@ from hypothesis import strategies as st  # noqa: E402
 
 from vitgender.errors import UsageError  # noqa: E402
 
-settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("long", max_examples=int(os.environ.get("VITGENDER_FUZZ_EXAMPLES", "5000")),
-                          deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "long",
+    max_examples=int(os.environ.get("VITGENDER_FUZZ_EXAMPLES", "5000")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 settings.load_profile(os.environ.get("VITGENDER_FUZZ_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,10 +45,17 @@ FACE = sorted((REPO / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"
 
 # JSON of any shape: scalars, nested lists and objects, and strings that look like our keys.
 KEYS = st.sampled_from(["inputs", "parameters", "top_k", "function_to_apply", "faces", "min_confidence", "x"])
-SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
-           | st.sampled_from(["softmax", "sigmoid", "none", "aGVsbG8=", ""]))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
-                    max_leaves=20)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["softmax", "sigmoid", "none", "aGVsbG8=", ""])
+)
+JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4), max_leaves=20
+)
 
 
 def _images() -> dict[str, bytes]:
@@ -47,8 +64,15 @@ def _images() -> dict[str, bytes]:
 
     image = Image.open(FACE).convert("RGB").resize((48, 48))
     encoded = {}
-    for fmt, mode in (("JPEG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"), ("GIF", "P"), ("BMP", "RGB"),
-                      ("TIFF", "RGB"), ("PPM", "RGB")):
+    for fmt, mode in (
+        ("JPEG", "RGB"),
+        ("PNG", "RGBA"),
+        ("WEBP", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+        ("PPM", "RGB"),
+    ):
         buffer = io.BytesIO()
         image.convert(mode).save(buffer, fmt)
         encoded[fmt] = buffer.getvalue()
@@ -59,6 +83,7 @@ IMAGES = _images()
 
 
 # --- HTTP request parsing --------------------------------------------------------------------
+
 
 @given(body=st.binary(max_size=2048), json_type=st.booleans())
 def test_request_parser_on_random_bytes(body, json_type):
@@ -111,8 +136,10 @@ def client(tiny_model):
         yield test_client
 
 
-@given(body=st.binary(max_size=4096) | JSON.map(lambda p: json.dumps(p).encode()),
-       content_type=st.sampled_from(["", "application/json", "image/jpeg", "text/plain; charset=utf-8"]))
+@given(
+    body=st.binary(max_size=4096) | JSON.map(lambda p: json.dumps(p).encode()),
+    content_type=st.sampled_from(["", "application/json", "image/jpeg", "text/plain; charset=utf-8"]),
+)
 def test_server_never_answers_5xx(client, body, content_type):
     response = client.post("/", content=body, headers={"content-type": content_type} if content_type else {})
     assert response.status_code < 500, response.text
@@ -130,12 +157,17 @@ def test_server_survives_deep_json_on_the_same_connection(client):
 
 FUZZ_KEY = "hf_" + "k" * 32
 HEADER_TEXT = st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
-AUTHORIZATION = (st.none() | HEADER_TEXT
-                 | st.builds(lambda scheme, gap, token: f"{scheme}{gap}{token}",
-                             st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer:", "", "Token"]),
-                             st.sampled_from([" ", "  ", "\t", ""]),
-                             HEADER_TEXT | st.sampled_from([FUZZ_KEY, FUZZ_KEY + "=", FUZZ_KEY[:-1], FUZZ_KEY.upper()]))
-                 | st.integers(0, 200_000).map(lambda n: "Bearer " + "a" * n))
+AUTHORIZATION = (
+    st.none()
+    | HEADER_TEXT
+    | st.builds(
+        lambda scheme, gap, token: f"{scheme}{gap}{token}",
+        st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "Bearer:", "", "Token"]),
+        st.sampled_from([" ", "  ", "\t", ""]),
+        HEADER_TEXT | st.sampled_from([FUZZ_KEY, FUZZ_KEY + "=", FUZZ_KEY[:-1], FUZZ_KEY.upper()]),
+    )
+    | st.integers(0, 200_000).map(lambda n: "Bearer " + "a" * n)
+)
 
 
 @given(header=AUTHORIZATION)
@@ -165,8 +197,10 @@ def secured_client(tiny_model):
         yield test_client
 
 
-@given(value=st.binary(max_size=2000).filter(lambda b: not set(b) & {0, 10, 13}).map(lambda b: b.strip(b" \t"))
-       | st.sampled_from([f"Bearer {FUZZ_KEY}".encode(), b"Bearer " + "\u00e9".encode() * 30]))
+@given(
+    value=st.binary(max_size=2000).filter(lambda b: not set(b) & {0, 10, 13}).map(lambda b: b.strip(b" \t"))
+    | st.sampled_from([f"Bearer {FUZZ_KEY}".encode(), b"Bearer " + "\u00e9".encode() * 30])
+)
 def test_server_answers_any_authorization_header_with_401_not_500(secured_client, value):
     response = secured_client.get("/info", headers={"authorization": value})
     assert response.status_code in (200, 401, 503), response.text
@@ -175,6 +209,7 @@ def test_server_answers_any_authorization_header_with_401_not_500(secured_client
 
 
 # --- image decoding --------------------------------------------------------------------------
+
 
 def _decodes_or_image_error(data: bytes) -> None:
     from vitgender.errors import ImageError
@@ -199,8 +234,10 @@ def test_decoder_on_truncated_images(fmt, fraction):
     _decodes_or_image_error(data[: int(len(data) * fraction)])
 
 
-@given(fmt=st.sampled_from(sorted(IMAGES)), edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)),
-                                                            min_size=1, max_size=8))
+@given(
+    fmt=st.sampled_from(sorted(IMAGES)),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_decoder_on_mutated_images(fmt, edits):
     data = bytearray(IMAGES[fmt])
     for position, value in edits:
@@ -218,15 +255,20 @@ def test_decoder_regression_gif_whose_frame_header_is_cut():
 
 # --- checkpoint files --------------------------------------------------------------------------
 
-TENSOR = st.fixed_dictionaries({
-    "dtype": st.sampled_from(["F32", "F16", "I8", "BF16", "F64", "X9"]) | st.integers(),
-    "shape": st.lists(st.integers(-2, 10**12), max_size=4) | st.text(max_size=4),
-    "data_offsets": st.lists(st.integers(-10, 10**12), max_size=3) | st.none(),
-})
+TENSOR = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", "I8", "BF16", "F64", "X9"]) | st.integers(),
+        "shape": st.lists(st.integers(-2, 10**12), max_size=4) | st.text(max_size=4),
+        "data_offsets": st.lists(st.integers(-10, 10**12), max_size=3) | st.none(),
+    }
+)
 
 
-@given(header=st.dictionaries(st.text(max_size=8), TENSOR | JSON, max_size=4), body=st.integers(0, 64),
-       declared=st.none() | st.integers(0, 2**64 - 1))
+@given(
+    header=st.dictionaries(st.text(max_size=8), TENSOR | JSON, max_size=4),
+    body=st.integers(0, 64),
+    declared=st.none() | st.integers(0, 2**64 - 1),
+)
 def test_safetensors_header_validator(tmp_path_factory, header, body, declared):
     from vitgender.checkpoint import CheckpointError, validate_safetensors
 
@@ -255,10 +297,17 @@ def test_sha256sums_parser(tmp_path_factory, text):
 
 # --- export manifests and sidecars edited by hand ----------------------------------------------
 
-@given(entry=st.dictionaries(st.sampled_from(["name", "format", "runtime", "precision", "path", "sha256", "input"]),
-                             SCALARS | st.sampled_from(["../../etc/passwd", "/abs", "model.onnx", "a" * 64,
-                                                        "fp32", "int8"]), max_size=6) | JSON,
-       top=st.sampled_from(["ok", "no-model", "list"]), schema=st.sampled_from([1, 2]))
+
+@given(
+    entry=st.dictionaries(
+        st.sampled_from(["name", "format", "runtime", "precision", "path", "sha256", "input"]),
+        SCALARS | st.sampled_from(["../../etc/passwd", "/abs", "model.onnx", "a" * 64, "fp32", "int8"]),
+        max_size=6,
+    )
+    | JSON,
+    top=st.sampled_from(["ok", "no-model", "list"]),
+    schema=st.sampled_from([1, 2]),
+)
 def test_manifest_reader(tmp_path_factory, entry, top, schema):
     from vitgender.manifest import read_manifest, verify_artifact
 
@@ -275,10 +324,12 @@ def test_manifest_reader(tmp_path_factory, entry, top, schema):
         assert exc.why
 
 
-@given(data=st.dictionaries(st.sampled_from(["labels", "preprocessor", "precision", "architecture"]), JSON,
-                            max_size=4),
-       preprocessor=st.dictionaries(st.sampled_from(["size", "image_mean", "image_std", "resample", "rescale_factor"]),
-                                    JSON, max_size=5))
+@given(
+    data=st.dictionaries(st.sampled_from(["labels", "preprocessor", "precision", "architecture"]), JSON, max_size=4),
+    preprocessor=st.dictionaries(
+        st.sampled_from(["size", "image_mean", "image_std", "resample", "rescale_factor"]), JSON, max_size=5
+    ),
+)
 def test_sidecar_reader(tmp_path_factory, data, preprocessor):
     from vitgender.runtimes.sidecar import read_sidecar
 
@@ -295,10 +346,18 @@ def test_sidecar_reader(tmp_path_factory, data, preprocessor):
 
 # --- budget files and label CSVs -----------------------------------------------------------------
 
-@given(data=JSON | st.dictionaries(st.sampled_from(["fp32", "int8", "fp33", "onnx", "tflite-int8"]),
-                                   st.dictionaries(st.sampled_from(["max_abs_logit_diff", "top1_agreement", "nope"]),
-                                                   SCALARS, max_size=3) | SCALARS, max_size=3),
-       as_toml=st.booleans(), raw=st.none() | st.binary(max_size=200))
+
+@given(
+    data=JSON
+    | st.dictionaries(
+        st.sampled_from(["fp32", "int8", "fp33", "onnx", "tflite-int8"]),
+        st.dictionaries(st.sampled_from(["max_abs_logit_diff", "top1_agreement", "nope"]), SCALARS, max_size=3)
+        | SCALARS,
+        max_size=3,
+    ),
+    as_toml=st.booleans(),
+    raw=st.none() | st.binary(max_size=200),
+)
 def test_budget_file_loader(tmp_path_factory, data, as_toml, raw):
     from vitgender.validators.budgets import load_budgets
 
@@ -306,9 +365,14 @@ def test_budget_file_loader(tmp_path_factory, data, as_toml, raw):
     if raw is not None:
         path.write_bytes(raw)
     elif as_toml:
-        path.write_text("\n".join(f"[{k}]\n" + "\n".join(f"{m} = {json.dumps(v)}" for m, v in v_.items())
-                                  if isinstance(v_, dict) else f"{k} = {json.dumps(v_)}"
-                                  for k, v_ in (data.items() if isinstance(data, dict) else [])))
+        path.write_text(
+            "\n".join(
+                f"[{k}]\n" + "\n".join(f"{m} = {json.dumps(v)}" for m, v in v_.items())
+                if isinstance(v_, dict)
+                else f"{k} = {json.dumps(v_)}"
+                for k, v_ in (data.items() if isinstance(data, dict) else [])
+            )
+        )
     else:
         path.write_text(json.dumps(data))
     try:
@@ -316,11 +380,15 @@ def test_budget_file_loader(tmp_path_factory, data, as_toml, raw):
     except UsageError as exc:
         assert exc.why
     else:
-        assert all(isinstance(v, (int, float)) and math.isfinite(v) for table in budgets.values() for v in table.values())
+        assert all(
+            isinstance(v, (int, float)) and math.isfinite(v) for table in budgets.values() for v in table.values()
+        )
 
 
-@given(text=st.text(max_size=300) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
-       header=st.sampled_from(["path,label\n", "path,label,age\n", "label\n", ""]))
+@given(
+    text=st.text(max_size=300) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+    header=st.sampled_from(["path,label\n", "path,label,age\n", "label\n", ""]),
+)
 def test_label_csv_loader(tmp_path_factory, text, header):
     from vitgender.data import csv_samples
 

@@ -25,19 +25,44 @@ GENDER = re.compile(r"\bgender\b", re.IGNORECASE)  # the word, not the tool's na
 def assert_no_gender(*texts: str) -> None:
     for text in texts:
         found = GENDER.search(text)
-        assert found is None, text[max(0, found.start() - 200):found.end() + 200]
+        assert found is None, text[max(0, found.start() - 200) : found.end() + 200]
 
 
-def evaluate_then_explain(monkeypatch, capsys, tmp_path: Path, model: Path, data: Path, images: Path,
-                          *extra: str) -> tuple[dict, str]:
+def evaluate_then_explain(
+    monkeypatch, capsys, tmp_path: Path, model: Path, data: Path, images: Path, *extra: str
+) -> tuple[dict, str]:
     """`evaluate` (JSON, HTML, --explain 1) then `explain --min-confidence`; both exit 0 without "gender"."""
     report, page = tmp_path / "eval.json", tmp_path / "eval.html"
-    code, out, err = run_main(monkeypatch, capsys, "evaluate", str(model), "--data", str(data), "--json", str(report),
-                              "--html", str(page), "--explain", "1", *extra)
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(model),
+        "--data",
+        str(data),
+        "--json",
+        str(report),
+        "--html",
+        str(page),
+        "--explain",
+        "1",
+        *extra,
+    )
     assert code == ExitCode.OK, err
     sheet = tmp_path / "explained"
-    code2, out2, err2 = run_main(monkeypatch, capsys, "explain", str(images), "--model", str(model), "--out", str(sheet),
-                                 "--min-confidence", "0.3", *extra)
+    code2, out2, err2 = run_main(
+        monkeypatch,
+        capsys,
+        "explain",
+        str(images),
+        "--model",
+        str(model),
+        "--out",
+        str(sheet),
+        "--min-confidence",
+        "0.3",
+        *extra,
+    )
     assert code2 == ExitCode.OK, err2
     html = (sheet / "index.html").read_text()
     assert_no_gender(out, err, report.read_text(), page.read_text(), out2, err2, html)
@@ -49,7 +74,7 @@ def wrong_answers(model: Path, images: list[Path], expected: list[str]) -> int:
     import vitgender
 
     answers = vitgender.load_classifier(model).classify([str(p) for p in images])
-    return sum(a[0]["label"] != e for a, e in zip(answers, expected))
+    return sum(a[0]["label"] != e for a, e in zip(answers, expected, strict=False))
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +102,17 @@ def test_race5_flat_utkface_folder_labels_by_the_race_field(race5_model, race5_f
     flat.mkdir()
     for path in race5_faces.rglob("*.jpg"):
         shutil.copyfile(path, flat / path.name)
-    report, sheet = evaluate_then_explain(monkeypatch, capsys, tmp_path, race5_model, flat, flat, "--label-field",
-                                          "race")
+    report, sheet = evaluate_then_explain(
+        monkeypatch, capsys, tmp_path, race5_model, flat, flat, "--label-field", "race"
+    )
     assert report["data"]["labels"]["field"] == "race"
-    assert report["data"]["labels"]["mapping"] == {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Other"}
+    assert report["data"]["labels"]["mapping"] == {
+        "0": "White",
+        "1": "Black",
+        "2": "Asian",
+        "3": "Indian",
+        "4": "Other",
+    }
     assert report["overall"]["n"] == 20
     faces = sorted(flat.iterdir())
     races = ["White", "Black", "Asian", "Indian", "Other"]
@@ -88,8 +120,9 @@ def test_race5_flat_utkface_folder_labels_by_the_race_field(race5_model, race5_f
     assert sheet.count("wrong (expected") == wrong
     code, out, _ = run_main(monkeypatch, capsys, "evaluate", str(race5_model), "--data", str(flat))
     assert code == ExitCode.OK and "race field (0 -> White" in out  # found without --label-field, and shown
-    code, _, err = run_main(monkeypatch, capsys, "evaluate", str(race5_model), "--data", str(flat), "--group-by",
-                            "age,race+label")
+    code, _, err = run_main(
+        monkeypatch, capsys, "evaluate", str(race5_model), "--data", str(flat), "--group-by", "age,race+label"
+    )
     assert code == ExitCode.OK, err
 
 
@@ -106,8 +139,9 @@ def test_age3_class_folders_and_ages_binned_by_its_labels(age3_model, tmp_path, 
     flat.mkdir()
     for path in faces.rglob("*.jpg"):
         shutil.copyfile(path, flat / path.name)
-    code, out, err = run_main(monkeypatch, capsys, "evaluate", str(age3_model), "--data", str(flat), "--json",
-                              str(tmp_path / "flat.json"))
+    code, out, err = run_main(
+        monkeypatch, capsys, "evaluate", str(age3_model), "--data", str(flat), "--json", str(tmp_path / "flat.json")
+    )
     assert code == ExitCode.OK, err
     flat_report = json.loads((tmp_path / "flat.json").read_text())
     assert flat_report["data"]["labels"]["field"] == "age" and flat_report["accuracy"] == report["accuracy"]
@@ -136,11 +170,13 @@ def test_bad_label_and_group_fields_are_one_line(three_labels, tmp_path, monkeyp
     classes = tmp_path / "classes"
     (classes / "cat").mkdir(parents=True)
     random_image(0).save(classes / "cat" / "a.png")
-    for args, words in (((str(flat),), "pass --label-field FIELD"),
-                        ((str(flat), "--label-field", "hair"), "UTKFace file names carry"),
-                        ((str(classes), "--label-field", "race"), "class folders"),
-                        ((str(classes), "--group-by", "race"), "not a field of this data"),
-                        ((str(classes), "--explain-method", "rollout"), "only with --explain N")):
+    for args, words in (
+        ((str(flat),), "pass --label-field FIELD"),
+        ((str(flat), "--label-field", "hair"), "UTKFace file names carry"),
+        ((str(classes), "--label-field", "race"), "class folders"),
+        ((str(classes), "--group-by", "race"), "not a field of this data"),
+        ((str(classes), "--explain-method", "rollout"), "only with --explain N"),
+    ):
         code, _, err = run_main(monkeypatch, capsys, "evaluate", str(three_labels), "--data", *args)
         assert code == ExitCode.USAGE and words in err and err.count("\n") == 1, (args, err)
 
@@ -149,31 +185,65 @@ def test_csv_columns_are_groups_and_the_label_column_is_chosen(three_labels, tmp
     rows = []
     for i in range(6):
         random_image(i).save(tmp_path / f"{i}.png")
-        rows.append({"path": f"{i}.png", "label": "x", "animal": ("cat", "dog", "bird")[i % 3],
-                     "site": "north" if i < 3 else "south", "age": str(20 + 30 * (i % 2))})
+        rows.append(
+            {
+                "path": f"{i}.png",
+                "label": "x",
+                "animal": ("cat", "dog", "bird")[i % 3],
+                "site": "north" if i < 3 else "south",
+                "age": str(20 + 30 * (i % 2)),
+            }
+        )
     table = tmp_path / "data.csv"
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     report_path = tmp_path / "r.json"
-    code, _, err = run_main(monkeypatch, capsys, "evaluate", str(three_labels), "--data", str(table), "--label-field",
-                            "animal", "--group-by", "site,age,site+label", "--json", str(report_path))
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(three_labels),
+        "--data",
+        str(table),
+        "--label-field",
+        "animal",
+        "--group-by",
+        "site,age,site+label",
+        "--json",
+        str(report_path),
+    )
     assert code == ExitCode.OK, err
     report = json.loads(report_path.read_text())
     assert list(report["groups"]) == ["label", "site", "age_bucket", "sitexlabel"]
     assert [r["n"] for r in report["groups"]["site"]] == [3, 3]
-    assert report["data"]["labels"] == {"kind": "csv", "field": "animal", "mapping": {},
-                                        "text": "labels: the CSV column 'animal'"}
-    code, _, err = run_main(monkeypatch, capsys, "evaluate", str(three_labels), "--data", str(table),
-                            "--label-field", "colour")
+    assert report["data"]["labels"] == {
+        "kind": "csv",
+        "field": "animal",
+        "mapping": {},
+        "text": "labels: the CSV column 'animal'",
+    }
+    code, _, err = run_main(
+        monkeypatch, capsys, "evaluate", str(three_labels), "--data", str(table), "--label-field", "colour"
+    )
     assert code == ExitCode.USAGE and "no such column" in err
 
 
 def test_default_labels_keep_their_tables_and_responsible_use(tiny_model, tmp_path, monkeypatch, capsys):
     report_path, page = tmp_path / "r.json", tmp_path / "r.html"
-    code, out, err = run_main(monkeypatch, capsys, "evaluate", str(tiny_model), "--data", str(REFERENCE), "--json",
-                              str(report_path), "--html", str(page))
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        str(tiny_model),
+        "--data",
+        str(REFERENCE),
+        "--json",
+        str(report_path),
+        "--html",
+        str(page),
+    )
     assert code == ExitCode.OK, err
     report = json.loads(report_path.read_text())
     assert list(report["groups"]) == ["gender", "race", "genderxrace", "age_bucket", "racexgenderxage_bucket"]

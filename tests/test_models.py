@@ -22,8 +22,10 @@ CLAIMED = ("vit", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-v
 def tiny(tmp_path_factory):
     """variant -> checkpoint, built once per module (ImageNet normalisation for half of them)."""
     root = tmp_path_factory.mktemp("family")
-    return {v: make_tiny(v, root / v, **({"mean": IMAGENET[0], "std": IMAGENET[1]} if i % 2 else {}))
-            for i, v in enumerate(TINY_TYPES)}
+    return {
+        v: make_tiny(v, root / v, **({"mean": IMAGENET[0], "std": IMAGENET[1]} if i % 2 else {}))
+        for i, v in enumerate(TINY_TYPES)
+    }
 
 
 def test_every_claimed_type_is_registered():
@@ -94,16 +96,15 @@ def test_stage_paths_exist_and_torch_runner_exposes_them(tiny, variant):
     with open_runner("torch", tiny[variant]) as runner:
         assert can_localize(runner)
         stages = runner.stage_activations(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
-    assert list(stages)[0] == "embeddings" and list(stages)[-1] == "logits"
+    assert next(iter(stages)) == "embeddings" and list(stages)[-1] == "logits"
     assert {"block 1 attention", "block 1 mlp", "block 1", "final layernorm"} <= set(stages)
     assert stages["logits"].shape == (2, 3)
 
 
 @pytest.mark.parametrize("variant", list(TINY_TYPES))
 def test_explain_reads_the_tokens_the_head_reads(tiny, variant):
-    from vitgender.explain.maps import _readout
-
     from vitgender.checkpoint import open_checkpoint
+    from vitgender.explain.maps import _readout
 
     model = open_checkpoint(tiny[variant]).load_model()
     prefix = 1 + {"deit": 1, "deit-distilled": 1, "dinov2_with_registers": 2}.get(variant, 0)
@@ -118,10 +119,17 @@ def test_an_architecture_outside_the_family_is_refused_up_front(tmp_path):
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "model_type": "swin"}))
     (model / "SHA256SUMS").unlink()
-    for argv in (["export", str(model), "--formats", "all", "--out", str(tmp_path / "out")],
-                 ["classify", str(tmp_path), "--model", str(model)]):
-        done = subprocess.run([sys.executable, "-m", "vitgender.cli", *argv], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    for argv in (
+        ["export", str(model), "--formats", "all", "--out", str(tmp_path / "out")],
+        ["classify", str(tmp_path), "--model", str(model)],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "vitgender.cli", *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=300,
+        )
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "'swin' is not supported" in lines[0], done.stderr
@@ -152,8 +160,14 @@ def test_every_command_on_every_type(tiny, variant, tmp_path):
     os.symlink(tiny[variant], work / "model")
 
     def cli(*argv, cwd=tmp_path):
-        done = subprocess.run([sys.executable, "-m", "vitgender.cli", *argv], capture_output=True, text=True,
-                              env=env, cwd=cwd, timeout=1200)
+        done = subprocess.run(
+            [sys.executable, "-m", "vitgender.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=1200,
+        )
         assert "Traceback" not in done.stderr, done.stderr
         return done
 
@@ -184,8 +198,7 @@ def test_every_command_on_every_type(tiny, variant, tmp_path):
     for entry in manifest["artifacts"]:  # resealed, as an exporter bug would leave it: parity must catch it
         entry["sha256"] = artifact_sha256(out / entry["path"])
     (out / "manifest.json").write_text(json.dumps(manifest))
-    done = cli("validate", str(out), "--images", str(images), "--labels", "none", "--localize", "--only",
-               "onnx,tflite")
+    done = cli("validate", str(out), "--images", str(images), "--labels", "none", "--localize", "--only", "onnx,tflite")
     assert done.returncode == 1, done.stderr  # the broken one fails the gate; nothing crashes
     report = json.loads((out / "validation" / "report.json").read_text())
     found = {a["name"]: (a.get("localization") or {}).get("divergence") for a in report["artifacts"]}

@@ -10,21 +10,39 @@ from vitgender.errors import ExitCode
 REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
 
 
-@pytest.mark.parametrize("args,words", [
-    (["classify", REFERENCE_IMAGE, "--resume"], "--resume: only with --ray"),
-    (["classify", REFERENCE_IMAGE, "--rows-per-shard", "10"], "--rows-per-shard: only with --ray"),
-    (["classify", REFERENCE_IMAGE, "--detector", "blazeface"], "--detector: only with --faces"),
-    (["classify", REFERENCE_IMAGE, "--faces", "--batch-size", "4"], "--batch-size: only with whole images or --ray"),
-    (["classify", REFERENCE_IMAGE, "--ray", "-o", "out", "--batch-size", "auto"], "--batch-size: only with one machine"),
-    (["classify", REFERENCE_IMAGE, "--runtime", "onnx", "--allow-pickle"], "--allow-pickle: only with PyTorch"),
-    (["explain", REFERENCE_IMAGE, "-o", "out", "--max-faces", "3"], "--max-faces: only with --faces"),
-    (["evaluate", "--data", REFERENCE_IMAGE, "--explain", "1", "--tta", "flip"], "--tta: only with the model as it is"),
-    (["evaluate", "--data", REFERENCE_IMAGE, "--explain-method", "rollout"], "--explain-method: only with --explain"),
-    (["export", "--quant-target", "0.5"], "--quant-target: only with --quant-preset auto"),
-    (["export", "--formats", "onnx", "--calibration", "x"], "--calibration: only with an int8 format that calibrates"),
-    (["export", "--formats", "onnx-int8-static", "--tflite-int8-io"], "--tflite-int8-io: only with tflite-int8"),
-    (["verify", ".", "--write", "--allow-pickle"], "--allow-pickle: only with checking"),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["classify", REFERENCE_IMAGE, "--resume"], "--resume: only with --ray"),
+        (["classify", REFERENCE_IMAGE, "--rows-per-shard", "10"], "--rows-per-shard: only with --ray"),
+        (["classify", REFERENCE_IMAGE, "--detector", "blazeface"], "--detector: only with --faces"),
+        (
+            ["classify", REFERENCE_IMAGE, "--faces", "--batch-size", "4"],
+            "--batch-size: only with whole images or --ray",
+        ),
+        (
+            ["classify", REFERENCE_IMAGE, "--ray", "-o", "out", "--batch-size", "auto"],
+            "--batch-size: only with one machine",
+        ),
+        (["classify", REFERENCE_IMAGE, "--runtime", "onnx", "--allow-pickle"], "--allow-pickle: only with PyTorch"),
+        (["explain", REFERENCE_IMAGE, "-o", "out", "--max-faces", "3"], "--max-faces: only with --faces"),
+        (
+            ["evaluate", "--data", REFERENCE_IMAGE, "--explain", "1", "--tta", "flip"],
+            "--tta: only with the model as it is",
+        ),
+        (
+            ["evaluate", "--data", REFERENCE_IMAGE, "--explain-method", "rollout"],
+            "--explain-method: only with --explain",
+        ),
+        (["export", "--quant-target", "0.5"], "--quant-target: only with --quant-preset auto"),
+        (
+            ["export", "--formats", "onnx", "--calibration", "x"],
+            "--calibration: only with an int8 format that calibrates",
+        ),
+        (["export", "--formats", "onnx-int8-static", "--tflite-int8-io"], "--tflite-int8-io: only with tflite-int8"),
+        (["verify", ".", "--write", "--allow-pickle"], "--allow-pickle: only with checking"),
+    ],
+)
 def test_ignored_options_are_refused(args, words, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(monkeypatch, capsys, *(a if a != REFERENCE_IMAGE else _reference() for a in args))

@@ -124,8 +124,23 @@ def test_train_refuses_a_folder_with_user_files_before_any_work(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("the user's notes")
-    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "train", "--data", str(tmp_path / "no-such-data"),
-                             "--out", str(out), "--epochs", "1"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vitgender.cli",
+            "train",
+            "--data",
+            str(tmp_path / "no-such-data"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert "not empty" in result.stderr and "no-such-data" not in result.stderr  # refused before reading the data
     assert (out / "notes.txt").read_text() == "the user's notes"
@@ -170,8 +185,9 @@ def test_run_job_returns_the_result_with_paths_made_absolute(tmp_path, child_mod
     monkeypatch.chdir(tmp_path)
     Path("model.onnx").write_bytes(b"x")
     work = tmp_path / "work"
-    result = run_job("fake_child", {"mode": "ok", "path": Path("model.onnx")}, what="fake", env=child_module,
-                     workdir=work)
+    result = run_job(
+        "fake_child", {"mode": "ok", "path": Path("model.onnx")}, what="fake", env=child_module, workdir=work
+    )
     assert result == {"path": str(tmp_path / "model.onnx"), "exists": True, "cwd": str(work)}
 
 
@@ -202,8 +218,9 @@ def test_the_executorch_worker_imports_in_the_side_environment_with_its_own_nump
     except ToolchainError as exc:
         pytest.skip(f"no ExecuTorch environment ({exc})")
     probe = "import sys, numpy, vitgender.toolchains.executorch_worker; print(numpy.__version__, 'PIL' in sys.modules)"
-    result = subprocess.run([python, "-c", probe], env=executorch_env(), cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [python, "-c", probe], env=executorch_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     version, pil = result.stdout.split()
     assert int(version.split(".")[0]) >= 2 and pil == "False"
@@ -216,9 +233,22 @@ def test_a_schema_1_manifest_is_read_with_its_runtime_field_renamed(tmp_path):
     from vitgender.manifest import SCHEMA, artifact_sha256, read_manifest, verify_artifact
 
     (tmp_path / "model.onnx").write_bytes(b"onnx bytes")
-    old = {"schema": 1, "model": {"source": "m", "labels": ["a", "b"]}, "created_by": {},
-           "artifacts": [{"name": "onnx", "format": "onnx", "precision": "fp32", "path": "model.onnx",
-                          "sha256": artifact_sha256(tmp_path / "model.onnx"), "bytes": 10, "input": {}}]}
+    old = {
+        "schema": 1,
+        "model": {"source": "m", "labels": ["a", "b"]},
+        "created_by": {},
+        "artifacts": [
+            {
+                "name": "onnx",
+                "format": "onnx",
+                "precision": "fp32",
+                "path": "model.onnx",
+                "sha256": artifact_sha256(tmp_path / "model.onnx"),
+                "bytes": 10,
+                "input": {},
+            }
+        ],
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(old))
     data = read_manifest(tmp_path)
     assert SCHEMA == 2 and data["schema"] == 2

@@ -44,8 +44,12 @@ def wheel(tmp_path_factory) -> Path:
         (source / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / relative, source / relative)
     out = tmp_path_factory.mktemp("dist")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(out), str(source)], capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr
     (path,) = out.glob("vitgender-*.whl")
     return path
@@ -61,9 +65,12 @@ def test_wheel_ships_every_file_the_code_reads(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     package = REPO / "vitgender"
     read_at_run_time = [
-        *DEFAULT_MODEL_DIR.iterdir(), *CALIBRATION_DIR.iterdir(), *REFERENCE_ROOT.rglob("*.jpg"),
+        *DEFAULT_MODEL_DIR.iterdir(),
+        *CALIBRATION_DIR.iterdir(),
+        *REFERENCE_ROOT.rglob("*.jpg"),
         Path(budgets.__file__).with_name("default_budgets.json"),
-        package / "serving" / "demo.html", *(package / "serving" / "static").iterdir(),
+        package / "serving" / "demo.html",
+        *(package / "serving" / "static").iterdir(),
     ]
     wanted = {str(p.relative_to(REPO)) for p in read_at_run_time}
     assert len(wanted) > 100 and not wanted - names, sorted(wanted - names)
@@ -118,19 +125,30 @@ def test_running_environment_is_the_locked_set():
 
     locked = _lock()
     installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
-    drift = {name: (installed[name], version) for name, version in locked.items()
-             if name in installed and installed[name] != version}
+    drift = {
+        name: (installed[name], version)
+        for name, version in locked.items()
+        if name in installed and installed[name] != version
+    }
     assert not drift, f"installed vs lock: {drift}"
 
 
 # --- a user's environment with the oldest supported libraries --------------------------------
 
-def _in_venv(python: Path, program: str, *args: str, cwd: Path | None = None,
-             timeout: int = 1800) -> subprocess.CompletedProcess:
+
+def _in_venv(
+    python: Path, program: str, *args: str, cwd: Path | None = None, timeout: int = 1800
+) -> subprocess.CompletedProcess:
     """Run the venv's `python` (or another script of its bin/) away from the checkout: no PYTHONPATH,
     and a working directory outside the repository, whose vitgender.egg-info would look installed to pip."""
-    return subprocess.run([str(python.parent / program), *args], capture_output=True, text=True,
-                          cwd=cwd or python.parent, timeout=timeout, env=_without_checkout())
+    return subprocess.run(
+        [str(python.parent / program), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or python.parent,
+        timeout=timeout,
+        env=_without_checkout(),
+    )
 
 
 def _pip_versions(python: Path) -> dict[str, str]:
@@ -206,7 +224,9 @@ def test_wheel_installs_and_runs(user_env, wheel, tiny_model, tmp_path):
     # Same version as an editable install the other test may have left: pip would keep that one.
     assert _in_venv(user_env, "python", "-m", "pip", "uninstall", "-q", "-y", "vitgender").returncode == 0
     _install_keeping_oldest(user_env, f"vitgender[onnx] @ {wheel.as_uri()}")
-    where = _in_venv(user_env, "python", "-c", "import vitgender.checkpoint as c; print(c.DEFAULT_MODEL_DIR)").stdout.strip()
+    where = _in_venv(
+        user_env, "python", "-c", "import vitgender.checkpoint as c; print(c.DEFAULT_MODEL_DIR)"
+    ).stdout.strip()
     assert "site-packages" in where and not where.startswith(str(REPO)), where
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     classified = _cli(user_env, "classify", "examples/", cwd=tmp_path)
@@ -221,7 +241,12 @@ def test_wheel_installs_and_runs(user_env, wheel, tiny_model, tmp_path):
 
 def test_setup_script_names_the_missing_python():
     """setup.sh wants python3.11 (requires-python); without it, one line and exit 2, nothing created."""
-    done = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHON": "python3.11-that-is-not-installed"})
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHON": "python3.11-that-is-not-installed"},
+    )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "requires-python" in done.stderr and done.stdout == ""

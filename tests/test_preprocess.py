@@ -12,7 +12,7 @@ from transformers.image_utils import load_image
 
 from tests.conftest import random_image
 from vitgender.errors import ImageError
-from vitgender.preprocess import Preprocessor, PreprocessConfig, decode_image
+from vitgender.preprocess import PreprocessConfig, Preprocessor, decode_image
 
 CONFIGS = [
     PreprocessConfig(height=224, width=224),  # in21k-style 0.5/0.5
@@ -22,8 +22,9 @@ CONFIGS = [
 
 
 def hf_pixels(config: PreprocessConfig, image) -> np.ndarray:
-    processor = ViTImageProcessor(**{k: v for k, v in config.to_dict().items() if k != "image_processor_type"},
-                                  do_convert_rgb=True)
+    processor = ViTImageProcessor(
+        **{k: v for k, v in config.to_dict().items() if k != "image_processor_type"}, do_convert_rgb=True
+    )
     return processor(images=image, return_tensors="np")["pixel_values"]
 
 
@@ -43,7 +44,9 @@ def save(image: Image.Image, fmt: str, **kw) -> bytes:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["224-half", "140-imagenet", "64x96-bicubic"])
-@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("LA", "PNG")])
+@pytest.mark.parametrize(
+    ("mode", "fmt"), [("RGB", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("LA", "PNG")]
+)
 def test_matches_vit_image_processor(tmp_path, config, mode, fmt):
     image = random_image(1, size=(120, 90), mode=mode)
     path = tmp_path / f"x.{fmt.lower()}"
@@ -119,7 +122,7 @@ def test_pixel_limit_refuses_bombs_before_decoding(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "payload,why",
+    ("payload", "why"),
     [(b"", "not an image (0 bytes)"), (b"hello, I am text\n", "not an image"), (None, "truncated")],
 )
 def test_bad_bytes_give_clear_errors(tmp_path, payload, why):

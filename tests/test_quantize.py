@@ -47,14 +47,22 @@ def test_static_int8_answers_the_same_whatever_the_batch(static_and_dynamic):
     # the check can see what it is for: dynamic int8 derives its activation scale from the whole batch
     dynamic = open_runner("onnx", static_and_dynamic / "model_int8_dynamic.onnx")
     assert static.info.batch_invariant and not dynamic.info.batch_invariant  # what `serve` warns about
-    assert batch_variation(dynamic.run, pixels * np.linspace(0.2, 5, 40, dtype=np.float32)[:, None, None, None]
-                           )["batch_max_abs_logit_diff"] > 1e-4
+    assert (
+        batch_variation(dynamic.run, pixels * np.linspace(0.2, 5, 40, dtype=np.float32)[:, None, None, None])[
+            "batch_max_abs_logit_diff"
+        ]
+        > 1e-4
+    )
 
 
 def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_model, tmp_path):
     def auto(target: float) -> dict:
-        out = main_export(tiny_model, tmp_path / str(target), "onnx-int8-static",
-                          ExportOptions(quant_preset="auto", quant_target=target))
+        out = main_export(
+            tiny_model,
+            tmp_path / str(target),
+            "onnx-int8-static",
+            ExportOptions(quant_preset="auto", quant_target=target),
+        )
         return read_manifest(out)["artifacts"][0]["quantization"]
 
     loose = auto(100.0)  # everything int8 meets it: no sensitivity scan needed
@@ -65,8 +73,14 @@ def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_
     plan = auto(target)
     sensitivity = plan["sensitivity_q90_abs_logit_diff_alone"]
     # units are the stages `validate --localize` names; every one was measured alone
-    assert set(sensitivity) == {"embeddings", "block 0 attention", "block 0 mlp", "block 1 attention", "block 1 mlp",
-                                "classifier"}
+    assert set(sensitivity) == {
+        "embeddings",
+        "block 0 attention",
+        "block 0 mlp",
+        "block 1 attention",
+        "block 1 mlp",
+        "classifier",
+    }
     kept = plan["kept_float"]
     assert 0 < len(kept) < len(sensitivity), plan  # some float, not all: the search did its job
     assert kept == sorted(sensitivity, key=sensitivity.get, reverse=True)[: len(kept)]
@@ -94,4 +108,6 @@ def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8
     float_io = main_export(tiny_model, tmp_path / "float-io", "tflite-int8")
     pixels = np.random.default_rng(0).uniform(-1, 1, size=(4, 3, 32, 32)).astype(np.float32)  # like normalised images
     int8_logits = open_runner("tflite", out / "model_int8.tflite").run(pixels)
-    np.testing.assert_allclose(int8_logits, open_runner("tflite", float_io / "model_int8.tflite").run(pixels), atol=1e-6)
+    np.testing.assert_allclose(
+        int8_logits, open_runner("tflite", float_io / "model_int8.tflite").run(pixels), atol=1e-6
+    )

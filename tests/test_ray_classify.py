@@ -22,8 +22,9 @@ from PIL import Image
 pytest.importorskip("ray.data", reason="classify --ray needs the ray extra: pip install .[ray]")
 pytest.importorskip("psutil")
 
-from benchmarks.local_ray_cluster import LocalCluster  # noqa: E402
 from conftest import TINY_TYPES  # noqa: E402
+
+from benchmarks.local_ray_cluster import LocalCluster  # noqa: E402
 from vitgender.batch.ray_classify import RayClassifyOptions, classify_on_ray, list_inputs  # noqa: E402
 from vitgender.batch.shards import COMMITTED_PREFIX, ShardSink, read_results  # noqa: E402
 
@@ -86,8 +87,9 @@ def test_two_nodes_match_single_machine_classify(cluster, images, tiny_model, tm
             assert got == expected  # the same words as `vitgender classify`
             continue
         assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
-        assert np.allclose([p["score"] for p in got["predictions"]], [p["score"] for p in expected["predictions"]],
-                           atol=1e-5)
+        assert np.allclose(
+            [p["score"] for p in got["predictions"]], [p["score"] for p in expected["predictions"]], atol=1e-5
+        )
     assert {Path(k).name for k, v in rows.items() if "error" in v} == set(BAD)
 
 
@@ -106,7 +108,7 @@ def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_pa
         assert summary.images == 100 and summary.errors == 0
         rows = in_order(read_results(tmp_path / name))
         single = load_classifier(artifact, runtime=runtime_for(artifact)).classify([str(p) for p in subset])
-        for path, expected in zip(subset, single):
+        for path, expected in zip(subset, single, strict=False):
             got = rows[str(path)]["predictions"]
             assert np.allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
 
@@ -114,8 +116,8 @@ def test_any_artifact_runs_in_the_actor_pool(cluster, images, tiny_model, tmp_pa
 def test_actor_stages_load_pickle_weights_and_decode_under_the_alpha_policy(tiny_model, tmp_path):
     """The stages each Ray worker runs, called in-process: what the options say reaches them."""
     from tests.conftest import pickled_copy
-    from vitgender.classify import load_classifier
     from vitgender.batch.ray_classify import Predict, PredictFaces, decode_batch
+    from vitgender.classify import load_classifier
     from vitgender.runtimes import open_runner
 
     pickled = pickled_copy(tiny_model, tmp_path / "pickled")
@@ -141,7 +143,9 @@ def test_face_first_mode_on_ray_matches_single_machine(cluster, tiny_model, tmp_
     from vitgender.data import Sample, parse_utkface_name
     from vitgender.faces import open_detector
 
-    reference = sorted((Path(__file__).resolve().parent.parent / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))
+    reference = sorted(
+        (Path(__file__).resolve().parent.parent / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg")
+    )
     pool = [Sample(p, parse_utkface_name(p.name).label, parse_utkface_name(p.name).groups) for p in reference[:8]]
     rng = np.random.default_rng(0)
     paths = []
@@ -156,18 +160,23 @@ def test_face_first_mode_on_ray_matches_single_machine(cluster, tiny_model, tmp_
     rows = in_order(read_results(tmp_path / "out"))
     single = load_classifier(str(tiny_model)).classify_faces([str(p) for p in paths], open_detector("haar"))
     assert sum(len(f) for f in single) > 0  # the scenes do hold detectable faces
-    for path, faces in zip(paths, single):
+    for path, faces in zip(paths, single, strict=False):
         got = rows[str(path)]["faces"]
         assert [f["box"] for f in got] == [f["box"] for f in faces]
-        for mine, theirs in zip(got, faces):
-            assert np.allclose([p["score"] for p in mine["predictions"]], [p["score"] for p in theirs["predictions"]],
-                               atol=1e-5)
-    assert rows[str(tmp_path / "empty.jpg")] == {"image": str(tmp_path / "empty.jpg"), "error": "not an image (0 bytes)"}
+        for mine, theirs in zip(got, faces, strict=False):
+            assert np.allclose(
+                [p["score"] for p in mine["predictions"]], [p["score"] for p in theirs["predictions"]], atol=1e-5
+            )
+    assert rows[str(tmp_path / "empty.jpg")] == {
+        "image": str(tmp_path / "empty.jpg"),
+        "error": "not an image (0 bytes)",
+    }
 
 
 def run_cli(*args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, "classify", "--ray", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*CLI, "classify", "--ray", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float) -> str:
@@ -193,8 +202,17 @@ def wait_for_shard(out: Path, process: subprocess.Popen, timeout: float = 300) -
 def test_resume_after_an_interrupted_run_writes_only_the_missing_rows(cluster, images, tmp_path):
     """The default model (slow enough to interrupt); the driver is killed after its first shard."""
     out = tmp_path / "out"
-    args = [str(images), "--output", str(out), "--ray-address", cluster.address, "--rows-per-shard", "100",
-            "--batch-size", "16"]
+    args = [
+        str(images),
+        "--output",
+        str(out),
+        "--ray-address",
+        cluster.address,
+        "--rows-per-shard",
+        "100",
+        "--batch-size",
+        "16",
+    ]
     first = run_cli(*args, env=cluster.env)
     wait_for_shard(out, first)
     first.send_signal(signal.SIGKILL)
@@ -227,8 +245,18 @@ def test_job_survives_losing_a_node(cluster, images, tmp_path):
     """SIGKILL the second node's raylet and workers mid-job: every input still appears exactly once.
     Runs last in this module: the cluster has one node afterwards."""
     out = tmp_path / "out"
-    job = run_cli(str(images), "--output", str(out), "--ray-address", cluster.address, "--rows-per-shard", "100",
-                  "--batch-size", "16", env=cluster.env)
+    job = run_cli(
+        str(images),
+        "--output",
+        str(out),
+        "--ray-address",
+        cluster.address,
+        "--rows-per-shard",
+        "100",
+        "--batch-size",
+        "16",
+        env=cluster.env,
+    )
     wait_for_shard(out, job)
     assert cluster.kill_node(1) > 0
     stderr = finish(job, 600)
@@ -247,12 +275,19 @@ def test_shards_are_whole_or_absent_and_resume_reads_them(tmp_path):
     sink.commit()
     assert ShardSink(tmp_path / "out").done_images() == {"a", "b", "c"}
     parquet = ShardSink(tmp_path / "pq")
-    parquet.add([{"image": "a", "predictions": [{"label": "female", "score": 0.75}]}, {"image": "b", "error": "bad"},
-                 {"image": "c", "faces": [{"box": [1, 2, 3, 4], "detector_score": 0.9, "predictions": []}]}])
+    parquet.add(
+        [
+            {"image": "a", "predictions": [{"label": "female", "score": 0.75}]},
+            {"image": "b", "error": "bad"},
+            {"image": "c", "faces": [{"box": [1, 2, 3, 4], "detector_score": 0.9, "predictions": []}]},
+        ]
+    )
     parquet.commit()
     assert read_results(tmp_path / "pq") == [
-        {"image": "a", "predictions": [{"label": "female", "score": 0.75}]}, {"image": "b", "error": "bad"},
-        {"image": "c", "faces": [{"box": [1, 2, 3, 4], "detector_score": 0.9, "predictions": []}]}]
+        {"image": "a", "predictions": [{"label": "female", "score": 0.75}]},
+        {"image": "b", "error": "bad"},
+        {"image": "c", "faces": [{"box": [1, 2, 3, 4], "detector_score": 0.9, "predictions": []}]},
+    ]
 
 
 def test_inputs_from_lists_columns_and_uris(images, tmp_path):
@@ -267,7 +302,7 @@ def test_inputs_from_lists_columns_and_uris(images, tmp_path):
     assert list(list_inputs([str(tmp_path / "list.txt")])) == expected
     assert list(list_inputs([str(tmp_path / "list.csv")])) == expected
     assert list(list_inputs([str(tmp_path / "list.parquet")], path_column="file")) == expected
-    assert "no column 'path'" in list(list_inputs([str(tmp_path / "list.parquet")]))[0][1]
+    assert "no column 'path'" in next(iter(list_inputs([str(tmp_path / "list.parquet")])))[1]
     uri = list(list_inputs([f"file://{images}"]))
     assert len(uri) == 1003 and all(u.startswith("file:///") for u in uri)
     assert list(list_inputs(["file:///no/such/place"])) == [("file:///no/such/place", "no such file or directory")]
@@ -278,13 +313,15 @@ def test_cli_refuses_ray_without_output_and_reused_output(images, tmp_path):
     assert result.returncode == 2 and "--output" in result.stderr and "Traceback" not in result.stderr
     sink = ShardSink(tmp_path / "out", rows_per_shard=1)
     sink.add([{"image": "x", "error": "y"}])
-    result = subprocess.run([*CLI, "classify", "--ray", str(images), "--output", str(tmp_path / "out")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*CLI, "classify", "--ray", str(images), "--output", str(tmp_path / "out")], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "--resume" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("variant", [v if v == "deit-distilled" else pytest.param(v, marks=pytest.mark.slow)
-                                     for v in TINY_TYPES])  # one fast: an actor pool per type costs 10-30 s
+@pytest.mark.parametrize(
+    "variant", [v if v == "deit-distilled" else pytest.param(v, marks=pytest.mark.slow) for v in TINY_TYPES]
+)  # one fast: an actor pool per type costs 10-30 s
 def test_every_model_type_runs_in_the_actor_pool(cluster, images, variant, tmp_path):
     """The driver reads labels from the checkpoint's metadata; the actors load each type's own class."""
     from conftest import make_tiny
@@ -299,5 +336,5 @@ def test_every_model_type_runs_in_the_actor_pool(cluster, images, variant, tmp_p
     rows = in_order(read_results(tmp_path / "out"))
     with load_classifier(str(model)) as classifier:
         single = classifier.classify(subset)
-    for path, expected in zip(subset, single):
+    for path, expected in zip(subset, single, strict=False):
         assert [p["label"] for p in rows[path]["predictions"]] == [p["label"] for p in expected]

@@ -37,8 +37,15 @@ def test_ray_serve_autoscales_up_and_down(tiny_model):
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, _temp_dir=temp)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        options = RayServeOptions(min_replicas=1, max_replicas=3, target_ongoing_requests=1, max_batch_size=4,
-                                  upscale_delay_s=1, downscale_delay_s=4, num_cpus_per_replica=0.5)
+        options = RayServeOptions(
+            min_replicas=1,
+            max_replicas=3,
+            target_ongoing_requests=1,
+            max_batch_size=4,
+            upscale_delay_s=1,
+            downscale_delay_s=4,
+            num_cpus_per_replica=0.5,
+        )
         serve.run(build_app(str(tiny_model), "torch", options), route_prefix="/", name="default")
         url = f"http://127.0.0.1:{port}/"
         first = httpx.post(url, content=EXAMPLE.read_bytes(), timeout=30)
@@ -96,9 +103,29 @@ def test_serve_ray_keys_reload_on_sighup_and_it_stops_on_sigterm(tiny_model, tmp
     keys.write_text(key + "\n")
     temp = tempfile.mkdtemp(prefix="vgray-")
     env = {**os.environ, "RAY_TMPDIR": temp}
-    proc = subprocess.Popen([sys.executable, "-m", "vitgender.cli", "serve", "--ray", "--model", str(tiny_model),
-                             "--port", str(port), "--max-replicas", "1", "--api-key-file", str(keys), "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vitgender.cli",
+            "serve",
+            "--ray",
+            "--model",
+            str(tiny_model),
+            "--port",
+            str(port),
+            "--max-replicas",
+            "1",
+            "--api-key-file",
+            str(keys),
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}/"
 
     def post(token: str | None) -> int:
@@ -151,16 +178,29 @@ def test_ray_serve_with_a_key_rejects_requests_without_one(tiny_model):
     try:
         store = KeyStore.options(name="vitgender-keys-test", namespace=KEYS_NAMESPACE).remote([digest(key)])
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        options = RayServeOptions(min_replicas=1, max_replicas=1, max_batch_size=4, num_cpus_per_replica=0.5,
-                                  threads=1, max_queued_requests=64)
-        serve.run(build_app(str(tiny_model), "torch", options, key_store="vitgender-keys-test",
-                            digests=frozenset({digest(key)})), route_prefix="/", name="default")
+        options = RayServeOptions(
+            min_replicas=1,
+            max_replicas=1,
+            max_batch_size=4,
+            num_cpus_per_replica=0.5,
+            threads=1,
+            max_queued_requests=64,
+        )
+        serve.run(
+            build_app(
+                str(tiny_model), "torch", options, key_store="vitgender-keys-test", digests=frozenset({digest(key)})
+            ),
+            route_prefix="/",
+            name="default",
+        )
         url = f"http://127.0.0.1:{port}/"
         image = EXAMPLE.read_bytes()
         refused = httpx.post(url, content=image, timeout=30)
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
         assert "error" in refused.json()
-        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 401
+        assert (
+            httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 401
+        )
         assert httpx.post(url, content=image, headers={"authorization": "Bearer"}, timeout=30).status_code == 401
         answered = httpx.post(url, content=image, headers={"authorization": "Bearer " + key}, timeout=30)
         assert answered.status_code == 200 and {p["label"] for p in answered.json()} == {"female", "male"}
@@ -171,7 +211,9 @@ def test_ray_serve_with_a_key_rejects_requests_without_one(tiny_model):
         time.sleep(KEYS_REFRESH_S + 0.5)
         httpx.post(url, content=image, timeout=30)  # replicas refresh on their next request
         assert httpx.post(url, content=image, headers={"authorization": "Bearer " + key}, timeout=30).status_code == 401
-        assert httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 200
+        assert (
+            httpx.post(url, content=image, headers={"authorization": "Bearer " + other}, timeout=30).status_code == 200
+        )
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -31,8 +31,12 @@ def test_evaluate_html_escapes_labels_and_file_names(hostile_model, tmp_path):
         writer = csv.writer(handle)
         writer.writerows([("path", "label"), (HOSTILE_NAME, HOSTILE_LABEL), (f"broken{HOSTILE_NAME}", HOSTILE_LABEL)])
     html = tmp_path / "eval.html"
-    result = subprocess.run([*CLI, "evaluate", str(hostile_model), "--data", str(tmp_path / "labels.csv"),
-                             "--html", str(html)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*CLI, "evaluate", str(hostile_model), "--data", str(tmp_path / "labels.csv"), "--html", str(html)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     page = html.read_text()
     assert "&lt;img src=x onerror=" in page and "broken&quot;&gt;&lt;img" in page  # label and name, as text
@@ -50,8 +54,12 @@ def test_validate_reports_escape_labels_and_file_names(hostile_model, tmp_path):
         shutil.copy(EXAMPLE, images / f"{i}{HOSTILE_NAME}")
     budget = tmp_path / "budget.toml"
     budget.write_text("[int8-dynamic]\nmax_abs_logit_diff = 1e-30\n")  # fail, so the failure text is rendered too
-    result = subprocess.run([*CLI, "validate", str(export), "--images", str(images), "--labels", "none",
-                             "--budget", str(budget)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*CLI, "validate", str(export), "--images", str(images), "--labels", "none", "--budget", str(budget)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     _no_raw_markup((export / "validation" / "report.html").read_text())
     markdown = (export / "validation" / "report.md").read_text()

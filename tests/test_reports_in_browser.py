@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                                reason="Debian chromium + chromium-driver not installed (.ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="Debian chromium + chromium-driver not installed (.ci/run installs them)",
+)
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
 REFERENCE = Path(__file__).resolve().parent.parent / "vitgender" / "reference" / "utkface-val-50"
@@ -37,7 +39,8 @@ def _check_page(driver) -> None:
     assert driver.execute_script("return document.querySelectorAll('table').length") >= 1  # summary first
     assert driver.execute_script("return document.querySelectorAll('svg').length") >= 2
     broken = driver.execute_script(
-        "return [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)")
+        "return [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)"
+    )
     assert broken == []
 
 
@@ -61,15 +64,24 @@ def test_validate_report_renders(tiny_model, tmp_path):
 
 def test_evaluate_report_renders(tiny_model, tmp_path):
     page = tmp_path / "eval.html"
-    result = subprocess.run([*CLI, "evaluate", str(tiny_model), "--data", str(REFERENCE), "--min-confidence", "0.6",
-                             "--html", str(page)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*CLI, "evaluate", str(tiny_model), "--data", str(REFERENCE), "--min-confidence", "0.6", "--html", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     driver = _open(page, tmp_path)
     try:
         _check_page(driver)
         text = driver.find_element("tag name", "body").text
-        for shown in ("worst group", "answering only at confidence", "Confusion matrix",
-                      "expected calibration error", "Unlabelled names"):
+        for shown in (
+            "worst group",
+            "answering only at confidence",
+            "Confusion matrix",
+            "expected calibration error",
+            "Unlabelled names",
+        ):
             assert shown in text, shown
     finally:
         driver.quit()

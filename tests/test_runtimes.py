@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from conftest import random_image
 
-from vitgender.runtimes import (Closing, RunnerInfo, Runtime, get_runtime, open_runner, register_runtime, runtime_help,
-                                runtime_names)
+from vitgender.runtimes import (
+    Closing,
+    RunnerInfo,
+    Runtime,
+    get_runtime,
+    open_runner,
+    register_runtime,
+    runtime_help,
+    runtime_names,
+)
 from vitgender.runtimes.weights import weight_inventory
 
 
@@ -24,8 +32,18 @@ class NpzLinearRunner(Closing):
         from vitgender.runtimes.sidecar import read_sidecar
 
         data, sidecar = np.load(source), read_sidecar(Path(source))
-        return cls(data["weights"], data["bias"], RunnerInfo("npz", sidecar.labels, sidecar.preprocess, str(source),
-                                                             sidecar.precision, architecture=sidecar.architecture))
+        return cls(
+            data["weights"],
+            data["bias"],
+            RunnerInfo(
+                "npz",
+                sidecar.labels,
+                sidecar.preprocess,
+                str(source),
+                sidecar.precision,
+                architecture=sidecar.architecture,
+            ),
+        )
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         return (pixel_values.reshape(len(pixel_values), -1) @ self.weights.T + self.bias).astype(np.float32)
@@ -41,8 +59,15 @@ def npz_inventory(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def toy_runtime():
-    register_runtime(Runtime("npz", lambda: NpzLinearRunner.open, lambda p: p.suffix == ".npz",
-                             ".npz linear models (a test's toy)", inventory=npz_inventory))
+    register_runtime(
+        Runtime(
+            "npz",
+            lambda: NpzLinearRunner.open,
+            lambda p: p.suffix == ".npz",
+            ".npz linear models (a test's toy)",
+            inventory=npz_inventory,
+        )
+    )
     yield "npz"
     from vitgender.runtimes import base
 
@@ -61,12 +86,14 @@ def toy_artifact(tiny_model, tmp_path) -> Path:
     rng = np.random.default_rng(0)
     path = tmp_path / "export" / "model.npz"
     path.parent.mkdir()
-    np.savez(path, weights=rng.standard_normal((2, 3 * 32 * 32)).astype(np.float32) / 100,
-             bias=np.zeros(2, np.float32))
+    np.savez(path, weights=rng.standard_normal((2, 3 * 32 * 32)).astype(np.float32) / 100, bias=np.zeros(2, np.float32))
     spec = {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}
     write_sidecar(path, Sidecar(ckpt.labels, ckpt.preprocess, Precision.FP32, ckpt.architecture), spec)
-    write_manifest(path.parent, {"source": str(tiny_model), "labels": list(ckpt.labels)},
-                   [describe(path.parent, "npz-linear", "npz", "fp32", path, spec)])
+    write_manifest(
+        path.parent,
+        {"source": str(tiny_model), "labels": list(ckpt.labels)},
+        [describe(path.parent, "npz-linear", "npz", "fp32", path, spec)],
+    )
     return path
 
 
@@ -146,8 +173,11 @@ def test_ray_reads_labels_from_metadata_without_opening_a_runner(tiny_model, toy
 
 def test_docs_runtime_table_matches_the_registry():
     table = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text().split("runtimes-table")[1]
-    rows = {line.split("|")[1].strip(" `"): [c.strip() for c in line.split("|")[2:6]]
-            for line in table.splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip(" `"): [c.strip() for c in line.split("|")[2:6]]
+        for line in table.splitlines()
+        if line.startswith("| `")
+    }
     builtin = {n for n in runtime_names() if n != "npz"}
     assert set(rows) == builtin
     for name, (files, options, stages, inventory) in rows.items():

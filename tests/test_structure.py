@@ -24,9 +24,13 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_nothing_outside_training_imports_it_but_the_train_command():
-    offenders = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
-                 if "training" not in path.relative_to(PACKAGE).parts and path != PACKAGE / "cli" / "train.py"
-                 and any(name.startswith("vitgender.training") for name in _imports(path))]
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "training" not in path.relative_to(PACKAGE).parts
+        and path != PACKAGE / "cli" / "train.py"
+        and any(name.startswith("vitgender.training") for name in _imports(path))
+    ]
     assert offenders == []
 
 
@@ -38,8 +42,9 @@ def test_reporting_is_not_imported_by_what_it_renders():
 
 
 def test_export_help_lists_every_registered_format_and_group():
-    result = subprocess.run([sys.executable, "-m", "vitgender.cli", "export", "--help"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitgender.cli", "export", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     text = re.sub(r"\s+", " ", re.sub(r"-\s*\n\s*", "-", result.stdout))  # undo the help formatter's wrapping
     for name in [*FORMATS, *GROUPS]:
@@ -115,7 +120,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 iterators.pop()
             elif state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif child not in state:
                 state[child] = 1
                 path.append(child)
@@ -147,20 +152,47 @@ FORBIDDEN = {
     "reporting": {"cli", "serving", "batch", "training", "exporters"},
     "serving": {"cli", "exporters", "validators", "reporting", "training"},
     "batch": {"cli", "exporters", "validators", "reporting", "training", "serving"},
-    **{foundation: {"exporters", "validators", "reporting", "cli", "serving", "batch", "training", "explain",
-                    "runtimes"}
-       for foundation in ("formats", "manifest", "scoring", "output_folders", "errors", "precision", "toolchains",
-                          "inputs")},
+    **{
+        foundation: {
+            "exporters",
+            "validators",
+            "reporting",
+            "cli",
+            "serving",
+            "batch",
+            "training",
+            "explain",
+            "runtimes",
+        }
+        for foundation in (
+            "formats",
+            "manifest",
+            "scoring",
+            "output_folders",
+            "errors",
+            "precision",
+            "toolchains",
+            "inputs",
+        )
+    },
 }
 
 
 def test_layers_import_only_downwards():
-    offenders = sorted(f"{module} -> {target}" for module, targets in import_graph().items() for target in targets
-                       if _layer(target) in FORBIDDEN.get(_layer(module), set()))
+    offenders = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if _layer(target) in FORBIDDEN.get(_layer(module), set())
+    )
     assert offenders == []
 
 
 def test_nothing_imports_the_cli_but_the_cli():
-    offenders = sorted(f"{module} -> {target}" for module, targets in import_graph().items() for target in targets
-                       if target.startswith("vitgender.cli") and not module.startswith("vitgender.cli"))
+    offenders = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if target.startswith("vitgender.cli") and not module.startswith("vitgender.cli")
+    )
     assert offenders == []

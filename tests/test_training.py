@@ -18,7 +18,7 @@ from vitgender.training.recipe import canonical_key, read_pack, run_training
 
 
 @pytest.mark.parametrize(
-    "name,expected",
+    ("name", "expected"),
     [
         ("26_1_0_20170116171048641.jpg.chip.jpg", ("female", "White", "26", "20-29")),
         ("8_0_2_20170109201406416.jpg.chip.jpg", ("male", "Asian", "8", "3-9")),
@@ -90,7 +90,9 @@ def test_augment_keeps_shape_and_range():
 
 
 def test_transformers5_key_names_are_canonicalised():
-    assert canonical_key("vit.layers.3.attention.q_proj.weight") == "vit.encoder.layer.3.attention.attention.query.weight"
+    assert (
+        canonical_key("vit.layers.3.attention.q_proj.weight") == "vit.encoder.layer.3.attention.attention.query.weight"
+    )
     assert canonical_key("vit.layers.0.mlp.fc2.bias") == "vit.encoder.layer.0.output.dense.bias"
     assert canonical_key("classifier.weight") == "classifier.weight"
 
@@ -110,8 +112,15 @@ def test_finetune_runs_resumes_and_writes_a_loadable_checkpoint(tmp_path, tiny_m
     arrays = read_pack(pack)
     assert sum(len(s) for _, s in arrays.values()) == 24
     # A second run with more epochs continues from the checkpoint instead of starting over.
-    run_training(pack, out, image_size=32, init=tiny_model, cfg=TrainConfig(epochs=2, batch_size=8),
-                 run_dir=run_dir, log=logs.append)
+    run_training(
+        pack,
+        out,
+        image_size=32,
+        init=tiny_model,
+        cfg=TrainConfig(epochs=2, batch_size=8),
+        run_dir=run_dir,
+        log=logs.append,
+    )
     assert any("resumed" in line and "after epoch 1" in line for line in logs)
     assert [e["epoch"] for e in json.loads((run_dir / "log.json").read_text())["epochs"]] == [1, 2]
 
@@ -120,12 +129,15 @@ def test_balanced_weights_give_every_cell_the_same_weight_per_adult_face():
     from vitgender.data import parse_utkface_name
     from vitgender.training.sampling import balanced_weights
 
-    names = [f"{age}_{g}_{r}_20170101000000000.jpg.chip.jpg"
-             for age, g, r, copies in [(30, 0, 0, 6), (30, 0, 4, 1), (5, 0, 4, 1), (40, 1, 2, 2)] for _ in range(copies)]
+    names = [
+        f"{age}_{g}_{r}_20170101000000000.jpg.chip.jpg"
+        for age, g, r, copies in [(30, 0, 0, 6), (30, 0, 4, 1), (5, 0, 4, 1), (40, 1, 2, 2)]
+        for _ in range(copies)
+    ]
     samples = [parse_utkface_name(n) for n in names]
     w = balanced_weights(samples, ("race", "gender"), min_age=10)
     cells = {}
-    for s, weight in zip(samples, w.tolist()):
+    for s, weight in zip(samples, w.tolist(), strict=False):
         cells.setdefault((s.groups["race"], s.groups["gender"]), []).append(weight)
     # a cell's adults share a total of 1; the child in (Other, male) comes on top instead of diluting it
     assert cells[("White", "male")] == [pytest.approx(1 / 6)] * 6
@@ -209,8 +221,14 @@ def test_full_recipe_with_balance_and_holdout_logs_and_calibrates_on_the_holdout
     assert load_model(out).config.id2label == {0: "female", 1: "male"}
     # resuming with other sampling would mix two different draws of the data: refused
     with pytest.warns(UserWarning), pytest.raises(UsageError, match="balance"):
-        run_training(data, out, image_size=32, init=tiny_model, cfg=TrainConfig(epochs=2, batch_size=8, holdout_fraction=0.3),
-                     log=logs.append)
+        run_training(
+            data,
+            out,
+            image_size=32,
+            init=tiny_model,
+            cfg=TrainConfig(epochs=2, batch_size=8, holdout_fraction=0.3),
+            log=logs.append,
+        )
 
 
 def test_refit_without_a_holdout_folds_no_temperature(tmp_path, tiny_model):

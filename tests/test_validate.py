@@ -20,7 +20,9 @@ from vitgender.validators.metrics import compare_logits  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
 REPO = Path(__file__).resolve().parent.parent
-TINY_BUDGET = "[int8]\nmax_abs_logit_diff = 100\ntop1_agreement = 0.0\nflips_far_from_boundary = 100\naccuracy_drop = 1.0\n"
+TINY_BUDGET = (
+    "[int8]\nmax_abs_logit_diff = 100\ntop1_agreement = 0.0\nflips_far_from_boundary = 100\naccuracy_drop = 1.0\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,9 @@ def test_good_export_passes_with_reports_and_junit(work, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((work / "validation" / "report.json").read_text())
     assert report["schema"] == 3 and report["passed"] and report["images"]["count"] == 50
-    assert len(report["images"]["sha256"]) == 64 and report["machine"]["cpu"] and "torch" in report["machine"]["versions"]
+    assert (
+        len(report["images"]["sha256"]) == 64 and report["machine"]["cpu"] and "torch" in report["machine"]["versions"]
+    )
     fp32 = next(a for a in report["artifacts"] if a["name"] == "onnx")
     assert fp32["metrics"]["max_abs_logit_diff"] < 1e-4 and fp32["metrics"]["top1_agreement"] == 1.0
     assert fp32["group_deltas"] and fp32["accuracy"]["torch"]["n"] == 50
@@ -128,8 +132,18 @@ def test_tampered_file_is_exit_2_before_inference(work):
     assert not (work / "validation").exists()
 
 
-@pytest.mark.parametrize("case", ["missing-artifact", "empty-images", "unreadable-image", "no-manifest",
-                                  "foreign-labels", "unknown-budget-section", "missing-baseline"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing-artifact",
+        "empty-images",
+        "unreadable-image",
+        "no-manifest",
+        "foreign-labels",
+        "unknown-budget-section",
+        "missing-baseline",
+    ],
+)
 def test_usage_errors_exit_2(work, tmp_path, case):
     args = [str(work)]
     if case == "missing-artifact":
@@ -168,13 +182,16 @@ def test_budget_file_and_baseline_written_only_for_a_passing_run(work, tmp_path)
     failing = validate(str(work), "--budget", str(budget), "--only", "onnx-fp16", "--write-baseline", str(baseline))
     assert failing.returncode == 1 and not baseline.exists()
     assert failing.stderr.strip().splitlines()[-1].startswith("vitgender: not writing baseline")
-    forced = validate(str(work), "--budget", str(budget), "--only", "onnx-fp16", "--write-baseline", str(baseline),
-                      "--force-baseline")
+    forced = validate(
+        str(work), "--budget", str(budget), "--only", "onnx-fp16", "--write-baseline", str(baseline), "--force-baseline"
+    )
     assert forced.returncode == 1 and json.loads(baseline.read_text())["passed"] is False
     assert validate(str(work), "--write-baseline", str(baseline)).returncode == 0
     stored = json.loads(baseline.read_text())
     assert stored["passed"] and stored["images"]["sha256"] and stored["machine"]["isa"] is not None
-    for artifact in stored["artifacts"]:  # the baseline recorded no flips: today's few (if any) are no supported regression
+    for artifact in stored[
+        "artifacts"
+    ]:  # the baseline recorded no flips: today's few (if any) are no supported regression
         artifact["metrics"]["flips"] = []
     again = validate(str(work), "--baseline", str(baseline))
     assert again.returncode == 0, again.stdout  # the same decisions as the baseline: nothing newly flipped
@@ -192,9 +209,13 @@ def _baseline_verdict(new_flips: int, old_flips: int, images: int, same_images: 
     from vitgender.validators.checks import ValidationResult
     from vitgender.validators.parity import compare_baseline
 
-    result = ValidationResult("a", {}, {"folder": "faces", "count": images, "sha256": "s"}, {}, [_artifact(new_flips, images)])
-    baseline = {"images": {"folder": "faces", "count": images, "sha256": "s" if same_images else "other"},
-                "artifacts": [_artifact(old_flips, images).to_dict()]}
+    result = ValidationResult(
+        "a", {}, {"folder": "faces", "count": images, "sha256": "s"}, {}, [_artifact(new_flips, images)]
+    )
+    baseline = {
+        "images": {"folder": "faces", "count": images, "sha256": "s" if same_images else "other"},
+        "artifacts": [_artifact(old_flips, images).to_dict()],
+    }
     compare_baseline(result, baseline)
     check = next(c for c in result.artifacts[0].checks if c.name == "baseline")
     return check.passed, result.notes
@@ -245,7 +266,9 @@ def test_relative_logit_metrics_do_not_depend_on_the_logit_scale():
 
 def test_saved_outputs_reproduce_the_report_and_compare_artifact_against_artifact(work, tmp_path):
     saved = tmp_path / "outputs"
-    first = validate(str(work), "--only", "onnx,tflite", "--save-outputs", str(saved), "--report-dir", str(tmp_path / "a"))
+    first = validate(
+        str(work), "--only", "onnx,tflite", "--save-outputs", str(saved), "--report-dir", str(tmp_path / "a")
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     assert (saved / "results.json").is_file() and (saved / "outputs.npz").is_file()
     again = validate(str(work), "--load-outputs", str(saved), "--report-dir", str(tmp_path / "b"))
@@ -285,6 +308,7 @@ def test_compare_logits_counts_flips_near_and_far():
 def test_default_model_ci_gate_and_the_readme_ci_snippet(tmp_path):
     """The project's own CI gate (committed baseline), and the README's CI lines run as written,
     with `./model` left out as the README allows (the embedded default model)."""
+
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
 
@@ -295,7 +319,9 @@ def test_default_model_ci_gate_and_the_readme_ci_snippet(tmp_path):
     assert first.returncode == 0 and (tmp_path / "parity-baseline.json").is_file(), first.stdout[-3000:]
     gate = run("validate", "build/artifacts", "--baseline", "parity-baseline.json", "--junit", "parity.xml")
     assert gate.returncode == 0 and (tmp_path / "parity.xml").is_file(), gate.stdout[-3000:]
-    result = run("validate", "build/artifacts", "--baseline", str(REPO / "artifacts" / "baselines" / "vitgender-default.json"))
+    result = run(
+        "validate", "build/artifacts", "--baseline", str(REPO / "artifacts" / "baselines" / "vitgender-default.json")
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((out / "validation" / "report.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
@@ -312,8 +338,12 @@ def test_localize_names_the_block_a_fault_was_injected_into(tiny_model, tmp_path
     out = main_export(tiny_model, tmp_path / "art", "onnx")
     model = onnx.load(str(out / "model.onnx"))
     scope = "'model.vit.encoder.layer.1.intermediate'"  # the MLP of the second (last) block
-    node = next(n for n in model.graph.node if n.op_type == "MatMul"
-                and any(p.key == "pkg.torch.onnx.name_scopes" and scope in p.value for p in n.metadata_props))
+    node = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "MatMul"
+        and any(p.key == "pkg.torch.onnx.name_scopes" and scope in p.value for p in n.metadata_props)
+    )
     weight = next(i for i in model.graph.initializer if i.name == node.input[1])
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(3.0), weight.name))
     onnx.save(model, str(out / "model.onnx"))
@@ -444,9 +474,16 @@ def test_docs_gate_recipe_runs_as_written_on_a_five_label_model(tmp_path):
     fitted = (tmp_path / "parity" / "budgets.toml").read_text()
     assert 'labels = ["White", "Black", "Asian", "Indian", "Other"]' in fitted and "[int8]" in fitted
     quality = json.loads((tmp_path / "parity" / "budgets.gate-quality.json").read_text())
-    assert quality["images"]["labelled"] and set(quality["broken"]) >= {"broken: RGB->BGR", "broken: label order swapped"}
-    assert quality["broken"]["broken: label order swapped"]["64" if "64" in quality["broken"]["broken: label order swapped"]
-                                                             else "16"]["fail_rate"] == 1.0
+    assert quality["images"]["labelled"] and set(quality["broken"]) >= {
+        "broken: RGB->BGR",
+        "broken: label order swapped",
+    }
+    assert (
+        quality["broken"]["broken: label order swapped"][
+            "64" if "64" in quality["broken"]["broken: label order swapped"] else "16"
+        ]["fail_rate"]
+        == 1.0
+    )
     baseline = json.loads((tmp_path / "parity" / "baseline.json").read_text())
     assert baseline["passed"] and baseline["images"]["count"] == 60 and (tmp_path / "parity.xml").is_file()
 
@@ -463,16 +500,31 @@ def test_fit_on_synthetic_runs_separates_correct_from_broken(tmp_path):
     ref = (8 * rng.normal(size=(200, 5))).astype(np.float32)  # logits of a 5-class model, spread ~8
 
     def run(name, logits, precision="fp32", labels=RACE5):
-        return RunResult(name, "onnx", precision, labels, logits.astype(np.float32), 1.0,
-                         batch={"batch_max_abs_logit_diff": 1e-6, "batch_flips": 0, "batch_probes": 8, "batch_size": 32})
+        return RunResult(
+            name,
+            "onnx",
+            precision,
+            labels,
+            logits.astype(np.float32),
+            1.0,
+            batch={"batch_max_abs_logit_diff": 1e-6, "batch_flips": 0, "batch_probes": 8, "batch_size": 32},
+        )
 
-    runs = [run("onnx", ref + rng.normal(scale=1e-5, size=ref.shape)),
-            run("onnx-fp16", ref + rng.normal(scale=5e-3, size=ref.shape), "fp16"),
-            run("broken: weight x1.05", ref * 1.05), run("broken: label order swapped", ref, labels=RACE5[::-1])]
-    results = RunResults({"labels": list(RACE5), "source": "synthetic"}, ImageSet(str(tmp_path), names, "h"),
-                         run("torch", ref), runs)
-    report = gate_fit.fit(results, {"broken: weight x1.05": "x1.05", "broken: label order swapped": "swap"},
-                          resamples=200, judge_resamples=200)
+    runs = [
+        run("onnx", ref + rng.normal(scale=1e-5, size=ref.shape)),
+        run("onnx-fp16", ref + rng.normal(scale=5e-3, size=ref.shape), "fp16"),
+        run("broken: weight x1.05", ref * 1.05),
+        run("broken: label order swapped", ref, labels=RACE5[::-1]),
+    ]
+    results = RunResults(
+        {"labels": list(RACE5), "source": "synthetic"}, ImageSet(str(tmp_path), names, "h"), run("torch", ref), runs
+    )
+    report = gate_fit.fit(
+        results,
+        {"broken: weight x1.05": "x1.05", "broken: label order swapped": "swap"},
+        resamples=200,
+        judge_resamples=200,
+    )
     assert report["images"]["fit"] + report["images"]["judge"] == 200 and not report["images"]["labelled"]
     assert set(report["budgets"]) == {"fp32", "fp16"} and "accuracy_worse_p" not in report["budgets"]["fp32"]
     assert report["correct"]["onnx"]["64"]["fail_rate"] == 0 and report["correct"]["onnx-fp16"]["64"]["fail_rate"] == 0

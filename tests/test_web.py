@@ -59,15 +59,20 @@ def test_transformers_js_pipeline_in_node(web_export, torch_reference, variant):
     """transformers.js preprocesses with its own resize (sharp), so compare decisions and scores loosely."""
     runner, _, logits = torch_reference
     dtype = VARIANTS[variant][0]
-    result = subprocess.run(["node", "classify-node.mjs", str(web_export / "web"), dtype, *map(str, REFERENCE)],
-                            cwd=WEB, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["node", "classify-node.mjs", str(web_export / "web"), dtype, *map(str, REFERENCE)],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == len(REFERENCE)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     agree, diffs = 0, []
-    for record, row in zip(records, probs):
+    for record, row in zip(records, probs, strict=False):
         scores = {p["label"]: p["score"] for p in record["predictions"]}
         agree += max(scores, key=scores.get) == runner.info.labels[int(row.argmax())]
         diffs.append(max(abs(scores[label] - row[i]) for i, label in enumerate(runner.info.labels)))
@@ -82,15 +87,31 @@ def test_onnxruntime_web_in_chromium_matches_pytorch(web_export, torch_reference
     """Same pixel values as PyTorch, run by onnxruntime-web (WASM) in a real browser: validate's budgets apply."""
     runner, pixels, reference = torch_reference
     pixels.astype("<f4").tofile(tmp_path / "pixels.f32")
-    result = subprocess.run(["node", "browser-test.mjs", str(web_export / "web"), variant, str(tmp_path / "pixels.f32"),
-                             str(len(pixels)), str(REFERENCE[0])], cwd=WEB, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            "node",
+            "browser-test.mjs",
+            str(web_export / "web"),
+            variant,
+            str(tmp_path / "pixels.f32"),
+            str(len(pixels)),
+            str(REFERENCE[0]),
+        ],
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["errors"] == [] and out["labels"] == list(runner.info.labels)
     logits = np.array(out["logits"], dtype=np.float32).reshape(reference.shape)
     metrics = compare_logits(reference, logits, runner.info.labels, [p.name for p in REFERENCE])
-    checks = check(metrics, {k: v for k, v in DEFAULT_BUDGETS[VARIANTS[variant][1]].items()
-                             if k != "batch_max_rel_logit_diff"}, labelled=False)  # one run: no batches, no labels
+    checks = check(
+        metrics,
+        {k: v for k, v in DEFAULT_BUDGETS[VARIANTS[variant][1]].items() if k != "batch_max_rel_logit_diff"},
+        labelled=False,
+    )  # one run: no batches, no labels
     failures = [c.detail for c in checks if not c.passed]
     assert not failures, failures
     demo = {d["label"]: d["score"] for d in out["demo"]}  # the page's own canvas preprocessing path

@@ -69,7 +69,7 @@ def held_out_folder(task: str, destination: Path, per_class: int, *, offset: int
     `offset` skips the first faces of each class, so two calls give disjoint sets.
     """
     for label, paths in faces_by_label(task, "val").items():
-        chosen = paths[offset:offset + per_class]
+        chosen = paths[offset : offset + per_class]
         if len(chosen) < per_class:
             raise ValueError(f"{task}: only {len(chosen)} held-out faces of {label!r} after offset {offset}")
         folder = destination / label.replace("/", "_")
@@ -97,7 +97,7 @@ def _cls_features(model, paths: list[Path], preprocess) -> np.ndarray:
     features = []
     with torch.inference_mode():
         for start in range(0, len(paths), 32):
-            images = [Image.open(p).convert("RGB") for p in paths[start:start + 32]]
+            images = [Image.open(p).convert("RGB") for p in paths[start : start + 32]]
             pixels = torch.from_numpy(processor(images))
             hidden = model.vit(pixel_values=pixels).last_hidden_state
             features.append(hidden[:, 0, :].numpy())
@@ -134,9 +134,13 @@ def _build(task: str, directory: Path) -> None:
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected here
     checkpoint = open_checkpoint(DEFAULT_MODEL)
     model = ViTForImageClassification.from_pretrained(
-        DEFAULT_MODEL, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True,
-        torch_dtype=torch.float32).eval()
+        DEFAULT_MODEL,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+        torch_dtype=torch.float32,
+    ).eval()
     grouped = faces_by_label(task, "train")
     paths, targets = [], []
     for index, label in enumerate(labels):
@@ -152,7 +156,8 @@ def _build(task: str, directory: Path) -> None:
     (directory / "README.md").write_text(
         f"# Test model `{task}`\n\nThe vitgender default model's backbone with a linear head for the labels "
         f"{', '.join(labels)}, fitted on {TRAIN_PER_CLASS} UTKFace training-split faces per label by "
-        "tests/zoo.py. UTKFace is licensed for non-commercial research only. For tests, not for use.\n")
+        "tests/zoo.py. UTKFace is licensed for non-commercial research only. For tests, not for use.\n"
+    )
     write_sha256sums(directory)
 
 

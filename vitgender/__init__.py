@@ -1,8 +1,8 @@
 """vitgender: ViT image classifiers (HF format) from checkpoint to phone, browser and server.
 
-    >>> import vitgender
-    >>> clf = vitgender.load_classifier()          # the embedded female/male model
-    >>> clf.classify(["face.jpg"])                 # [[{"label": "female", "score": 0.97}, ...]]
+>>> import vitgender
+>>> clf = vitgender.load_classifier()          # the embedded female/male model
+>>> clf.classify(["face.jpg"])                 # [[{"label": "female", "score": 0.97}, ...]]
 """
 
 import os

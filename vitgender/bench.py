@@ -72,8 +72,10 @@ def _open(candidate: dict, threads: int) -> _Opened:
         def run(pixels: np.ndarray):
             batch = len(pixels)
             if batch not in images:  # the pipeline decodes/preprocesses itself: feed it PIL images
-                images[batch] = [Image.fromarray((np.random.default_rng(i).random((200, 200, 3)) * 255).astype("uint8"))
-                                 for i in range(batch)]
+                images[batch] = [
+                    Image.fromarray((np.random.default_rng(i).random((200, 200, 3)) * 255).astype("uint8"))
+                    for i in range(batch)
+                ]
             return pipe(images[batch], batch_size=batch)
 
         def answer(reference: dict) -> list[str]:
@@ -114,8 +116,11 @@ def _worker(job: dict) -> dict:
     rows = []
     for batch in job["batch_sizes"]:
         rng = np.random.default_rng(batch)
-        pixels = (rng.integers(0, 256, (batch, shape[1], shape[2], shape[0]), dtype=np.uint8) if raw
-                  else rng.normal(size=(batch, *shape)).astype(np.float32))
+        pixels = (
+            rng.integers(0, 256, (batch, shape[1], shape[2], shape[0]), dtype=np.uint8)
+            if raw
+            else rng.normal(size=(batch, *shape)).astype(np.float32)
+        )
         for _ in range(job["warmup"]):
             run(pixels)
         latencies = []
@@ -125,18 +130,33 @@ def _worker(job: dict) -> dict:
             run(pixels)
             latencies.append(time.perf_counter() - t)
         p50, p90 = float(np.median(latencies)), float(np.percentile(latencies, 90))
-        rows.append({"batch_size": batch, "p50_ms": round(p50 * 1000, 2), "p90_ms": round(p90 * 1000, 2),
-                     "images_per_s": round(batch / p50, 2), "runs": len(latencies)})
+        rows.append(
+            {
+                "batch_size": batch,
+                "p50_ms": round(p50 * 1000, 2),
+                "p90_ms": round(p90 * 1000, 2),
+                "images_per_s": round(batch / p50, 2),
+                "runs": len(latencies),
+            }
+        )
     opened.close()
-    return {"load_seconds": round(load_seconds, 2), "bytes": opened.bytes, "peak_rss_mb": round(_rss_peak_mb(), 1),
-            "precision": opened.precision, "answers": answers, "rows": rows}
+    return {
+        "load_seconds": round(load_seconds, 2),
+        "bytes": opened.bytes,
+        "peak_rss_mb": round(_rss_peak_mb(), 1),
+        "precision": opened.precision,
+        "answers": answers,
+        "rows": rows,
+    }
 
 
 def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) -> list[dict]:
     """PyTorch, the HF pipeline and every artifact; with `tta`, each runner again wrapped in it
     (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run."""
-    found = [{"name": "torch-eager", "runtime": "torch", "path": model_dir.absolute()},
-             {"name": "transformers-pipeline", "runtime": "pipeline", "path": model_dir.absolute()}]
+    found = [
+        {"name": "torch-eager", "runtime": "torch", "path": model_dir.absolute()},
+        {"name": "transformers-pipeline", "runtime": "pipeline", "path": model_dir.absolute()},
+    ]
     if artifacts is not None:
         from vitgender.manifest import read_manifest, verify_artifact
         from vitgender.runtimes import runtime_for
@@ -165,13 +185,23 @@ def _reference(ckpt, folder: Path, work: Path) -> dict:
     resized = np.stack([pre.resize(decode_image(p)) for p in images])
     np.save(work / "resized.npy", resized)
     np.save(work / "pixels.npy", pre.normalize(resized))
-    return {"images": [str(p) for p in images], "resized": str(work / "resized.npy"),
-            "pixels": str(work / "pixels.npy")}
+    return {
+        "images": [str(p) for p in images],
+        "resized": str(work / "resized.npy"),
+        "pixels": str(work / "pixels.npy"),
+    }
 
 
-def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[int], threads: int,
-                  seconds: float, on_candidate: Callable[[str], None] = lambda name: None,
-                  roof_seconds: float = 1.0, tta: str | None = None) -> dict:
+def run_benchmark(
+    model: str | None,
+    artifacts: Path | None,
+    batch_sizes: list[int],
+    threads: int,
+    seconds: float,
+    on_candidate: Callable[[str], None] = lambda name: None,
+    roof_seconds: float = 1.0,
+    tta: str | None = None,
+) -> dict:
     from vitgender import checkpoint
     from vitgender.validators.parity import DEFAULT_REFERENCE, REFERENCE_ROOT
 
@@ -179,36 +209,70 @@ def run_benchmark(model: str | None, artifacts: Path | None, batch_sizes: list[i
     model_dir, pre, arch = ckpt.directory, ckpt.preprocess, ckpt.architecture
     flops = arch.flops(pre.height, pre.width)
     on_candidate("roofs: fp32, fp16 and int8 GEMMs")
-    roofs = _in_child("roofs", {"roofs": {"hidden": arch.hidden_size, "intermediate": arch.intermediate_size,
-                                          "tokens": arch.tokens(pre.height, pre.width), "batch": max(batch_sizes),
-                                          "threads": threads, "seconds": roof_seconds}}, threads)
+    roofs = _in_child(
+        "roofs",
+        {
+            "roofs": {
+                "hidden": arch.hidden_size,
+                "intermediate": arch.intermediate_size,
+                "tokens": arch.tokens(pre.height, pre.width),
+                "batch": max(batch_sizes),
+                "threads": threads,
+                "seconds": roof_seconds,
+            }
+        },
+        threads,
+    )
     results, answers = [], {}
     with tempfile.TemporaryDirectory(prefix="vitgender-bench-") as work:
         reference = _reference(ckpt, REFERENCE_ROOT / DEFAULT_REFERENCE, Path(work))
         for candidate in candidates(model_dir, artifacts, tta):
             on_candidate(candidate["name"])
-            job = {"candidate": candidate, "threads": threads, "batch_sizes": batch_sizes, "seconds": seconds,
-                   "warmup": 2, "shape": [arch.num_channels, pre.height, pre.width], "reference": reference}
+            job = {
+                "candidate": candidate,
+                "threads": threads,
+                "batch_sizes": batch_sizes,
+                "seconds": seconds,
+                "warmup": 2,
+                "shape": [arch.num_channels, pre.height, pre.width],
+                "reference": reference,
+            }
             measured = _in_child(candidate["name"], job, threads)
             answers[candidate["name"]] = measured["answers"]
             compute = arithmetic(candidate["runtime"], measured["precision"])
             passes = 2 if candidate.get("tta") == "flip" else 1  # each image runs twice, mirrored
             for row in measured["rows"]:
                 gflops = row["images_per_s"] * passes * flops / 1e9
-                results.append({"name": candidate["name"], "runtime": candidate["runtime"],
-                                "precision": measured["precision"], "arithmetic": compute, **row,
-                                "peak_rss_mb": measured["peak_rss_mb"], "load_seconds": measured["load_seconds"],
-                                "bytes": measured["bytes"], "gflops": round(gflops, 2),
-                                "pct_of_roof": round(100 * gflops / roofs["roofs"][compute]["gops"], 1)})
+                results.append(
+                    {
+                        "name": candidate["name"],
+                        "runtime": candidate["runtime"],
+                        "precision": measured["precision"],
+                        "arithmetic": compute,
+                        **row,
+                        "peak_rss_mb": measured["peak_rss_mb"],
+                        "load_seconds": measured["load_seconds"],
+                        "bytes": measured["bytes"],
+                        "gflops": round(gflops, 2),
+                        "pct_of_roof": round(100 * gflops / roofs["roofs"][compute]["gops"], 1),
+                    }
+                )
     baseline = {r["batch_size"]: r["images_per_s"] for r in results if r["name"] == "torch-eager"}
     torch_answers = answers["torch-eager"]
     for r in results:
         r["ratio_vs_torch"] = round(r["images_per_s"] / baseline[r["batch_size"]], 3)
         same = [a == b for a, b in zip(answers[r["name"]], torch_answers, strict=True)]
         r["top1_agreement"] = round(sum(same) / len(same), 4)
-    return {"schema": SCHEMA, "machine": machine(), "threads": threads, "model": str(model_dir),
-            "gflop_per_image": round(flops / 1e9, 3), "roofs": roofs,
-            "reference": {"set": DEFAULT_REFERENCE, "images": len(torch_answers)}, "results": results}
+    return {
+        "schema": SCHEMA,
+        "machine": machine(),
+        "threads": threads,
+        "model": str(model_dir),
+        "gflop_per_image": round(flops / 1e9, 3),
+        "roofs": roofs,
+        "reference": {"set": DEFAULT_REFERENCE, "images": len(torch_answers)},
+        "results": results,
+    }
 
 
 if __name__ == "__main__":

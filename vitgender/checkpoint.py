@@ -30,8 +30,21 @@ SHA256SUMS = "SHA256SUMS"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
@@ -100,9 +113,13 @@ def validate_safetensors(path: Path) -> dict[str, dict]:
     with open(path, "rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         if header_len > MAX_HEADER_BYTES:
-            raise CheckpointError(what, f"safetensors header claims {header_len:,} bytes, over the {MAX_HEADER_BYTES:,} limit")
+            raise CheckpointError(
+                what, f"safetensors header claims {header_len:,} bytes, over the {MAX_HEADER_BYTES:,} limit"
+            )
         if 8 + header_len > size:
-            raise CheckpointError(what, f"safetensors header ({header_len:,} bytes) runs past the end of the file ({size:,} bytes)")
+            raise CheckpointError(
+                what, f"safetensors header ({header_len:,} bytes) runs past the end of the file ({size:,} bytes)"
+            )
         raw = handle.read(header_len)
     try:
         header = json.loads(raw)
@@ -129,14 +146,17 @@ def validate_safetensors(path: Path) -> dict[str, dict]:
             count *= dim
         if offsets[1] - offsets[0] != count * _DTYPE_BYTES[info["dtype"]]:
             raise CheckpointError(
-                what, f"tensor {name!r}: {info['dtype']}{shape} needs {count * _DTYPE_BYTES[info['dtype']]} bytes, "
-                f"offsets span {offsets[1] - offsets[0]}"
+                what,
+                f"tensor {name!r}: {info['dtype']}{shape} needs {count * _DTYPE_BYTES[info['dtype']]} bytes, "
+                f"offsets span {offsets[1] - offsets[0]}",
             )
         spans.append((offsets[0], offsets[1], name))
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:
-            raise CheckpointError(what, f"tensor {name!r}: data offsets not contiguous (starts at {begin}, expected {position})")
+            raise CheckpointError(
+                what, f"tensor {name!r}: data offsets not contiguous (starts at {begin}, expected {position})"
+            )
         position = end
     if 8 + header_len + position != size:
         raise CheckpointError(what, f"file is {size:,} bytes but the header describes {8 + header_len + position:,}")
@@ -212,14 +232,18 @@ def _download_from_hub(spec: str) -> Path:
         )
     except LocalEntryNotFoundError:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        why = ("no such directory; as a hub id it is not in the local HF cache, and HF_HUB_OFFLINE is set" if offline
-               else "no such directory; as a hub id the hub is unreachable and it is not in the local HF cache")
+        why = (
+            "no such directory; as a hub id it is not in the local HF cache, and HF_HUB_OFFLINE is set"
+            if offline
+            else "no such directory; as a hub id the hub is unreachable and it is not in the local HF cache"
+        )
         raise CheckpointError(spec, why) from None
     except HfHubHTTPError as exc:
         raise CheckpointError(spec, f"hub error: {str(exc).splitlines()[0]}") from None
     except (OSError, ValueError) as exc:
-        raise CheckpointError(spec, f"no such directory, and fetching it as a hub id failed: "
-                                    f"{str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            spec, f"no such directory, and fetching it as a hub id failed: " f"{str(exc).splitlines()[0]}"
+        ) from None
     _check_hub_lfs_hashes(repo_id, revision or None, path)
     return path
 
@@ -248,8 +272,13 @@ def _read_config(directory: Path) -> dict:
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        why = (f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError)
-               else "nests too deeply" if isinstance(exc, RecursionError) else "not UTF-8")
+        why = (
+            f"{exc.msg} at line {exc.lineno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else "nests too deeply"
+            if isinstance(exc, RecursionError)
+            else "not UTF-8"
+        )
         raise CheckpointError(str(config_path), f"invalid JSON ({why})") from None
     if not isinstance(config, dict):
         raise CheckpointError(str(config_path), "not a JSON object")
@@ -312,8 +341,11 @@ class Checkpoint:
 
         try:
             model, info = self.model.model_class(self.config).from_pretrained(
-                str(self.directory), use_safetensors=not self.files.pickle, dtype=torch.float32,
-                output_loading_info=True, **self.model.load_options,
+                str(self.directory),
+                use_safetensors=not self.files.pickle,
+                dtype=torch.float32,
+                output_loading_info=True,
+                **self.model.load_options,
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(str(self.directory), f"cannot load model ({str(exc).splitlines()[0]})") from None
@@ -321,7 +353,9 @@ class Checkpoint:
         missing = [k for k in info["missing_keys"] if "pooler" not in k]
         wrong = missing or info["unexpected_keys"] or info["mismatched_keys"]
         if wrong:
-            raise CheckpointError(str(self.directory), f"weights do not match config.json ({len(wrong)} tensors, e.g. {wrong[0]})")
+            raise CheckpointError(
+                str(self.directory), f"weights do not match config.json ({len(wrong)} tensors, e.g. {wrong[0]})"
+            )
         return model.eval()
 
 

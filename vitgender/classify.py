@@ -36,8 +36,11 @@ def auto_batch_size(runner: Runner, ceiling: int = 64, memory: int | None = None
     """
     arch, cfg = runner.info.architecture, runner.info.preprocess
     if arch is None:
-        raise UsageError(runner.info.source, "--batch-size auto needs the model's architecture, which this "
-                                             "artifact's sidecar lacks (re-export it, or give a number)")
+        raise UsageError(
+            runner.info.source,
+            "--batch-size auto needs the model's architecture, which this "
+            "artifact's sidecar lacks (re-export it, or give a number)",
+        )
     per_image = arch.activation_bytes(cfg.height, cfg.width)
     budget = (available_memory() if memory is None else memory) // 4
     size = 1
@@ -101,9 +104,17 @@ class Classifier:
         for image in as_image_list(images):
             decoded = self.preprocessor.decode(image, self.max_pixels)
             faces, crops = faces_and_crops(detector, decoded, max_faces)
-            predictions = self.classify(crops, batch_size=max(len(crops), 1), top_k=top_k,
-                                        function_to_apply=function_to_apply,
-                                        min_confidence=min_confidence) if crops else []
+            predictions = (
+                self.classify(
+                    crops,
+                    batch_size=max(len(crops), 1),
+                    top_k=top_k,
+                    function_to_apply=function_to_apply,
+                    min_confidence=min_confidence,
+                )
+                if crops
+                else []
+            )
             out.append(face_records(faces, predictions))
         return out
 
@@ -131,8 +142,14 @@ class Classifier:
                     yield Result(item[0], error=item[1])
                     continue
                 try:
-                    faces = self.classify_faces(item, detector, max_faces=max_faces, top_k=top_k,
-                                                function_to_apply=function_to_apply, min_confidence=min_confidence)[0]
+                    faces = self.classify_faces(
+                        item,
+                        detector,
+                        max_faces=max_faces,
+                        top_k=top_k,
+                        function_to_apply=function_to_apply,
+                        min_confidence=min_confidence,
+                    )[0]
                 except ImageError as exc:
                     yield Result(item, error=exc.why)
                     continue
@@ -184,8 +201,9 @@ def load_classifier(
     `tta="flip"` averages each image with its mirror image; `alpha` (white, black, drop) replaces
     the model's alpha policy for transparent images. `allow_pickle` is a torch option: set for
     another runtime it is refused. Close it when done (or use it in a `with` block)."""
-    return Classifier(open_runner(runtime, model, tta=tta, alpha=alpha, allow_pickle=allow_pickle),
-                      max_pixels=max_pixels)
+    return Classifier(
+        open_runner(runtime, model, tta=tta, alpha=alpha, allow_pickle=allow_pickle), max_pixels=max_pixels
+    )
 
 
 __all__ = ["Classifier", "Result", "VitgenderError", "load_classifier"]

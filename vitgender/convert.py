@@ -38,8 +38,11 @@ def pickle_files(directory: Path) -> list[Path]:
         return [directory / name for name in names]
     found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
     if len(found) > 1:
-        raise CheckpointError(str(directory), f"{len(found)} pickle files and no {PICKLE_INDEX}: which are the "
-                                              f"weights? ({', '.join(p.name for p in found[:4])})")
+        raise CheckpointError(
+            str(directory),
+            f"{len(found)} pickle files and no {PICKLE_INDEX}: which are the "
+            f"weights? ({', '.join(p.name for p in found[:4])})",
+        )
     if not found:
         raise CheckpointError(str(directory), "no pickle weights (.bin, .pt, .pth, .ckpt, .pkl) to convert")
     return found
@@ -53,8 +56,11 @@ def _state_dict(files: list[Path]) -> dict:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a refused or corrupt pickle is the user's input, one line
-            raise CheckpointError(str(path), f"cannot load as weights ({type(exc).__name__}: "
-                                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+            raise CheckpointError(
+                str(path),
+                f"cannot load as weights ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            ) from None
         if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
             loaded = loaded["state_dict"]  # Lightning-style checkpoints wrap the weights
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -91,8 +97,9 @@ def _build(directory: Path, files: list[Path], state: dict, scratch: Path) -> No
     open_checkpoint(scratch).load_model()
 
 
-def convert(source: Path, out: Path | None = None, *, in_place: bool = False,
-            warn: Callable[[str], None] = lambda line: None) -> Path:
+def convert(
+    source: Path, out: Path | None = None, *, in_place: bool = False, warn: Callable[[str], None] = lambda line: None
+) -> Path:
     """Convert the checkpoint folder `source` (or the folder of a weight file) and return the folder
     written: `out`, or `source` itself with `in_place` (its SHA256SUMS is rewritten to cover both)."""
     source = Path(source)
@@ -112,8 +119,10 @@ def convert(source: Path, out: Path | None = None, *, in_place: bool = False,
     if (directory / SHA256SUMS).is_file():
         verify_sha256sums(directory)  # convert what its publisher vouched for, not a tampered copy
     files = pickle_files(directory)
-    warn(f"loading the pickle weights {', '.join(p.name for p in files)} because you asked to convert them "
-         "(torch.load weights_only=True: tensors only)")
+    warn(
+        f"loading the pickle weights {', '.join(p.name for p in files)} because you asked to convert them "
+        "(torch.load weights_only=True: tensors only)"
+    )
     state = _state_dict(files)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
     try:

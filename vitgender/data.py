@@ -78,9 +78,8 @@ class LabelledSet:
 
 def age_bucket(age: int) -> str:
     for low, high in AGE_BUCKETS:
-        if high is None or age <= high:
-            if age >= low:
-                return f"{low}+" if high is None else f"{low}-{high}"
+        if (high is None or age <= high) and age >= low:
+            return f"{low}+" if high is None else f"{low}-{high}"
     raise ValueError(f"negative age {age}")
 
 
@@ -90,8 +89,12 @@ def utkface_fields(name: str) -> dict[str, str] | None:
     if not match:
         return None
     age, gender, race = int(match[1]), int(match[2]), int(match[3])
-    return {"gender": UTKFACE_GENDERS[gender], "race": UTKFACE_RACES[race], "age": str(age),
-            "age_bucket": age_bucket(age)}
+    return {
+        "gender": UTKFACE_GENDERS[gender],
+        "race": UTKFACE_RACES[race],
+        "age": str(age),
+        "age_bucket": age_bucket(age),
+    }
 
 
 def parse_utkface_name(name: str) -> Sample | None:
@@ -129,8 +132,9 @@ def _field_labeller(name: str, labels: Sequence[str] | None):
     if name == "age":
         ranges = age_ranges(labels) if labels else None
         if ranges:
-            shown = tuple((f"age {low}-{high}" if high < 10**6 else f"age {low}+", label)
-                          for label, (low, high) in ranges.items())
+            shown = tuple(
+                (f"age {low}-{high}" if high < 10**6 else f"age {low}+", label) for label, (low, high) in ranges.items()
+            )
             return (lambda fields: _age_label(int(fields["age"]), ranges)), shown
         return (lambda fields: fields["age"]), ()
     codes = {"gender": UTKFACE_GENDERS, "race": UTKFACE_RACES}.get(name, ())
@@ -171,8 +175,9 @@ def utkface_source(label_field: str, labels: Sequence[str] | None = None) -> Lab
     return LabelSource("utkface", label_field, _field_labeller(label_field, labels)[1])
 
 
-def utkface_samples(root: Path, label_field: str = "gender",
-                    labels: Sequence[str] | None = None) -> tuple[list[Sample], list[str]]:
+def utkface_samples(
+    root: Path, label_field: str = "gender", labels: Sequence[str] | None = None
+) -> tuple[list[Sample], list[str]]:
     """Samples labelled by `label_field`, and the names skipped as malformed (counted in reports,
     never silently dropped)."""
     utkface_source(label_field)
@@ -219,9 +224,14 @@ def csv_samples(csv_path: Path, label_column: str = "label") -> list[Sample]:
         missing = {"path", label_column} - columns
         if missing:
             if label_column != "label" and label_column in missing:
-                raise UsageError(f"--label-field {label_column}", f"{csv_path} has no such column "
-                                 f"(columns: {', '.join(sorted(c for c in columns if c)) or 'none'})")
-            raise UsageError(f"{csv_path}", f"CSV needs columns path,{label_column} (missing {', '.join(sorted(missing))})")
+                raise UsageError(
+                    f"--label-field {label_column}",
+                    f"{csv_path} has no such column "
+                    f"(columns: {', '.join(sorted(c for c in columns if c)) or 'none'})",
+                )
+            raise UsageError(
+                f"{csv_path}", f"CSV needs columns path,{label_column} (missing {', '.join(sorted(missing))})"
+            )
         samples = []
         for row in reader:
             if not row.get("path") or not row.get(label_column):
@@ -229,8 +239,11 @@ def csv_samples(csv_path: Path, label_column: str = "label") -> list[Sample]:
             path = Path(row["path"])
             if not path.is_absolute():
                 path = csv_path.parent / path
-            groups = {k: v for k, v in row.items() if isinstance(k, str) and k not in ("path", "label", label_column)
-                      and isinstance(v, str) and v}
+            groups = {
+                k: v
+                for k, v in row.items()
+                if isinstance(k, str) and k not in ("path", "label", label_column) and isinstance(v, str) and v
+            }
             if "age" in groups and "age_bucket" not in groups and groups["age"].isdecimal():
                 groups["age_bucket"] = age_bucket(int(groups["age"]))
             samples.append(Sample(path, row[label_column], groups))
@@ -255,15 +268,21 @@ def open_labelled(source: Path, *, labels: Sequence[str] | None = None, label_fi
         labelled = LabelledSet(csv_samples(source, column), [], LabelSource("csv", column))
     elif any(p.is_dir() for p in source.iterdir()):
         if label_field is not None:
-            raise UsageError(f"--label-field {label_field}", f"{source} holds class folders, which name the labels "
-                             "themselves (--label-field picks a UTKFace file-name field or a CSV column)")
+            raise UsageError(
+                f"--label-field {label_field}",
+                f"{source} holds class folders, which name the labels "
+                "themselves (--label-field picks a UTKFace file-name field or a CSV column)",
+            )
         labelled = LabelledSet(imagefolder_samples(source), [], LabelSource("folders", "class folder"))
     else:
         chosen = label_field or utkface_label_field(labels)
         if chosen is None:
-            raise UsageError(str(source), f"none of the UTKFace file-name fields ({', '.join(UTKFACE_FIELDS)}) "
-                             f"gives the model's labels ({', '.join(labels or ())}): pass --label-field FIELD, "
-                             "or label the images with class folders or a CSV")
+            raise UsageError(
+                str(source),
+                f"none of the UTKFace file-name fields ({', '.join(UTKFACE_FIELDS)}) "
+                f"gives the model's labels ({', '.join(labels or ())}): pass --label-field FIELD, "
+                "or label the images with class folders or a CSV",
+            )
         source_of_labels = utkface_source(chosen, labels)
         labelled = LabelledSet(*utkface_samples(source, chosen, labels), source_of_labels)
     if not labelled.samples:

@@ -12,18 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
-from vitgender.scoring import apply_function
+from vitgender.data import LabelledSet, Sample, open_labelled, split_samples
 from vitgender.errors import ImageError, UsageError
+from vitgender.evaluation.metrics import Prediction, summarize
 from vitgender.preprocess import Preprocessor
 from vitgender.runtimes import Runner, runner_input
-from vitgender.data import LabelledSet, Sample, open_labelled, split_samples
-from vitgender.evaluation.metrics import Prediction, summarize
+from vitgender.scoring import apply_function
 
 SPLITS = ("all", "train", "val")
 
 
-def select(source: Path, split: str = "all", min_age: int | None = None, *, labels: Sequence[str] | None = None,
-           label_field: str | None = None) -> LabelledSet:
+def select(
+    source: Path,
+    split: str = "all",
+    min_age: int | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    label_field: str | None = None,
+) -> LabelledSet:
     """The labelled set to evaluate (labels matched to the model's `labels`), with its skipped names."""
     if split not in SPLITS:
         raise UsageError(split, f"split must be one of {', '.join(SPLITS)}")
@@ -33,8 +39,9 @@ def select(source: Path, split: str = "all", min_age: int | None = None, *, labe
     if min_age is not None:
         if not any("age" in s.groups for s in labelled.samples):
             raise UsageError(str(source), "--min-age needs age labels (UTKFace names or an age column)")
-        labelled.samples = [s for s in labelled.samples
-                            if s.groups.get("age", "").isdecimal() and int(s.groups["age"]) >= min_age]
+        labelled.samples = [
+            s for s in labelled.samples if s.groups.get("age", "").isdecimal() and int(s.groups["age"]) >= min_age
+        ]
     return labelled
 
 
@@ -61,19 +68,34 @@ def predict_samples(
                 errors.append({"image": str(sample.path), "error": exc.why})
         if batch:
             probs = apply_function(runner.run(runner_input(runner, np.stack(pixels))), "softmax")
-            for sample, row in zip(batch, probs):
+            for sample, row in zip(batch, probs, strict=False):
                 top = int(row.argmax())
-                predictions.append(Prediction(str(sample.path), sample.label, labels[top], float(row[top]), sample.groups))
+                predictions.append(
+                    Prediction(str(sample.path), sample.label, labels[top], float(row[top]), sample.groups)
+                )
         advance(len(samples[start : start + batch_size]))
     return predictions, errors
 
 
-def report_of(runner: Runner, predictions: list[Prediction], errors: list[dict], skipped: list[str], *,
-              min_confidence: float | None = None, groupings: Sequence[tuple[str, ...]] | None = None) -> dict:
+def report_of(
+    runner: Runner,
+    predictions: list[Prediction],
+    errors: list[dict],
+    skipped: list[str],
+    *,
+    min_confidence: float | None = None,
+    groupings: Sequence[tuple[str, ...]] | None = None,
+) -> dict:
     """The evaluation report for predictions already made (the CLI keeps them for `--explain`);
     `groupings` as `summarize` takes them."""
-    report = summarize(predictions, runner.info.labels, errors=errors, skipped=skipped, min_confidence=min_confidence,
-                       groupings=groupings)
+    report = summarize(
+        predictions,
+        runner.info.labels,
+        errors=errors,
+        skipped=skipped,
+        min_confidence=min_confidence,
+        groupings=groupings,
+    )
     report["model"] = {"runtime": runner.info.runtime, "source": runner.info.source, "precision": runner.info.precision}
     return report
 

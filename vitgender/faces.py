@@ -61,8 +61,12 @@ class BlazeFaceDetector:
         faces = []
         for detection in result.detections or []:
             box = detection.location_data.relative_bounding_box
-            faces.append(Face(_clip(box.xmin * width, box.ymin * height, box.width * width, box.height * height,
-                                    width, height), float(detection.score[0])))
+            faces.append(
+                Face(
+                    _clip(box.xmin * width, box.ymin * height, box.width * width, box.height * height, width, height),
+                    float(detection.score[0]),
+                )
+            )
         return sorted((f for f in faces if f.box[2] and f.box[3]), key=lambda f: -f.score)
 
 
@@ -80,10 +84,13 @@ class HaarDetector:
 
     def detect(self, image: Image.Image) -> list[Face]:
         gray = np.asarray(image.convert("L"))
-        boxes, _, weights = self._cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=self._min_neighbors,
-                                                            minSize=(20, 20), outputRejectLevels=True)
-        faces = [Face(tuple(int(v) for v in box), float(1 / (1 + np.exp(-weight))))  # squash levelWeight to (0, 1)
-                 for box, weight in zip(boxes, np.ravel(weights))]
+        boxes, _, weights = self._cascade.detectMultiScale3(
+            gray, scaleFactor=1.1, minNeighbors=self._min_neighbors, minSize=(20, 20), outputRejectLevels=True
+        )
+        faces = [
+            Face(tuple(int(v) for v in box), float(1 / (1 + np.exp(-weight))))  # squash levelWeight to (0, 1)
+            for box, weight in zip(boxes, np.ravel(weights), strict=False)
+        ]
         return sorted(faces, key=lambda f: -f.score)
 
 
@@ -139,9 +146,11 @@ class FaceCropHint:
 
     def finish(self) -> None:
         if self.scenes and 2 * len(self.scenes) >= len(self.checked):
-            self.say(f"hint: {len(self.scenes)} of the first {len(self.checked)} images look like scenes, not face "
-                     f"crops (e.g. {self.scenes[0]}); the model was trained on face crops: --faces detects and "
-                     "classifies each face")
+            self.say(
+                f"hint: {len(self.scenes)} of the first {len(self.checked)} images look like scenes, not face "
+                f"crops (e.g. {self.scenes[0]}); the model was trained on face crops: --faces detects and "
+                "classifies each face"
+            )
 
 
 def crop(image: Image.Image, face: Face, margin: float = 0.1) -> Image.Image:
@@ -152,12 +161,15 @@ def crop(image: Image.Image, face: Face, margin: float = 0.1) -> Image.Image:
     return image.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
 
 
-def faces_and_crops(detector: FaceDetector, image: Image.Image, max_faces: int,
-                    margin: float = 0.1) -> tuple[list[Face], list[Image.Image]]:
+def faces_and_crops(
+    detector: FaceDetector, image: Image.Image, max_faces: int, margin: float = 0.1
+) -> tuple[list[Face], list[Image.Image]]:
     faces = detector.detect(image)[:max_faces]
     return faces, [crop(image, face, margin) for face in faces]
 
 
 def face_records(faces: Sequence[Face], predictions: Sequence[list[dict]]) -> list[dict]:
-    return [{"box": list(face.box), "detector_score": round(face.score, 4), "predictions": preds}
-            for face, preds in zip(faces, predictions)]
+    return [
+        {"box": list(face.box), "detector_score": round(face.score, 4), "predictions": preds}
+        for face, preds in zip(faces, predictions, strict=False)
+    ]

@@ -40,34 +40,88 @@ _TFLITE = "tf.lite.TFLiteConverter from the SavedModel (built-in ops only)"
 _EXECUTORCH = "torch.export + executorch to_edge_transform_and_lower (XNNPACK), dynamic batch 1-32"
 _SPECS = (
     ArtifactSpec("onnx", "onnx", Precision.FP32, "model.onnx", "copy_base_onnx", "torch.onnx.export (dynamo)"),
-    ArtifactSpec("onnx-fp16", "onnx", Precision.FP16, "model_fp16.onnx", "onnx_fp16",
-                 "onnxruntime.transformers.float16"),
-    ArtifactSpec("onnx-int8-dynamic", "onnx", Precision.INT8_DYNAMIC, "model_int8_dynamic.onnx",
-                 "onnx_int8_dynamic", _ORT_QUANT),
-    ArtifactSpec("onnx-int8-static", "onnx", Precision.INT8, "model_int8_static.onnx", "onnx_int8_static",
-                 _ORT_QUANT + " (QDQ)", needs_calibration=True),
-    ArtifactSpec("onnx-uint8-nhwc", "onnx", Precision.FP32, "model_uint8_nhwc.onnx", "onnx_baked_preprocessing",
-                 "vitgender preprocessing graph + torch.onnx.export", layout=InputLayout.NHWC_UINT8),
-    ArtifactSpec("savedmodel", "savedmodel", Precision.FP32, "saved_model", "tensorflow", "onnx2tf",
-                 layout=InputLayout.NHWC),
-    ArtifactSpec("tflite", "tflite", Precision.FP32, "model_float32.tflite", "tensorflow", _TFLITE,
-                 layout=InputLayout.NHWC),
-    ArtifactSpec("tflite-fp16", "tflite", Precision.FP16, "model_float16.tflite", "tensorflow", _TFLITE,
-                 layout=InputLayout.NHWC),
-    ArtifactSpec("tflite-int8-dynamic", "tflite", Precision.INT8_DYNAMIC, "model_int8_dynamic.tflite",
-                 "tensorflow", _TFLITE, layout=InputLayout.NHWC),
-    ArtifactSpec("tflite-int8", "tflite", Precision.INT8, "model_int8.tflite", "tensorflow", _TFLITE,
-                 layout=InputLayout.NHWC, needs_calibration=True),
+    ArtifactSpec(
+        "onnx-fp16", "onnx", Precision.FP16, "model_fp16.onnx", "onnx_fp16", "onnxruntime.transformers.float16"
+    ),
+    ArtifactSpec(
+        "onnx-int8-dynamic", "onnx", Precision.INT8_DYNAMIC, "model_int8_dynamic.onnx", "onnx_int8_dynamic", _ORT_QUANT
+    ),
+    ArtifactSpec(
+        "onnx-int8-static",
+        "onnx",
+        Precision.INT8,
+        "model_int8_static.onnx",
+        "onnx_int8_static",
+        _ORT_QUANT + " (QDQ)",
+        needs_calibration=True,
+    ),
+    ArtifactSpec(
+        "onnx-uint8-nhwc",
+        "onnx",
+        Precision.FP32,
+        "model_uint8_nhwc.onnx",
+        "onnx_baked_preprocessing",
+        "vitgender preprocessing graph + torch.onnx.export",
+        layout=InputLayout.NHWC_UINT8,
+    ),
+    ArtifactSpec(
+        "savedmodel", "savedmodel", Precision.FP32, "saved_model", "tensorflow", "onnx2tf", layout=InputLayout.NHWC
+    ),
+    ArtifactSpec(
+        "tflite", "tflite", Precision.FP32, "model_float32.tflite", "tensorflow", _TFLITE, layout=InputLayout.NHWC
+    ),
+    ArtifactSpec(
+        "tflite-fp16", "tflite", Precision.FP16, "model_float16.tflite", "tensorflow", _TFLITE, layout=InputLayout.NHWC
+    ),
+    ArtifactSpec(
+        "tflite-int8-dynamic",
+        "tflite",
+        Precision.INT8_DYNAMIC,
+        "model_int8_dynamic.tflite",
+        "tensorflow",
+        _TFLITE,
+        layout=InputLayout.NHWC,
+    ),
+    ArtifactSpec(
+        "tflite-int8",
+        "tflite",
+        Precision.INT8,
+        "model_int8.tflite",
+        "tensorflow",
+        _TFLITE,
+        layout=InputLayout.NHWC,
+        needs_calibration=True,
+    ),
     ArtifactSpec("executorch", "executorch", Precision.FP32, "model.pte", "executorch", _EXECUTORCH),
-    ArtifactSpec("executorch-int8", "executorch", Precision.INT8, "model_int8.pte", "executorch",
-                 _EXECUTORCH + " + PT2E int8", needs_calibration=True),
+    ArtifactSpec(
+        "executorch-int8",
+        "executorch",
+        Precision.INT8,
+        "model_int8.pte",
+        "executorch",
+        _EXECUTORCH + " + PT2E int8",
+        needs_calibration=True,
+    ),
     # transformers.js / optimum layout: web/{config,preprocessor_config}.json + web/onnx/*.onnx
-    ArtifactSpec("web-onnx", "onnx", Precision.FP32, "web/onnx/model.onnx", "web_copy_base_onnx",
-                 "torch.onnx.export (dynamo)"),
-    ArtifactSpec("web-onnx-quantized", "onnx", Precision.INT8_DYNAMIC, "web/onnx/model_quantized.onnx",
-                 "web_onnx_int8_dynamic", _ORT_QUANT),
-    ArtifactSpec("web-onnx-fp16", "onnx", Precision.FP16, "web/onnx/model_fp16.onnx", "web_onnx_fp16",
-                 "onnxruntime.transformers.float16"),
+    ArtifactSpec(
+        "web-onnx", "onnx", Precision.FP32, "web/onnx/model.onnx", "web_copy_base_onnx", "torch.onnx.export (dynamo)"
+    ),
+    ArtifactSpec(
+        "web-onnx-quantized",
+        "onnx",
+        Precision.INT8_DYNAMIC,
+        "web/onnx/model_quantized.onnx",
+        "web_onnx_int8_dynamic",
+        _ORT_QUANT,
+    ),
+    ArtifactSpec(
+        "web-onnx-fp16",
+        "onnx",
+        Precision.FP16,
+        "web/onnx/model_fp16.onnx",
+        "web_onnx_fp16",
+        "onnxruntime.transformers.float16",
+    ),
 )
 FORMATS: dict[str, ArtifactSpec] = {spec.name: spec for spec in _SPECS}
 GROUPS: dict[str, list[str]] = {

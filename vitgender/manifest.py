@@ -27,8 +27,17 @@ from vitgender.precision import Precision
 SCHEMA = 2
 READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
-TOOLS = ("vitgender", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnx2tf", "tensorflow",
-         "ai-edge-litert")
+TOOLS = (
+    "vitgender",
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "onnx2tf",
+    "tensorflow",
+    "ai-edge-litert",
+)
 
 
 def tool_versions() -> dict[str, str]:
@@ -55,8 +64,16 @@ def artifact_bytes(path: Path) -> int:
 
 
 def describe(root: Path, name: str, runtime: str, precision: str, path: Path, input_spec: dict, **extra) -> dict:
-    return {"name": name, "runtime": runtime, "precision": precision, "path": path.relative_to(root).as_posix(),
-            "sha256": artifact_sha256(path), "bytes": artifact_bytes(path), "input": input_spec, **extra}
+    return {
+        "name": name,
+        "runtime": runtime,
+        "precision": precision,
+        "path": path.relative_to(root).as_posix(),
+        "sha256": artifact_sha256(path),
+        "bytes": artifact_bytes(path),
+        "input": input_spec,
+        **extra,
+    }
 
 
 def write_manifest(root: Path, model: dict, artifacts: list[dict], extra: dict | None = None) -> Path:
@@ -78,8 +95,10 @@ def read_manifest(directory: Path) -> dict:
         raise UsageError(str(path), "invalid JSON (not UTF-8, or nested too deeply)") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema not in READABLE_SCHEMAS or isinstance(schema, bool) or not isinstance(data.get("artifacts"), list):
-        raise UsageError(str(path), f"unsupported manifest (schema {schema!r}, expected one of "
-                                    f"{', '.join(map(str, READABLE_SCHEMAS))})")
+        raise UsageError(
+            str(path),
+            f"unsupported manifest (schema {schema!r}, expected one of " f"{', '.join(map(str, READABLE_SCHEMAS))})",
+        )
     if not isinstance(data.get("model"), dict):
         raise UsageError(str(path), "manifest has no 'model' object")
     for number, entry in enumerate(data["artifacts"]):
@@ -113,6 +132,9 @@ def verify_artifact(directory: Path, entry: dict) -> Path:
         raise UsageError(str(path), f"artifact {entry['name']!r} listed in {MANIFEST} is missing")
     actual = artifact_sha256(path)
     if actual != entry["sha256"]:
-        raise UsageError(str(path), f"sha256 mismatch for {entry['name']!r} (manifest {entry['sha256'][:12]}..., "
-                                    f"file {actual[:12]}...): tampered or corrupted")
+        raise UsageError(
+            str(path),
+            f"sha256 mismatch for {entry['name']!r} (manifest {entry['sha256'][:12]}..., "
+            f"file {actual[:12]}...): tampered or corrupted",
+        )
     return path

@@ -85,8 +85,14 @@ def written_by(folder: Path) -> str | None:
     return command if isinstance(command, str) else None
 
 
-def check_target(out: Path, command: str, *, overwrite: bool = False,
-                 recognise: Callable[[Path], bool] | None = None, updates: bool = False) -> bool:
+def check_target(
+    out: Path,
+    command: str,
+    *,
+    overwrite: bool = False,
+    recognise: Callable[[Path], bool] | None = None,
+    updates: bool = False,
+) -> bool:
     """Refuse (exit 2) a target this command must not touch; return whether it holds the command's own output.
 
     `recognise` identifies outputs written before the marker file existed. `updates`: the
@@ -99,8 +105,11 @@ def check_target(out: Path, command: str, *, overwrite: bool = False,
         return False
     own = written_by(out) == command or (written_by(out) is None and recognise is not None and recognise(out))
     if not own:
-        raise UsageError(str(out), f"folder exists and is not empty, and is not an earlier 'vitgender {command}' "
-                                   "output: choose another --out (--overwrite never deletes other files)")
+        raise UsageError(
+            str(out),
+            f"folder exists and is not empty, and is not an earlier 'vitgender {command}' "
+            "output: choose another --out (--overwrite never deletes other files)",
+        )
     if not overwrite and not updates:
         raise UsageError(str(out), f"holds an earlier 'vitgender {command}' output; --overwrite replaces it")
     return True
@@ -147,8 +156,14 @@ def publish(scratch: Path, out: Path, command: str) -> None:
 
 
 @contextmanager
-def atomic_dir(out: Path, command: str, *, overwrite: bool = False, recognise: Callable[[Path], bool] | None = None,
-               updates: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    out: Path,
+    command: str,
+    *,
+    overwrite: bool = False,
+    recognise: Callable[[Path], bool] | None = None,
+    updates: bool = False,
+) -> Iterator[Path]:
     """Yield a scratch folder that replaces `out` when the block succeeds; see the module docstring.
 
     The target is checked on entry, before the block's work. An OSError writing into the

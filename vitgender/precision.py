@@ -26,4 +26,6 @@ class Precision(StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise UsageError(repr(value), f"unknown precision (choose from {', '.join(p.value for p in cls)})") from None
+            raise UsageError(
+                repr(value), f"unknown precision (choose from {', '.join(p.value for p in cls)})"
+            ) from None

@@ -73,9 +73,7 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int] | None) -> Imag
         image = Image.fromarray(np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8), "L")
     if image.mode == "F":
         image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), "L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha and background is not None:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
@@ -124,7 +122,9 @@ def decode_image(
             raise ImageError(what, _decode_failure(exc)) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(what, f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}")
+        raise ImageError(
+            what, f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+        )
     try:
         if getattr(image, "is_animated", False):
             image.seek(0)
@@ -144,14 +144,21 @@ MAX_SIDE = 4096  # a model input side beyond this is a typo, and would allocate 
 
 
 def _integer(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+    ):
         raise ValueError(f"{name} must be an integer, not {value!r}")
     return int(value)
 
 
 def _triple(values: object, name: str) -> tuple[float, float, float]:
-    if not isinstance(values, (list, tuple)) or len(values) != 3 \
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if (
+        not isinstance(values, (list, tuple))
+        or len(values) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
         raise ValueError(f"{name} must be three numbers (RGB)")
     return tuple(float(v) for v in values)
 
@@ -202,8 +209,10 @@ class PreprocessConfig:
             raise ValueError(f"size {config.height}x{config.width} is outside 1..{MAX_SIDE}")
         if config.resample not in _RESAMPLE_NAMES:
             raise ValueError(f"resample {config.resample} is not a Pillow filter (0-5)")
-        if not all(math.isfinite(v) for v in (*config.image_mean, *config.image_std, config.rescale_factor)) \
-                or min(config.image_std) <= 0:
+        if (
+            not all(math.isfinite(v) for v in (*config.image_mean, *config.image_std, config.rescale_factor))
+            or min(config.image_std) <= 0
+        ):
             raise ValueError("image_mean, image_std and rescale_factor must be finite, image_std positive")
         return config
 

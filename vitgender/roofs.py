@@ -43,15 +43,22 @@ def _ort_session(m: int, k: int, n: int, integer: bool, threads: int, signed_act
     else:
         weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
         node, x_type, y_type = helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", x_type, [m, k])],
-                              [helper.make_tensor_value_info("y", y_type, None)], initializer=[weight])
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("x", x_type, [m, k])],
+        [helper.make_tensor_value_info("y", y_type, None)],
+        initializer=[weight],
+    )
     model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def gemm_rates(m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16: bool = True) -> dict[str, dict[str, float]]:
+def gemm_rates(
+    m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16: bool = True
+) -> dict[str, dict[str, float]]:
     """{arithmetic: {library: GOP/s}} for one (m x k) @ (k x n) GEMM.
 
     fp16 is PyTorch only (what the transformers pipeline runs a float16 checkpoint in); ORT and
@@ -64,8 +71,11 @@ def gemm_rates(m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16:
     rng = np.random.default_rng(0)
     a, b = torch.randn(m, k), torch.randn(k, n)
     ah, bh = a.half(), b.half()
-    out = {"fp32": {"torch": _rate(lambda: a @ b, ops, seconds)},
-           "fp16": {"torch": _rate(lambda: ah @ bh, ops, seconds)} if fp16 else {}, "int8": {}}
+    out = {
+        "fp32": {"torch": _rate(lambda: a @ b, ops, seconds)},
+        "fp16": {"torch": _rate(lambda: ah @ bh, ops, seconds)} if fp16 else {},
+        "int8": {},
+    }
     ai, bi = torch.randint(-128, 128, (m, k), dtype=torch.int8), torch.randint(-128, 128, (k, n), dtype=torch.int8)
     try:
         out["int8"]["torch"] = _rate(lambda: torch._int_mm(ai, bi), ops, seconds)
@@ -88,8 +98,10 @@ def measure_roofs(hidden: int, intermediate: int, tokens: int, batch: int, threa
     """Roofs per arithmetic (best over shapes and libraries) with every measurement behind them."""
     shapes = {"vit_mlp": (batch * tokens, hidden, intermediate), "square": (SQUARE, SQUARE, SQUARE)}
     # fp16 only on the model's own shape: a square fp16 GEMM takes minutes on CPUs without fp16 units
-    measured = {name: {"shape": list(shape), **gemm_rates(*shape, threads, seconds, fp16=name == "vit_mlp")}
-                for name, shape in shapes.items()}
+    measured = {
+        name: {"shape": list(shape), **gemm_rates(*shape, threads, seconds, fp16=name == "vit_mlp")}
+        for name, shape in shapes.items()
+    }
     roofs = {}
     for arith in ("fp32", "fp16", "int8"):
         candidates = [(rate, shape, lib) for shape, m in measured.items() for lib, rate in m[arith].items()]

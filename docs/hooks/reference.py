@@ -15,8 +15,12 @@ from pathlib import Path
 from mkdocs.structure.files import File
 
 REPO = Path(__file__).resolve().parents[2]
-EXTRA_FOR_RUNTIME = {"onnx": "`onnx`", "tflite": "`tflite`", "savedmodel": "`tflite`",
-                     "executorch": "`onnx` + the ExecuTorch side environment"}
+EXTRA_FOR_RUNTIME = {
+    "onnx": "`onnx`",
+    "tflite": "`tflite`",
+    "savedmodel": "`tflite`",
+    "executorch": "`onnx` + the ExecuTorch side environment",
+}
 
 
 def cli_reference() -> str:
@@ -26,9 +30,12 @@ def cli_reference() -> str:
     from vitgender.cli import app
 
     os.environ["COLUMNS"] = "100"  # stable wrapping, whatever the terminal that builds the site
-    parts = ["# CLI reference\n", "Generated from the installed `vitgender` command at build time "
-             "(`vitgender COMMAND --help`). Exit codes for every command: 0 ok, 1 parity gate failed, "
-             "2 usage or input error, 3 tool chain failed.\n"]
+    parts = [
+        "# CLI reference\n",
+        "Generated from the installed `vitgender` command at build time "
+        "(`vitgender COMMAND --help`). Exit codes for every command: 0 ok, 1 parity gate failed, "
+        "2 usage or input error, 3 tool chain failed.\n",
+    ]
     for name in sorted(get_command(app).commands):
         result = CliRunner().invoke(app, [name, "--help"], prog_name="vitgender")
         if result.exit_code != 0:
@@ -44,28 +51,41 @@ def budgets_reference() -> str:
     data = json.loads((REPO / "vitgender" / "validators" / "default_budgets.json").read_text())
     budgets = data["budgets"]
     metrics = sorted({metric for values in budgets.values() for metric in values})
-    lines = ["# Formats, budgets and metrics\n",
-             "Generated at build time from the format registry (`vitgender/formats.py`) and "
-             "`vitgender/validators/default_budgets.json`.\n",
-             "## Export formats\n",
-             "| format | runtime | precision | file | converted by | extra |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Formats, budgets and metrics\n",
+        "Generated at build time from the format registry (`vitgender/formats.py`) and "
+        "`vitgender/validators/default_budgets.json`.\n",
+        "## Export formats\n",
+        "| format | runtime | precision | file | converted by | extra |",
+        "|---|---|---|---|---|---|",
+    ]
     for spec in FORMATS.values():
-        lines.append(f"| `{spec.name}` | {spec.runtime} | {spec.precision.value} | `{spec.filename}` | "
-                     f"{spec.toolchain} | {EXTRA_FOR_RUNTIME.get(spec.runtime, 'core')} |")
+        lines.append(
+            f"| `{spec.name}` | {spec.runtime} | {spec.precision.value} | `{spec.filename}` | "
+            f"{spec.toolchain} | {EXTRA_FOR_RUNTIME.get(spec.runtime, 'core')} |"
+        )
     lines += ["", "Groups for `--formats`:", ""]
     lines += [f"- `{group}`: {', '.join(f'`{n}`' for n in names)}" for group, names in GROUPS.items()]
-    lines += ["", "## Default budgets per precision\n",
-              "Upper bounds (the artifact fails above them) unless the metric is marked *min* (it fails below). "
-              f"Provenance: {data['provenance']}; batch invariance: {data['batch_provenance']}. "
-              "How these were fitted and how often the gate is wrong: [Gate quality](../measurements/gate-quality.md).\n",
-              "| metric | bound | " + " | ".join(budgets) + " |", "|---|---|" + "---|" * len(budgets)]
+    lines += [
+        "",
+        "## Default budgets per precision\n",
+        "Upper bounds (the artifact fails above them) unless the metric is marked *min* (it fails below). "
+        f"Provenance: {data['provenance']}; batch invariance: {data['batch_provenance']}. "
+        "How these were fitted and how often the gate is wrong: [Gate quality](../measurements/gate-quality.md).\n",
+        "| metric | bound | " + " | ".join(budgets) + " |",
+        "|---|---|" + "---|" * len(budgets),
+    ]
     for metric in metrics:
         cells = " | ".join(f"{budgets[p][metric]:g}" if metric in budgets[p] else "–" for p in budgets)
         lines.append(f"| `{metric}` | {KINDS.get(metric, 'max')} | {cells} |")
-    lines += ["", "## Every metric a budget file may set\n",
-              "A budget file (`vitgender validate --budget FILE`, TOML or JSON) has sections named after a precision "
-              f"({', '.join(f'`{p}`' for p in budgets)}) or an artifact name, and these keys:\n",
-              "| metric | bound |", "|---|---|"]
+    lines += [
+        "",
+        "## Every metric a budget file may set\n",
+        "A budget file (`vitgender validate --budget FILE`, TOML or JSON) has sections named after a precision "
+        f"({', '.join(f'`{p}`' for p in budgets)}) or an artifact name, and these keys:\n",
+        "| metric | bound |",
+        "|---|---|",
+    ]
     lines += [f"| `{metric}` | {kind} |" for metric, kind in sorted(KINDS.items())]
     return "\n".join(lines) + "\n"
 
@@ -76,8 +96,11 @@ def model_card() -> str:
 
 
 def on_files(files, config):
-    for path, content in (("reference/cli.md", cli_reference()), ("reference/budgets.md", budgets_reference()),
-                          ("model-card.md", model_card()),
-                          ("changelog.md", (REPO / "CHANGELOG.md").read_text())):
+    for path, content in (
+        ("reference/cli.md", cli_reference()),
+        ("reference/budgets.md", budgets_reference()),
+        ("model-card.md", model_card()),
+        ("changelog.md", (REPO / "CHANGELOG.md").read_text()),
+    ):
         files.append(File.generated(config, path, content=content))
     return files

@@ -93,12 +93,15 @@ class RaySummary:
         return (self.images - self.first_batch) / running if running > 0 else 0.0
 
     def line(self) -> str:
-        return (f"classified {self.images} images ({self.errors} errors, {self.skipped} skipped as done) "
-                f"in {self.seconds:.1f} s: {self.images_per_second:.1f} images/s on {self.nodes} node(s), "
-                f"{self.actors} actor(s)")
+        return (
+            f"classified {self.images} images ({self.errors} errors, {self.skipped} skipped as done) "
+            f"in {self.seconds:.1f} s: {self.images_per_second:.1f} images/s on {self.nodes} node(s), "
+            f"{self.actors} actor(s)"
+        )
 
 
 # ---- inputs ------------------------------------------------------------------------------------
+
 
 def _is_uri(spec: str) -> bool:
     return "://" in spec
@@ -121,8 +124,13 @@ def _listed(spec: str, column: str) -> Iterator[str | tuple[str, str]]:
 
             table = pq.read_table(str(path))
             if column not in table.column_names:
-                yield spec, (f"no column '{column}' (columns: {', '.join(table.column_names)}); "
-                             "choose one with --path-column")
+                yield (
+                    spec,
+                    (
+                        f"no column '{column}' (columns: {', '.join(table.column_names)}); "
+                        "choose one with --path-column"
+                    ),
+                )
                 return
             entries = [str(v) for v in table.column(column).to_pylist() if v is not None]
     except (UnicodeDecodeError, csv.Error, OSError, ValueError) as exc:
@@ -144,8 +152,11 @@ def _remote(spec: str) -> Iterator[str | tuple[str, str]]:
         if info.type == fs.FileType.File:
             yield spec
         elif info.type == fs.FileType.Directory:
-            found = sorted(f.path for f in filesystem.get_file_info(fs.FileSelector(root, recursive=True))
-                           if f.type == fs.FileType.File and Path(f.base_name).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                f.path
+                for f in filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+                if f.type == fs.FileType.File and Path(f.base_name).suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 yield spec, "directory contains no images"
             for path in found:
@@ -181,6 +192,7 @@ def read_image_bytes(source: str) -> bytes | str:
 
 # ---- the Ray stages (run in Ray workers) ------------------------------------------------------
 
+
 def _why(exc: ImageError | OSError) -> str:
     """The error text of an input row: `classify`'s words for an image, the OS reason for a read."""
     return exc.why if isinstance(exc, ImageError) else f"cannot read it ({exc.strerror or type(exc).__name__})"
@@ -204,8 +216,9 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, max
 class Predict:
     """Ray actor: one Runner per actor, loaded once; scores (NaN rows for errors) per batch."""
 
-    def __init__(self, model: str | None, runtime: str, threads: int, function_to_apply: str,
-                 runner_options: dict | None = None) -> None:
+    def __init__(
+        self, model: str | None, runtime: str, threads: int, function_to_apply: str, runner_options: dict | None = None
+    ) -> None:
         from vitgender.runtimes import open_runner
 
         self.runner = open_runner(runtime, model, threads=threads, **(runner_options or {}))
@@ -230,8 +243,9 @@ class PredictFaces:
         from vitgender.faces import open_detector
         from vitgender.runtimes import open_runner
 
-        self.classifier = Classifier(open_runner(runtime, model, threads=threads, **options.runner_options()),
-                                     max_pixels=options.max_pixels)
+        self.classifier = Classifier(
+            open_runner(runtime, model, threads=threads, **options.runner_options()), max_pixels=options.max_pixels
+        )
         self.detector = open_detector(options.detector)
         self.options = options
 
@@ -240,20 +254,28 @@ class PredictFaces:
         o = self.options
         for source in batch["image"]:
             try:
-                found = self.classifier.classify_faces(read_image_bytes(str(source)), self.detector,
-                                                       max_faces=o.max_faces, top_k=o.top_k,
-                                                       function_to_apply=o.function_to_apply,
-                                                       min_confidence=o.min_confidence)[0]
+                found = self.classifier.classify_faces(
+                    read_image_bytes(str(source)),
+                    self.detector,
+                    max_faces=o.max_faces,
+                    top_k=o.top_k,
+                    function_to_apply=o.function_to_apply,
+                    min_confidence=o.min_confidence,
+                )[0]
                 faces.append(json.dumps(found))
                 errors.append("")
             except (ImageError, OSError) as exc:
                 faces.append("")
                 errors.append(_why(exc))
-        return {"image": batch["image"], "error": np.array(errors, dtype=object),
-                "faces": np.array(faces, dtype=object)}
+        return {
+            "image": batch["image"],
+            "error": np.array(errors, dtype=object),
+            "faces": np.array(faces, dtype=object),
+        }
 
 
 # ---- the driver --------------------------------------------------------------------------------
+
 
 def _rows(batch: dict[str, np.ndarray], labels: Sequence[str], options: RayClassifyOptions) -> Iterator[dict]:
     for i, image in enumerate(batch["image"]):
@@ -307,8 +329,10 @@ def classify_on_ray(
     sink = ShardSink(output, options.output_format, options.rows_per_shard)
     sink.discard_interrupted()
     if sink.committed() and not options.resume:
-        raise UsageError(str(output), "already holds results; pass --resume to add the missing ones, or use an "
-                                      "empty output directory")
+        raise UsageError(
+            str(output),
+            "already holds results; pass --resume to add the missing ones, or use an " "empty output directory",
+        )
     done = sink.done_images() if options.resume else set()
     listed = list(list_inputs(inputs, options.path_column))
     failed = [item for item in listed if isinstance(item, tuple) and item[0] not in done]
@@ -329,8 +353,13 @@ def classify_on_ray(
     sink.add(Result(spec, error=why).to_dict() for spec, why in failed)
     errors = len(failed)
 
-    ray.init(address=options.address, ignore_reinit_error=True, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        address=options.address,
+        ignore_reinit_error=True,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     _quiet_ray(show_progress)
     nodes = _cpu_nodes(ray)
     actors = options.actors_per_node * max(1, len(nodes))
@@ -344,18 +373,28 @@ def classify_on_ray(
         step = options.batch_size
         dataset = ray.data.from_arrow([pa.table({"image": todo[i : i + step]}) for i in range(0, len(todo), step)])
         if not options.faces:
-            dataset = dataset.map_batches(decode_batch, fn_kwargs={"preprocess": preprocess,
-                                                                   "max_pixels": options.max_pixels},
-                                          batch_size=options.batch_size, batch_format="numpy",
-                                          num_cpus=options.decode_cpus,
-                                          concurrency=options.decode_tasks_per_node * max(1, len(nodes)))
-            predictor, arguments = Predict, (model, runtime, threads, options.function_to_apply,
-                                             options.runner_options())
+            dataset = dataset.map_batches(
+                decode_batch,
+                fn_kwargs={"preprocess": preprocess, "max_pixels": options.max_pixels},
+                batch_size=options.batch_size,
+                batch_format="numpy",
+                num_cpus=options.decode_cpus,
+                concurrency=options.decode_tasks_per_node * max(1, len(nodes)),
+            )
+            predictor, arguments = (
+                Predict,
+                (model, runtime, threads, options.function_to_apply, options.runner_options()),
+            )
         else:
             predictor, arguments = PredictFaces, (model, runtime, threads, options)
-        dataset = dataset.map_batches(predictor, fn_constructor_args=arguments, batch_size=options.batch_size,
-                                      batch_format="numpy", num_cpus=options.num_cpus_per_actor,
-                                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+        dataset = dataset.map_batches(
+            predictor,
+            fn_constructor_args=arguments,
+            batch_size=options.batch_size,
+            batch_format="numpy",
+            num_cpus=options.num_cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        )
         for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
             rows = list(_rows(batch, labels, options))
             if not startup:
@@ -366,6 +405,14 @@ def classify_on_ray(
                     on_error(f"{row['image']}: {row['error']}")
             sink.add(rows)
     sink.commit()
-    return RaySummary(images=sink.rows, errors=errors, skipped=skipped, seconds=time.perf_counter() - began,
-                      nodes=len(nodes), actors=actors, shards=sink.committed(), startup_seconds=startup,
-                      first_batch=first_batch)
+    return RaySummary(
+        images=sink.rows,
+        errors=errors,
+        skipped=skipped,
+        seconds=time.perf_counter() - began,
+        nodes=len(nodes),
+        actors=actors,
+        shards=sink.committed(),
+        startup_seconds=startup,
+        first_batch=first_batch,
+    )

@@ -27,8 +27,9 @@ def _schema():
 
     ranked = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
     face = pa.struct([("box", pa.list_(pa.int64())), ("detector_score", pa.float64()), ("predictions", ranked)])
-    return pa.schema([("image", pa.string()), ("predictions", ranked), ("faces", pa.list_(face)),
-                      ("error", pa.string())])
+    return pa.schema(
+        [("image", pa.string()), ("predictions", ranked), ("faces", pa.list_(face)), ("error", pa.string())]
+    )
 
 
 def filesystem(output: str | Path):
@@ -65,8 +66,11 @@ class ShardSink:
         return [f for f in self.fs.get_file_info(fs.FileSelector(self.root)) if f.type == fs.FileType.File]
 
     def committed(self) -> list[str]:
-        return sorted(f.path for f in self._files() if f.base_name.startswith(COMMITTED_PREFIX)
-                      and f.base_name.rsplit(".", 1)[-1] in FORMATS)
+        return sorted(
+            f.path
+            for f in self._files()
+            if f.base_name.startswith(COMMITTED_PREFIX) and f.base_name.rsplit(".", 1)[-1] in FORMATS
+        )
 
     def discard_interrupted(self) -> int:
         """Delete temporary shards an interrupted run left behind; returns how many."""

@@ -9,8 +9,18 @@ from __future__ import annotations
 import sys
 import warnings
 
-from vitgender.cli import bench, classify, convert, evaluate, export, serve, train, validate, verify  # noqa: F401 - registers
-from vitgender.cli import explain  # noqa: F401 - registers `vitgender explain`
+from vitgender.cli import (  # noqa: F401 - registers
+    bench,
+    classify,
+    convert,
+    evaluate,
+    explain,
+    export,
+    serve,
+    train,
+    validate,
+    verify,
+)
 from vitgender.cli.app import app
 from vitgender.cli.common import error
 from vitgender.errors import VitgenderError

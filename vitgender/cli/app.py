@@ -6,9 +6,11 @@ import typer
 
 from vitgender import __version__
 
-EXIT_CODES = ("Exit codes: 0 success; 1 the parity gate failed (an artifact does not match PyTorch); "
-              "2 usage or input error (bad flag, missing or corrupt file, unreadable image); "
-              "3 tool-chain failure (a converter or worker crashed on valid input).")
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 the parity gate failed (an artifact does not match PyTorch); "
+    "2 usage or input error (bad flag, missing or corrupt file, unreadable image); "
+    "3 tool-chain failure (a converter or worker crashed on valid input)."
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +30,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """vitgender: ViT classifiers from checkpoint to phone, browser and server, with proof of parity."""

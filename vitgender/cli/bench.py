@@ -16,17 +16,33 @@ from vitgender.errors import UsageError
 @app.command()
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=MODEL_HELP),
-    artifacts: Optional[Path] = typer.Option(None, metavar="DIR", help="An export directory: benchmark every artifact in it too."),
+    artifacts: Optional[Path] = typer.Option(
+        None, metavar="DIR", help="An export directory: benchmark every artifact in it too."
+    ),
     batch_sizes: str = typer.Option("1,8,32", metavar="SIZES", help="Comma list of batch sizes."),
-    threads: Optional[int] = typer.Option(None, metavar="N", min=1, help="Threads for every runtime, equal for all "
-                                          "(default: the CPUs this process may use)."),
-    seconds: float = typer.Option(3.0, metavar="SECONDS", min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write the results (schema 2) as JSON."),
-    plot: Optional[Path] = typer.Option(None, metavar="FILE", help="Write an SVG: images/s per batch size and % of the "
-                                        "measured roof, one bar per candidate."),
+    threads: Optional[int] = typer.Option(
+        None,
+        metavar="N",
+        min=1,
+        help="Threads for every runtime, equal for all " "(default: the CPUs this process may use).",
+    ),
+    seconds: float = typer.Option(
+        3.0, metavar="SECONDS", min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."
+    ),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", metavar="FILE", help="Write the results (schema 2) as JSON."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None,
+        metavar="FILE",
+        help="Write an SVG: images/s per batch size and % of the " "measured roof, one bar per candidate.",
+    ),
     roof_seconds: float = typer.Option(1.0, metavar="SECONDS", min=0.05, help="Seconds per roof GEMM measurement."),
-    tta: str = typer.Option("none", metavar="MODE", help="Also measure every runner with this test-time "
-                            "augmentation (flip), as extra NAME+flip rows."),
+    tta: str = typer.Option(
+        "none",
+        metavar="MODE",
+        help="Also measure every runner with this test-time " "augmentation (flip), as extra NAME+flip rows.",
+    ),
 ) -> None:
     """Throughput, latency, memory, size and top-1 agreement of PyTorch, the HF pipeline and every artifact,
     as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
@@ -43,9 +59,16 @@ def bench(
         raise UsageError(batch_sizes, "batch sizes must be a comma list of integers") from None
     if not sizes or min(sizes) < 1:
         raise UsageError(batch_sizes, "batch sizes must be positive")
-    report = run_benchmark(model, artifacts, sizes, threads or available_cores(), seconds,
-                           on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True), roof_seconds=roof_seconds,
-                           tta=tta)
+    report = run_benchmark(
+        model,
+        artifacts,
+        sizes,
+        threads or available_cores(),
+        seconds,
+        on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True),
+        roof_seconds=roof_seconds,
+        tta=tta,
+    )
     typer.echo(header(report))
     typer.echo(table(report))
     if json_out is not None:

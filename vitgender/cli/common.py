@@ -24,18 +24,24 @@ class AlphaPolicy(str, Enum):
     drop = "drop"
 
 
-ALPHA_HELP = ("Transparent images: white or black (composite on that colour) or drop (discard alpha, keep the "
-              "colours beneath, as transformers.pipeline does). Default: what the model or artifact records, else "
-              "white.")
+ALPHA_HELP = (
+    "Transparent images: white or black (composite on that colour) or drop (discard alpha, keep the "
+    "colours beneath, as transformers.pipeline does). Default: what the model or artifact records, else "
+    "white."
+)
 PICKLE_HELP = "Accept .bin/.pt weights (loaded weights_only); or convert them once: 'vitgender convert DIR'."
-TTA_HELP = ("flip: average each image's logits with its mirror image's (twice the compute; its measured "
-            "accuracy gain is in the model card). Default none.")
+TTA_HELP = (
+    "flip: average each image's logits with its mirror image's (twice the compute; its measured "
+    "accuracy gain is in the model card). Default none."
+)
 
 
 def given(ctx: typer.Context, *names: str) -> list[str]:
     """The options among `names` (parameter names) the user set, rather than left at their defaults."""
     sources = {name: ctx.get_parameter_source(name) for name in names}  # enum of the click Typer bundles
-    return [name for name, source in sources.items() if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")]
+    return [
+        name for name, source in sources.items() if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
 
 
 def only_with(ctx: typer.Context, condition: bool, what: str, *names: str) -> None:
@@ -66,8 +72,9 @@ def progress_bar(description: str, total: int | None = None) -> Iterator:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 

@@ -13,12 +13,25 @@ from vitgender.cli.common import error
 
 @app.command()
 def convert(
-    model: Path = typer.Argument(..., metavar="MODEL", help="A checkpoint folder with pytorch_model.bin (or sharded "
-                                 ".bin files and their index), or the .bin file itself."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="New folder for the converted "
-                                       "checkpoint (written complete or not at all; must not exist)."),
-    in_place: bool = typer.Option(False, "--in-place", help="Add model.safetensors to MODEL's folder instead, and "
-                                  "rewrite its SHA256SUMS; the pickle files stay (delete them yourself)."),
+    model: Path = typer.Argument(
+        ...,
+        metavar="MODEL",
+        help="A checkpoint folder with pytorch_model.bin (or sharded "
+        ".bin files and their index), or the .bin file itself.",
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="New folder for the converted " "checkpoint (written complete or not at all; must not exist).",
+    ),
+    in_place: bool = typer.Option(
+        False,
+        "--in-place",
+        help="Add model.safetensors to MODEL's folder instead, and "
+        "rewrite its SHA256SUMS; the pickle files stay (delete them yourself).",
+    ),
 ) -> None:
     """Convert pickle weights to safetensors, checked tensor by tensor, with a fresh SHA256SUMS.
 
@@ -28,5 +41,7 @@ def convert(
     from vitgender.convert import convert as run
 
     written = run(model, out, in_place=in_place, warn=lambda line: error(f"warning: {line}"))
-    typer.echo(f"wrote {written / 'model.safetensors'} and {written / 'SHA256SUMS'}; "
-               f"check it with 'vitgender verify {written}'")
+    typer.echo(
+        f"wrote {written / 'model.safetensors'} and {written / 'SHA256SUMS'}; "
+        f"check it with 'vitgender verify {written}'"
+    )

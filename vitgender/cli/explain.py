@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import ALPHA_HELP, AlphaPolicy, MODEL_HELP, PICKLE_HELP, error, only_with, progress_bar
+from vitgender.cli.common import ALPHA_HELP, MODEL_HELP, PICKLE_HELP, AlphaPolicy, error, only_with, progress_bar
 from vitgender.explain.api import DEFAULT_METHOD
 
 
@@ -22,32 +22,64 @@ class Method(str, Enum):
 def explain(
     ctx: typer.Context,
     paths: list[str] = typer.Argument(..., metavar="IMAGES", help="Image files, folders (recursive) or glob patterns."),
-    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the overlays and index.html "
-                             "(written complete or not at all)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Folder for the overlays and index.html " "(written complete or not at all).",
+    ),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", help=MODEL_HELP),
-    method: Method = typer.Option(Method(DEFAULT_METHOD), help="attribution: gradient-weighted attention rollout "
-                                  "(Chefer et al. 2021), the default, most faithful in the deletion test "
-                                  "(docs/explain.md); rollout: attention rollout (Abnar & Zuidema 2020)."),
-    faces: bool = typer.Option(False, "--faces", help="Face-first: detect faces, explain each crop, draw its map "
-                               "inside its box on the original photo."),
-    detector: str = typer.Option("haar", metavar="NAME",
-                                 help="Face detector for --faces: haar (default) or blazeface."),
-    max_faces: int = typer.Option(20, metavar="N", min=1,
-                                  help="With --faces, explain at most this many faces per image."),
-    min_confidence: Optional[float] = typer.Option(None, metavar="X", min=0.0, max=1.0, help="Flag answers below this "
-                                                   "score as uncertain, and put flagged images (uncertain, "
-                                                   "contradicting the label the data states, or without a face "
-                                                   "under --faces) first."),
-    labels_csv: Optional[Path] = typer.Option(None, "--labels", metavar="CSV", help="Expected labels: a CSV with "
-                                              "path,label columns (paths relative to the CSV). Without it, a parent "
-                                              "folder named after a model label, or a UTKFace file name's field."),
-    label_field: Optional[str] = typer.Option(None, metavar="FIELD", help="Which field states the expected label: "
-                                              "a column of --labels, or a UTKFace file-name field (gender, race, "
-                                              "age, age_bucket; default: the one whose values are the model's "
-                                              "labels)."),
+    method: Method = typer.Option(
+        Method(DEFAULT_METHOD),
+        help="attribution: gradient-weighted attention rollout "
+        "(Chefer et al. 2021), the default, most faithful in the deletion test "
+        "(docs/explain.md); rollout: attention rollout (Abnar & Zuidema 2020).",
+    ),
+    faces: bool = typer.Option(
+        False,
+        "--faces",
+        help="Face-first: detect faces, explain each crop, draw its map " "inside its box on the original photo.",
+    ),
+    detector: str = typer.Option(
+        "haar", metavar="NAME", help="Face detector for --faces: haar (default) or blazeface."
+    ),
+    max_faces: int = typer.Option(
+        20, metavar="N", min=1, help="With --faces, explain at most this many faces per image."
+    ),
+    min_confidence: Optional[float] = typer.Option(
+        None,
+        metavar="X",
+        min=0.0,
+        max=1.0,
+        help="Flag answers below this "
+        "score as uncertain, and put flagged images (uncertain, "
+        "contradicting the label the data states, or without a face "
+        "under --faces) first.",
+    ),
+    labels_csv: Optional[Path] = typer.Option(
+        None,
+        "--labels",
+        metavar="CSV",
+        help="Expected labels: a CSV with "
+        "path,label columns (paths relative to the CSV). Without it, a parent "
+        "folder named after a model label, or a UTKFace file name's field.",
+    ),
+    label_field: Optional[str] = typer.Option(
+        None,
+        metavar="FIELD",
+        help="Which field states the expected label: "
+        "a column of --labels, or a UTKFace file-name field (gender, race, "
+        "age, age_bucket; default: the one whose values are the model's "
+        "labels).",
+    ),
     alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help=ALPHA_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it holds an earlier explain output "
-                                   "(an index.html); any other non-empty folder is refused."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace --out when it holds an earlier explain output "
+        "(an index.html); any other non-empty folder is refused.",
+    ),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=PICKLE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", "-b", metavar="N", min=1, help="Images per forward pass."),
 ) -> None:
@@ -77,8 +109,14 @@ def explain(
             face_detector = open_detector(detector)
         sheet = SheetWriter(folder, explainer, method=method.value, faces=faces, min_confidence=min_confidence)
         with progress_bar("explaining") as advance:
-            for item in explainer.stream(expand_inputs(paths), method.value, detector=face_detector,
-                                         max_faces=max_faces, batch_size=batch_size, expected=expected):
+            for item in explainer.stream(
+                expand_inputs(paths),
+                method.value,
+                detector=face_detector,
+                max_faces=max_faces,
+                batch_size=batch_size,
+                expected=expected,
+            ):
                 if item.error is not None:
                     failures += 1
                     error(f"{item.name}: {item.error}")

@@ -10,34 +10,60 @@ import typer
 from vitgender.cli.app import app
 from vitgender.cli.common import ALPHA_HELP, MODEL_HELP, AlphaPolicy, only_with
 from vitgender.exporters.options import CALIBRATION_METHODS
-from vitgender.formats import formats_help
 from vitgender.exporters.quantize import STATIC_PRESETS
+from vitgender.formats import formats_help
 
 
 @app.command("export")
 def export_cmd(
     ctx: typer.Context,
     model: Optional[str] = typer.Argument(None, metavar="MODEL", help=MODEL_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output directory (default artifacts/<model-name>/)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Output directory (default artifacts/<model-name>/)."
+    ),
     formats: str = typer.Option("onnx", "--formats", metavar="FORMATS", help=formats_help()),
-    calibration: Optional[Path] = typer.Option(None, metavar="DIR", help="Image folder for int8 calibration (default: the bundled "
-                                               "64 UTKFace training-split faces)."),
-    calibration_method: str = typer.Option("minmax", metavar="METHOD", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."),
-    quant_preset: str = typer.Option("safe", metavar="PRESET", help="ORT static int8 (" + ", ".join(STATIC_PRESETS) + "): "
-                                     "'safe' quantizes the weight MatMuls and the patch Conv; 'auto' also the attention "
-                                     "MatMuls, then keeps the most sensitive blocks float until --quant-target is met on "
-                                     "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs)."),
-    quant_target: Optional[float] = typer.Option(None, metavar="Q90", help="'auto' preset: largest q90 |logit difference| "
-                                                 "from PyTorch allowed on the calibration images (default: the gate's "
-                                                 "int8-dynamic budget)."),
-    opset: int = typer.Option(20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."),
+    calibration: Optional[Path] = typer.Option(
+        None,
+        metavar="DIR",
+        help="Image folder for int8 calibration (default: the bundled " "64 UTKFace training-split faces).",
+    ),
+    calibration_method: str = typer.Option(
+        "minmax", metavar="METHOD", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."
+    ),
+    quant_preset: str = typer.Option(
+        "safe",
+        metavar="PRESET",
+        help="ORT static int8 (" + ", ".join(STATIC_PRESETS) + "): "
+        "'safe' quantizes the weight MatMuls and the patch Conv; 'auto' also the attention "
+        "MatMuls, then keeps the most sensitive blocks float until --quant-target is met on "
+        "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs).",
+    ),
+    quant_target: Optional[float] = typer.Option(
+        None,
+        metavar="Q90",
+        help="'auto' preset: largest q90 |logit difference| "
+        "from PyTorch allowed on the calibration images (default: the gate's "
+        "int8-dynamic budget).",
+    ),
+    opset: int = typer.Option(
+        20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."
+    ),
     tflite_int8_io: bool = typer.Option(False, help="Full-integer TFLite takes and returns int8 instead of float."),
-    alpha: Optional[AlphaPolicy] = typer.Option(None, "--alpha", metavar="POLICY", help="The alpha policy each artifact's "
-                                        "sidecar records for runners, servers and apps to apply. " + ALPHA_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT (of any model). "
-                                   "Without it, an export of the same checkpoint in OUT is merged (formats built now "
-                                   "replace theirs, the rest is kept). A folder that is not an export is never "
-                                   "replaced (see docs/output-folders.md)."),
+    alpha: Optional[AlphaPolicy] = typer.Option(
+        None,
+        "--alpha",
+        metavar="POLICY",
+        help="The alpha policy each artifact's "
+        "sidecar records for runners, servers and apps to apply. " + ALPHA_HELP,
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an earlier export in OUT (of any model). "
+        "Without it, an export of the same checkpoint in OUT is merged (formats built now "
+        "replace theirs, the rest is kept). A folder that is not an export is never "
+        "replaced (see docs/output-folders.md).",
+    ),
 ) -> None:
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
     alpha = alpha.value if alpha is not None else None
@@ -46,21 +72,34 @@ def export_cmd(
     from vitgender.manifest import read_manifest
 
     names = {spec.name for spec in parse_formats(formats)}
-    only_with(ctx, any(spec.needs_calibration for spec in parse_formats(formats)),
-              "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8)", "calibration")
-    only_with(ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method",
-              "quant_preset")
+    only_with(
+        ctx,
+        any(spec.needs_calibration for spec in parse_formats(formats)),
+        "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8)",
+        "calibration",
+    )
+    only_with(
+        ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method", "quant_preset"
+    )
     only_with(ctx, "onnx-int8-static" in names and quant_preset == "auto", "--quant-preset auto", "quant_target")
     only_with(ctx, "tflite-int8" in names, "tflite-int8 (full-integer TFLite)", "tflite_int8_io")
 
-    options = ExportOptions(opset=opset, calibration_method=calibration_method, quant_preset=quant_preset,
-                            quant_target=quant_target,
-                            tflite_int8_io=tflite_int8_io, alpha=alpha)
+    options = ExportOptions(
+        opset=opset,
+        calibration_method=calibration_method,
+        quant_preset=quant_preset,
+        quant_target=quant_target,
+        tflite_int8_io=tflite_int8_io,
+        alpha=alpha,
+    )
     if calibration is not None:
         options.calibration = calibration
-    written = main_export(model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True),
-                          overwrite=overwrite)
+    written = main_export(
+        model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True), overwrite=overwrite
+    )
     for entry in read_manifest(written)["artifacts"]:
-        typer.echo(f"{entry['name']:<20} {entry['precision']:<13} {entry['bytes'] / 2**20:8.1f} MiB "
-                   f"{entry['seconds']:7.1f} s  {entry['path']}")
+        typer.echo(
+            f"{entry['name']:<20} {entry['precision']:<13} {entry['bytes'] / 2**20:8.1f} MiB "
+            f"{entry['seconds']:7.1f} s  {entry['path']}"
+        )
     typer.echo(f"wrote {written}/manifest.json")

@@ -48,13 +48,17 @@ class ResultWriter:
         if record.get("faces") == []:  # face-first mode found no face: say so rather than drop the image
             self.csv.writerow([record["image"], "none", "", "", "", "", "", ""])
             return
-        groups = ([(i, " ".join(map(str, f["box"])), f) for i, f in enumerate(record["faces"])]
-                  if "faces" in record else [("", "", record)])
+        groups = (
+            [(i, " ".join(map(str, f["box"])), f) for i, f in enumerate(record["faces"])]
+            if "faces" in record
+            else [("", "", record)]
+        )
         for face, box, item in groups:
             for rank, prediction in enumerate(item["predictions"], 1):
                 uncertain = "true" if item["predictions"][0]["label"] == UNCERTAIN else ""
-                self.csv.writerow([record["image"], face, box, rank, prediction["label"],
-                                   f"{prediction['score']:.6f}", uncertain, ""])
+                self.csv.writerow(
+                    [record["image"], face, box, rank, prediction["label"], f"{prediction['score']:.6f}", uncertain, ""]
+                )
 
     def close(self) -> None:
         if self.fmt is OutputFormat.json:

@@ -15,8 +15,9 @@ def verify(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., metavar="DIR", help="Checkpoint directory."),
     write: bool = typer.Option(False, "--write", help="Create or refresh SHA256SUMS instead of checking it."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept .bin/.pt weights; or convert them once: "
-                                      "'vitgender convert DIR'."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Accept .bin/.pt weights; or convert them once: " "'vitgender convert DIR'."
+    ),
 ) -> None:
     """Check a checkpoint: SHA256SUMS, safetensors headers, config. Exit 0 only if all pass.
 
@@ -34,11 +35,15 @@ def verify(
         typer.echo(f"wrote {target} ({len(checkpoint.read_sha256sums(directory))} files)")
         return
     ckpt = checkpoint.open_checkpoint(directory, allow_pickle=allow_pickle)  # headers and config, checksums if any
-    described = (f"{len(ckpt.files.weights)} weight file(s) valid; model_type={ckpt.model_type}, "
-                 f"labels={list(ckpt.labels)}")
+    described = (
+        f"{len(ckpt.files.weights)} weight file(s) valid; model_type={ckpt.model_type}, " f"labels={list(ckpt.labels)}"
+    )
     if ckpt.sha256 is None:
         # Valid files, but nothing proves they are the ones that were published: not a pass.
-        raise UsageError(str(directory), f"{described}, but there is no {checkpoint.SHA256SUMS}, so nothing "
-                                         "proves these are the intended files; record them with "
-                                         f"'vitgender verify {directory} --write' and commit it")
+        raise UsageError(
+            str(directory),
+            f"{described}, but there is no {checkpoint.SHA256SUMS}, so nothing "
+            "proves these are the intended files; record them with "
+            f"'vitgender verify {directory} --write' and commit it",
+        )
     typer.echo(f"OK {directory}: {len(ckpt.sha256)} files match {checkpoint.SHA256SUMS}; {described}")

@@ -19,7 +19,13 @@ from vitgender.errors import UsageError
 
 # The default model's labels; its evaluations report GROUPINGS (the tables of its model card).
 DEFAULT_LABELS = ("female", "male")
-GROUPINGS: tuple[tuple[str, ...], ...] = (("gender",), ("race",), ("gender", "race"), ("age_bucket",), ("race", "gender", "age_bucket"))
+GROUPINGS: tuple[tuple[str, ...], ...] = (
+    ("gender",),
+    ("race",),
+    ("gender", "race"),
+    ("age_bucket",),
+    ("race", "gender", "age_bucket"),
+)
 LABEL = "label"  # the group key of the true label, available in every table
 MIN_GROUP_N_FOR_WORST = 30  # smaller cells have CIs too wide to name a "worst group"
 
@@ -75,8 +81,9 @@ def parse_group_by(text: str, fields: Iterable[str]) -> tuple[tuple[str, ...], .
             if key == "age" and "age_bucket" in available:
                 key = "age_bucket"
             if key not in available:
-                raise UsageError(f"--group-by {key}", "not a field of this data (it has: "
-                                 f"{', '.join(sorted(available))})")
+                raise UsageError(
+                    f"--group-by {key}", "not a field of this data (it has: " f"{', '.join(sorted(available))})"
+                )
             keys.append(key)
         tables.append(tuple(dict.fromkeys(keys)))
     if not tables:
@@ -114,9 +121,12 @@ def group_table(predictions: Sequence[Prediction], keys: tuple[str, ...]) -> lis
             cells[values].append(p)
 
     def order(item):
-        return tuple(_age_order(v) if k == "age_bucket" else v for k, v in zip(keys, item[0]))
+        return tuple(_age_order(v) if k == "age_bucket" else v for k, v in zip(keys, item[0], strict=False))
 
-    return [{"group": dict(zip(keys, values)), **accuracy_cell(members)} for values, members in sorted(cells.items(), key=order)]
+    return [
+        {"group": dict(zip(keys, values, strict=False)), **accuracy_cell(members)}
+        for values, members in sorted(cells.items(), key=order)
+    ]
 
 
 def per_class(predictions: Sequence[Prediction], labels: Sequence[str]) -> tuple[dict, dict]:
@@ -130,14 +140,19 @@ def per_class(predictions: Sequence[Prediction], labels: Sequence[str]) -> tuple
         tp = confusion.get(c, {}).get(c, 0)
         predicted = sum(row.get(c, 0) for row in confusion.values())
         actual = sum(confusion.get(c, {}).values())
-        stats[c] = {"precision": tp / predicted if predicted else None, "recall": tp / actual if actual else None,
-                    "support": actual}
+        stats[c] = {
+            "precision": tp / predicted if predicted else None,
+            "recall": tp / actual if actual else None,
+            "support": actual,
+        }
     return stats, confusion
 
 
 def calibration(predictions: Sequence[Prediction], bins: int = 10) -> dict:
     """Expected calibration error of the top-1 confidence, with the reliability diagram's bins."""
-    table = [{"low": i / bins, "high": (i + 1) / bins, "n": 0, "correct": 0, "confidence_sum": 0.0} for i in range(bins)]
+    table = [
+        {"low": i / bins, "high": (i + 1) / bins, "n": 0, "correct": 0, "confidence_sum": 0.0} for i in range(bins)
+    ]
     for p in predictions:
         cell = table[min(int(p.confidence * bins), bins - 1)]
         cell["n"] += 1
@@ -155,20 +170,31 @@ def calibration(predictions: Sequence[Prediction], bins: int = 10) -> dict:
     return {"ece": ece if total else None, "bins": table}
 
 
-def coverage(predictions: Sequence[Prediction], min_confidence: float,
-             groupings: Sequence[tuple[str, ...]] = ()) -> dict:
+def coverage(
+    predictions: Sequence[Prediction], min_confidence: float, groupings: Sequence[tuple[str, ...]] = ()
+) -> dict:
     """Answer only when confident: how many are answered, and how accurate those answers are,
     overall and per group of each table in `groupings`."""
     covered = [p for p in predictions if p.confidence >= min_confidence]
-    result = {"min_confidence": min_confidence, "coverage": len(covered) / len(predictions) if predictions else None,
-              "covered": accuracy_cell(covered), "groups": {}}
+    result = {
+        "min_confidence": min_confidence,
+        "coverage": len(covered) / len(predictions) if predictions else None,
+        "covered": accuracy_cell(covered),
+        "groups": {},
+    }
     for keys in groupings:
         rows = []
         for row in group_table(predictions, keys):
             members = [p for p in predictions if all(value_of(p, k) == v for k, v in row["group"].items())]
             kept = [p for p in members if p.confidence >= min_confidence]
-            rows.append({"group": row["group"], "n": len(members), "coverage": len(kept) / len(members),
-                         **{k: v for k, v in accuracy_cell(kept).items() if k != "n"}})
+            rows.append(
+                {
+                    "group": row["group"],
+                    "n": len(members),
+                    "coverage": len(kept) / len(members),
+                    **{k: v for k, v in accuracy_cell(kept).items() if k != "n"},
+                }
+            )
         result["groups"][table_name(keys)] = rows
     return result
 
@@ -178,7 +204,9 @@ def _same_partition(predictions: Sequence[Prediction], key: str) -> bool:
     return bool(predictions) and all(p.groups.get(key) == p.label for p in predictions)
 
 
-def report_tables(predictions: Sequence[Prediction], groupings: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+def report_tables(
+    predictions: Sequence[Prediction], groupings: Sequence[tuple[str, ...]]
+) -> tuple[tuple[str, ...], ...]:
     """`groupings` plus the per-label table, unless a one-field table already is the label."""
     tables = tuple(groupings)
     if not any(len(keys) == 1 and (keys[0] == LABEL or _same_partition(predictions, keys[0])) for keys in tables):
@@ -208,14 +236,23 @@ def summarize(
     groups = {table_name(keys): group_table(predictions, keys) for keys in tables}
     groups = {name: rows for name, rows in groups.items() if rows}
     candidates = [  # a cell of three or more fields is too thin to name; the label table loses ties
-        (row["accuracy"], name == LABEL, name, row) for keys in tables if len(keys) <= 2
-        for name in [table_name(keys)] for row in groups.get(name, []) if row["n"] >= MIN_GROUP_N_FOR_WORST
+        (row["accuracy"], name == LABEL, name, row)
+        for keys in tables
+        if len(keys) <= 2
+        for name in [table_name(keys)]
+        for row in groups.get(name, [])
+        if row["n"] >= MIN_GROUP_N_FOR_WORST
     ]
     worst = None
     if candidates and overall["accuracy"] is not None:
         accuracy, _, name, row = min(candidates, key=lambda c: (c[0], c[1]))
-        worst = {"table": name, "group": row["group"], "n": row["n"], "accuracy": accuracy,
-                 "gap_to_overall": overall["accuracy"] - accuracy}
+        worst = {
+            "table": name,
+            "group": row["group"],
+            "n": row["n"],
+            "accuracy": accuracy,
+            "gap_to_overall": overall["accuracy"] - accuracy,
+        }
     report = {
         "schema": 1,
         "accuracy": overall["accuracy"],

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from vitgender.evaluation.metrics import is_default_labels
 
-RESPONSIBLE_USE = ("Labels are perceived binary gender presentation, not identity: non-binary and transgender "
-                   "people are misclassified by such systems by construction. Not for surveillance, access control "
-                   "or automated decisions about people; see the model card.")
+RESPONSIBLE_USE = (
+    "Labels are perceived binary gender presentation, not identity: non-binary and transgender "
+    "people are misclassified by such systems by construction. Not for surveillance, access control "
+    "or automated decisions about people; see the model card."
+)
 _MAX_TITLE = 200
 
 
@@ -29,7 +31,7 @@ def card_title(directory: Path) -> str | None:
         return None
     if text.startswith("---"):
         end = text.find("\n---", 3)
-        text = text[end + 4:] if end != -1 else ""
+        text = text[end + 4 :] if end != -1 else ""
     for line in text.splitlines():
         if line.startswith("# "):
             title = re.sub(r"[`*_]", "", line[2:]).strip()
@@ -62,5 +64,8 @@ def describe_task(source: str | Path | None, labels: Sequence[str]) -> dict:
     directory = checkpoint_of(source)
     title = card_title(directory) if directory is not None else None
     text = title or f"image classifier with {len(labels)} labels: {', '.join(labels)}"
-    return {"text": text, "from": "model card" if title else "labels",
-            "responsible_use": RESPONSIBLE_USE if is_default_labels(labels) else None}
+    return {
+        "text": text,
+        "from": "model card" if title else "labels",
+        "responsible_use": RESPONSIBLE_USE if is_default_labels(labels) else None,
+    }

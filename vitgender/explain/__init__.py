@@ -12,5 +12,13 @@ Overlay PNGs and the HTML contact sheet of `vitgender explain` are rendered in
 from vitgender.explain.api import DEFAULT_METHOD, ExplainedImage, Explainer, Explanation
 from vitgender.explain.maps import METHODS, attribution, average_maps, rollout
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "ExplainedImage", "Explainer", "Explanation", "attribution",
-           "average_maps", "rollout"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "ExplainedImage",
+    "Explainer",
+    "Explanation",
+    "attribution",
+    "average_maps",
+    "rollout",
+]

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from vitgender.inputs import as_image_list
-from vitgender.scoring import apply_function, rank
 from vitgender.errors import ImageError, UsageError
 from vitgender.explain.maps import METHODS, MapResult, explain_pixels
+from vitgender.inputs import as_image_list
 from vitgender.preprocess import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor
+from vitgender.scoring import apply_function, rank
 
 # Chosen by the deletion test (benchmarks/explain_deletion.py, 300 UTKFace validation faces,
 # docs/explain.md): removing patches in attribution's order drops the predicted class's
@@ -78,8 +78,14 @@ def _name(source: ImageSource, index: int) -> str:
 class Explainer:
     """Heat maps over the patch grid for a checkpoint's predictions (None = the embedded default model)."""
 
-    def __init__(self, model: str | os.PathLike | None = None, *, allow_pickle: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, alpha: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        allow_pickle: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        alpha: str | None = None,
+    ) -> None:
         from vitgender.checkpoint import open_checkpoint
         from vitgender.preprocess import check_alpha
 
@@ -87,7 +93,9 @@ class Explainer:
         self.model = checkpoint.load_model().float()  # gradients in float32, whatever the file stores
         self.labels = checkpoint.labels
         try:
-            preprocess = checkpoint.preprocess if alpha is None else replace(checkpoint.preprocess, alpha=check_alpha(alpha))
+            preprocess = (
+                checkpoint.preprocess if alpha is None else replace(checkpoint.preprocess, alpha=check_alpha(alpha))
+            )
         except ValueError as exc:
             raise UsageError(f"--alpha {alpha}", str(exc)) from None
         self.preprocessor = Preprocessor(preprocess)
@@ -116,13 +124,17 @@ class Explainer:
         result = self._maps(images, method)
         scores = apply_function(result.logits, "softmax")
         out = []
-        for name, row, target, heat in zip(names, scores, result.target, result.maps):
-            out.append(Explanation(name, self.labels[int(target)], float(row[int(target)]), heat, method,
-                                   rank(row, self.labels, None)))
+        for name, row, target, heat in zip(names, scores, result.target, result.maps, strict=False):
+            out.append(
+                Explanation(
+                    name, self.labels[int(target)], float(row[int(target)]), heat, method, rank(row, self.labels, None)
+                )
+            )
         return out
 
-    def explain(self, images: ImageSource | Sequence[ImageSource], method: str = DEFAULT_METHOD, *,
-                batch_size: int = 8) -> list[Explanation]:
+    def explain(
+        self, images: ImageSource | Sequence[ImageSource], method: str = DEFAULT_METHOD, *, batch_size: int = 8
+    ) -> list[Explanation]:
         """One whole-image explanation per input; raises ImageError on the first undecodable image."""
         images = as_image_list(images)
         out: list[Explanation] = []
@@ -132,8 +144,15 @@ class Explainer:
             out.extend(self._explanations([_name(s, start + i) for i, s in enumerate(chunk)], decoded, method))
         return out
 
-    def explain_faces(self, image: ImageSource, detector, method: str = DEFAULT_METHOD, *,
-                      max_faces: int = 20, name: str | None = None) -> list[Explanation]:
+    def explain_faces(
+        self,
+        image: ImageSource,
+        detector,
+        method: str = DEFAULT_METHOD,
+        *,
+        max_faces: int = 20,
+        name: str | None = None,
+    ) -> list[Explanation]:
         """One explanation per detected face (maybe none), each placed by its box in the original photo."""
         from vitgender.faces import faces_and_crops
 
@@ -143,15 +162,22 @@ class Explainer:
             return []
         label = name or _name(image, 0)
         out = self._explanations([label] * len(crops), crops, method)
-        for explanation, face in zip(out, faces):
+        for explanation, face in zip(out, faces, strict=False):
             explanation.box = tuple(int(v) for v in face.box)
             explanation.region = crop_region(explanation.box)
             explanation.detector_score = round(face.score, 4)
         return out
 
-    def stream(self, paths: Iterable[str | tuple[str, str]], method: str = DEFAULT_METHOD, *,
-               detector=None, max_faces: int = 20, batch_size: int = 8,
-               expected: Callable[[str], str | None] = lambda name: None) -> Iterator[ExplainedImage]:
+    def stream(
+        self,
+        paths: Iterable[str | tuple[str, str]],
+        method: str = DEFAULT_METHOD,
+        *,
+        detector=None,
+        max_faces: int = 20,
+        batch_size: int = 8,
+        expected: Callable[[str], str | None] = lambda name: None,
+    ) -> Iterator[ExplainedImage]:
         """Results in input order, one batch in memory at a time; bad inputs become error records.
 
         `paths` may carry `(name, error)` pairs for inputs that failed before decoding (as
@@ -166,7 +192,7 @@ class Explainer:
             good = [item for item in pending if item.error is None]
             if good:
                 explanations = self._explanations([g.name for g in good], [g.image for g in good], method)
-                for item, explanation in zip(good, explanations):
+                for item, explanation in zip(good, explanations, strict=False):
                     item.explanations = [explanation]
             yield from pending
             pending.clear()
@@ -182,9 +208,12 @@ class Explainer:
                 else:
                     if detector is not None:
                         yield from flush()
-                        yield ExplainedImage(entry, image, self.explain_faces(image, detector, method,
-                                                                              max_faces=max_faces, name=entry),
-                                             expected=expected(entry))
+                        yield ExplainedImage(
+                            entry,
+                            image,
+                            self.explain_faces(image, detector, method, max_faces=max_faces, name=entry),
+                            expected=expected(entry),
+                        )
                         continue
                     pending.append(ExplainedImage(entry, image, expected=expected(entry)))
             if len(pending) >= batch_size:

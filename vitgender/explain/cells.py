@@ -22,8 +22,15 @@ def cell_keys(groupings: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
     return max(tables, key=len) if tables else (LABEL,)
 
 
-def cell_maps(explainer: Explainer, predictions: Sequence[Prediction], per_cell: int, method: str,
-              keys: Sequence[str] = (LABEL,), *, advance: Callable[[int], None] = lambda n: None) -> list[dict]:
+def cell_maps(
+    explainer: Explainer,
+    predictions: Sequence[Prediction],
+    per_cell: int,
+    method: str,
+    keys: Sequence[str] = (LABEL,),
+    *,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[dict]:
     """One entry per cell of `keys`: {"group", "correct": {"n", "map"}, "wrong": {"n", "map"}}.
 
     `n` counts the images averaged (at most `per_cell`); a side with no images has map None.
@@ -35,7 +42,7 @@ def cell_maps(explainer: Explainer, predictions: Sequence[Prediction], per_cell:
             cells.setdefault(values, []).append(prediction)
     out = []
     for key in sorted(cells):
-        entry: dict = {"group": dict(zip(keys, key))}
+        entry: dict = {"group": dict(zip(keys, key, strict=False))}
         for side, wanted in (("correct", True), ("wrong", False)):
             chosen = sorted((p for p in cells[key] if p.correct == wanted), key=lambda p: p.image)[:per_cell]
             maps = [e.map for e in explainer.explain([p.image for p in chosen], method)] if chosen else []

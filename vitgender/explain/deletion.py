@@ -50,9 +50,17 @@ def remove_patches(pixels: np.ndarray, patches: np.ndarray, grid: tuple[int, int
     return out
 
 
-def deletion_curves(predict: Predict, pixel_values: np.ndarray, orders: np.ndarray, target: np.ndarray, patch: int,
-                    fractions: Sequence[float] = FRACTIONS, *, base: np.ndarray | None = None,
-                    batch_size: int = 64) -> np.ndarray:
+def deletion_curves(
+    predict: Predict,
+    pixel_values: np.ndarray,
+    orders: np.ndarray,
+    target: np.ndarray,
+    patch: int,
+    fractions: Sequence[float] = FRACTIONS,
+    *,
+    base: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
     """(N, len(fractions)) probability of each image's `target` class after removing the first
     round(fraction x patches) of its `orders` row.
 
@@ -77,7 +85,7 @@ def deletion_curves(predict: Predict, pixel_values: np.ndarray, orders: np.ndarr
         chunk = jobs[start : start + batch_size]
         batch = np.stack([remove_patches(pixel_values[i], orders[i, :count], grid, patch) for i, _, count in chunk])
         probabilities = predict(batch)
-        for (image, column, _), row in zip(chunk, probabilities):
+        for (image, column, _), row in zip(chunk, probabilities, strict=False):
             curves[image, column] = row[int(target[image])]
     return curves
 

@@ -125,13 +125,19 @@ def _to_maps(model, pixel_values, relevance_matrix, chosen, logits) -> MapResult
     if num_patches < 1 or num_patches > num_tokens - 1:
         raise ValueError(f"{num_tokens} tokens cannot hold a {grid_h}x{grid_w} patch grid plus a CLS token")
     row = torch.einsum("t,nts->ns", _readout(model, num_tokens, num_patches), relevance_matrix.double())
-    patches = row[:, num_tokens - num_patches:].clamp(min=0)
+    patches = row[:, num_tokens - num_patches :].clamp(min=0)
     total = patches.sum(-1, keepdim=True)
     usable = torch.isfinite(total) & (total > 0)
-    patches = torch.where(usable, patches / torch.where(usable, total, torch.ones_like(total)),
-                          torch.full_like(patches, 1.0 / num_patches))
-    return MapResult(patches.reshape(-1, grid_h, grid_w).float().numpy(),
-                     logits.detach().float().numpy(), chosen.numpy().astype(np.int64))
+    patches = torch.where(
+        usable,
+        patches / torch.where(usable, total, torch.ones_like(total)),
+        torch.full_like(patches, 1.0 / num_patches),
+    )
+    return MapResult(
+        patches.reshape(-1, grid_h, grid_w).float().numpy(),
+        logits.detach().float().numpy(),
+        chosen.numpy().astype(np.int64),
+    )
 
 
 def _fuse(attention, head_fusion: str):
@@ -163,8 +169,14 @@ def _discard_lowest(fused, ratio: float):
     return flat.reshape(n, t, t)
 
 
-def rollout_result(model, pixel_values, *, head_fusion: str = "mean", discard_ratio: float = 0.0,
-                   target: Sequence[int] | np.ndarray | None = None) -> MapResult:
+def rollout_result(
+    model,
+    pixel_values,
+    *,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    target: Sequence[int] | np.ndarray | None = None,
+) -> MapResult:
     """Attention rollout with the logits; `target` only names the class reported (rollout ignores it)."""
     import torch
 
@@ -183,8 +195,7 @@ def rollout_result(model, pixel_values, *, head_fusion: str = "mean", discard_ra
     return _to_maps(model, pixel_values, result, chosen, logits)
 
 
-def attribution_result(model, pixel_values, *,
-                       target: Sequence[int] | np.ndarray | None = None) -> MapResult:
+def attribution_result(model, pixel_values, *, target: Sequence[int] | np.ndarray | None = None) -> MapResult:
     """Gradient-weighted attention rollout (Chefer et al. 2021b) for `target` (default: the predicted class)."""
     import torch
 
@@ -196,7 +207,7 @@ def attribution_result(model, pixel_values, *,
     with torch.no_grad():
         num_tokens = attentions[0].shape[-1]
         result = torch.eye(num_tokens, dtype=torch.float64).repeat(attentions[0].shape[0], 1, 1)
-        for attention, grad in zip(attentions, grads):
+        for attention, grad in zip(attentions, grads, strict=False):
             fused = (grad.double() * attention.detach().double()).clamp(min=0).mean(1)
             result = result + fused @ result
     return _to_maps(model, pixel_values, result, chosen, logits)
@@ -212,8 +223,7 @@ def attribution(model, pixel_values, *, target: Sequence[int] | np.ndarray | Non
     return attribution_result(model, pixel_values, target=target).maps
 
 
-def explain_pixels(model, pixel_values, method: str, *,
-                   target: Sequence[int] | np.ndarray | None = None) -> MapResult:
+def explain_pixels(model, pixel_values, method: str, *, target: Sequence[int] | np.ndarray | None = None) -> MapResult:
     """Dispatch on `method` ('rollout' or 'attribution'), with each method's published defaults."""
     if method == "rollout":
         return rollout_result(model, pixel_values, target=target)

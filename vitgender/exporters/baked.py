@@ -26,8 +26,12 @@ def bake_preprocessing(source: Path, target: Path, pre: PreprocessConfig, input_
     mean = np.asarray(pre.image_mean if pre.do_normalize else (0, 0, 0), np.float32).reshape(1, 1, 1, 3)
     std = np.asarray(pre.image_std if pre.do_normalize else (1, 1, 1), np.float32).reshape(1, 1, 1, 3)
     # x = (uint8 * scale - mean) / std  ==  uint8 * (scale / std) - mean / std   (one Mul, one Sub)
-    graph.initializer.extend([numpy_helper.from_array((scale / std).astype(np.float32), "bake_scale"),
-                              numpy_helper.from_array((mean / std).astype(np.float32), "bake_shift")])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array((scale / std).astype(np.float32), "bake_scale"),
+            numpy_helper.from_array((mean / std).astype(np.float32), "bake_shift"),
+        ]
+    )
     nodes = [
         helper.make_node("Cast", [RAW_INPUT], ["bake_float"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["bake_float", "bake_scale"], ["bake_scaled"]),
@@ -36,7 +40,9 @@ def bake_preprocessing(source: Path, target: Path, pre: PreprocessConfig, input_
     ]
     old_input = next(i for i in graph.input if i.name == input_name)
     graph.input.remove(old_input)
-    graph.input.insert(0, helper.make_tensor_value_info(RAW_INPUT, TensorProto.UINT8, ["batch", pre.height, pre.width, 3]))
+    graph.input.insert(
+        0, helper.make_tensor_value_info(RAW_INPUT, TensorProto.UINT8, ["batch", pre.height, pre.width, 3])
+    )
     for node in reversed(nodes):
         graph.node.insert(0, node)
     onnx.checker.check_model(model, full_check=True)

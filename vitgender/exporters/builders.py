@@ -122,9 +122,16 @@ def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
 
     options = ctx.options
     auto_target = options.quant_target or DEFAULT_QUANT_TARGET
-    plan = to_int8_static(ctx.base_onnx, target, ctx.export_config.input_name, ctx.calibration.pixels,
-                          method=options.calibration_method, preset=options.quant_preset, auto_target=auto_target,
-                          progress=ctx.on_step)
+    plan = to_int8_static(
+        ctx.base_onnx,
+        target,
+        ctx.export_config.input_name,
+        ctx.calibration.pixels,
+        method=options.calibration_method,
+        preset=options.quant_preset,
+        auto_target=auto_target,
+        progress=ctx.on_step,
+    )
     return plan.manifest()
 
 
@@ -144,17 +151,29 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     savedmodel = next((ctx.target(s) for s in specs if s.runtime == "savedmodel"), work / "saved_model")
     tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
     int8_wanted = any(s.needs_calibration for s in specs)
-    converted = tfx.convert(ctx.base_onnx, work, savedmodel, tflite, input_name=ctx.export_config.input_name,
-                          shape=(ctx.checkpoint.architecture.num_channels, pre.height, pre.width),
-                          representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8_wanted else None,
-                          int8_io=ctx.options.tflite_int8_io)
+    converted = tfx.convert(
+        ctx.base_onnx,
+        work,
+        savedmodel,
+        tflite,
+        input_name=ctx.export_config.input_name,
+        shape=(ctx.checkpoint.architecture.num_channels, pre.height, pre.width),
+        representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8_wanted else None,
+        int8_io=ctx.options.tflite_int8_io,
+    )
     shutil.rmtree(work, ignore_errors=True)
     int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
     seconds, plans = converted["seconds"], converted["quantization"]
     fixed_batch = None if converted["dynamic_batch"] else 1
-    return {s.name: Built(seconds["savedmodel" if s.runtime == "savedmodel" else s.precision.value],
-                          int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None,
-                          plans.get(s.precision.value) if s.runtime == "tflite" else None, fixed_batch) for s in specs}
+    return {
+        s.name: Built(
+            seconds["savedmodel" if s.runtime == "savedmodel" else s.precision.value],
+            int8_io if s.runtime == "tflite" and s.precision is Precision.INT8 else None,
+            plans.get(s.precision.value) if s.runtime == "tflite" else None,
+            fixed_batch,
+        )
+        for s in specs
+    }
 
 
 def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
@@ -171,17 +190,26 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     built = {}
     for spec in specs:
         began = time.perf_counter()
-        job = {"checkpoint": Path(ctx.checkpoint.directory), "hf_class": ctx.checkpoint.hf_class,
-               "target": ctx.target(spec), "precision": spec.precision.value,
-               "shape": [arch.num_channels, pre.height, pre.width]}
+        job = {
+            "checkpoint": Path(ctx.checkpoint.directory),
+            "hf_class": ctx.checkpoint.hf_class,
+            "target": ctx.target(spec),
+            "precision": spec.precision.value,
+            "shape": [arch.num_channels, pre.height, pre.width],
+        }
         if spec.needs_calibration:
             work.mkdir(exist_ok=True)
             np.save(work / "calibration.npy", ctx.calibration.pixels)
             job["calibration"] = work / "calibration.npy"
         lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
-        built[spec.name] = Built(round(time.perf_counter() - began, 2), quantization=(
-            {"scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights", **lowered}
-            if spec.precision is Precision.INT8 else None))
+        built[spec.name] = Built(
+            round(time.perf_counter() - began, 2),
+            quantization=(
+                {"scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights", **lowered}
+                if spec.precision is Precision.INT8
+                else None
+            ),
+        )
     shutil.rmtree(work, ignore_errors=True)
     return built
 

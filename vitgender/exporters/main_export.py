@@ -45,9 +45,14 @@ def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibra
     images = calibration_images(options.calibration)
     pre = Preprocessor(ckpt.preprocess)
     pixels = pre([pre.decode(p) for p in images])
-    provenance = {"images": [p.name for p in images], "count": len(images), "folder": str(options.calibration),
-                  "method": options.calibration_method, "preset": options.quant_preset,
-                  "normalisation": ckpt.preprocess.to_dict()}
+    provenance = {
+        "images": [p.name for p in images],
+        "count": len(images),
+        "folder": str(options.calibration),
+        "method": options.calibration_method,
+        "preset": options.quant_preset,
+        "normalisation": ckpt.preprocess.to_dict(),
+    }
     return Calibration(tuple(images), pixels, provenance)
 
 
@@ -57,19 +62,31 @@ def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
     name, dtype = ctx.export_config.input_name, built.input_dtype
     batch = built.fixed_batch or "batch"
     if spec.layout is InputLayout.NCHW:
-        return {"name": name, "layout": "NCHW", "dtype": dtype or "float32",
-                "shape": [batch, channels, pre.height, pre.width]}
+        return {
+            "name": name,
+            "layout": "NCHW",
+            "dtype": dtype or "float32",
+            "shape": [batch, channels, pre.height, pre.width],
+        }
     if spec.layout is InputLayout.NHWC_UINT8:
         from vitgender.exporters.baked import RAW_INPUT
 
-        return {"name": RAW_INPUT, "layout": "NHWC", "dtype": dtype or "uint8",
-                "shape": [batch, pre.height, pre.width, channels],
-                "note": f"resize to {pre.height}x{pre.width} ({pre.resample_name}); "
-                        "rescale/normalise/transpose are inside the graph"}
-    fixed = {"note": f"batch fixed at {batch} by onnx2tf (the graph reads a tensor shape)"} if built.fixed_batch else {}
-    return {"name": name, "layout": "NHWC", "dtype": dtype or "float32",
+        return {
+            "name": RAW_INPUT,
+            "layout": "NHWC",
+            "dtype": dtype or "uint8",
             "shape": [batch, pre.height, pre.width, channels],
-            **fixed}
+            "note": f"resize to {pre.height}x{pre.width} ({pre.resample_name}); "
+            "rescale/normalise/transpose are inside the graph",
+        }
+    fixed = {"note": f"batch fixed at {batch} by onnx2tf (the graph reads a tensor shape)"} if built.fixed_batch else {}
+    return {
+        "name": name,
+        "layout": "NHWC",
+        "dtype": dtype or "float32",
+        "shape": [batch, pre.height, pre.width, channels],
+        **fixed,
+    }
 
 
 def _run_step(name: str, fn: Callable, *args, **kwargs):
@@ -93,8 +110,12 @@ def _by_builder(specs: Sequence[ArtifactSpec]) -> list[list[ArtifactSpec]]:
 
 def _disk_full(exc: BaseException) -> bool:
     text = str(exc)
-    return (isinstance(exc, OSError) and exc.errno in merge.DISK_FULL) or "No space left on device" in text \
-        or "File too large" in text or "Disk quota exceeded" in text
+    return (
+        (isinstance(exc, OSError) and exc.errno in merge.DISK_FULL)
+        or "No space left on device" in text
+        or "File too large" in text
+        or "Disk quota exceeded" in text
+    )
 
 
 def main_export(
@@ -128,23 +149,37 @@ def main_export(
                 merge.carry_over(out, scratch, [a["path"] for a in artifacts])
                 order = {n: i for i, n in enumerate(FORMATS)}
                 artifacts = sorted(kept + artifacts, key=lambda a: order.get(a["name"], len(order)))
-            model_info = {"source": str(ckpt.directory), "name": name, "model_type": ckpt.model_type,
-                          "labels": list(ckpt.labels), "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
-                          "preprocessor": ckpt.preprocess.to_dict(), "checkpoint_sha256": ckpt.sha256}
+            model_info = {
+                "source": str(ckpt.directory),
+                "name": name,
+                "model_type": ckpt.model_type,
+                "labels": list(ckpt.labels),
+                "image_size": [ckpt.preprocess.height, ckpt.preprocess.width],
+                "preprocessor": ckpt.preprocess.to_dict(),
+                "checkpoint_sha256": ckpt.sha256,
+            }
             write_manifest(scratch, model_info, artifacts)
     except (OSError, VitgenderError) as exc:
         cause = exc.__context__ if isinstance(exc, UsageError) and exc.__context__ is not None else exc  # atomic_dir's
         if _disk_full(cause):
-            raise ExportError(str(out.parent), f"out of disk space while exporting ({str(cause)[-200:]}); "
-                                               "nothing was written") from None
+            raise ExportError(
+                str(out.parent), f"out of disk space while exporting ({str(cause)[-200:]}); " "nothing was written"
+            ) from None
         if isinstance(exc, VitgenderError):
             raise
         raise ExportError(str(out), f"cannot write the export ({exc.strerror or exc})") from None
     return out
 
 
-def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, calibration: Calibration | None,
-           wanted: Sequence[ArtifactSpec], scratch: Path, on_step: Callable[[str], None]) -> list[dict]:
+def _build(
+    ckpt: checkpoint.Checkpoint,
+    export_config,
+    options: ExportOptions,
+    calibration: Calibration | None,
+    wanted: Sequence[ArtifactSpec],
+    scratch: Path,
+    on_step: Callable[[str], None],
+) -> list[dict]:
     """The base ONNX once, then each builder once; returns the manifest entries of what was built."""
     from vitgender.exporters.onnx_export import export_onnx
 
@@ -152,10 +187,19 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
     began = time.perf_counter()
     base = scratch / ".base" / "model.onnx"
     base.parent.mkdir()
-    _run_step("onnx", export_onnx, ckpt.load_model(), export_config, ckpt.preprocess.height,
-              ckpt.preprocess.width, base, options.opset)
-    ctx = BuildContext(ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2), calibration,
-                       on_step)
+    _run_step(
+        "onnx",
+        export_onnx,
+        ckpt.load_model(),
+        export_config,
+        ckpt.preprocess.height,
+        ckpt.preprocess.width,
+        base,
+        options.opset,
+    )
+    ctx = BuildContext(
+        ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2), calibration, on_step
+    )
     built: dict[str, Built] = {}
     for group in _by_builder(wanted):
         names = ", ".join(s.name for s in group)
@@ -173,6 +217,9 @@ def _build(ckpt: checkpoint.Checkpoint, export_config, options: ExportOptions, c
             extra["calibration"] = calibration.provenance
         if built[spec.name].quantization:
             extra["quantization"] = built[spec.name].quantization
-        artifacts.append(describe(scratch, spec.name, spec.runtime, spec.precision, path, io,
-                                  seconds=built[spec.name].seconds, **extra))
+        artifacts.append(
+            describe(
+                scratch, spec.name, spec.runtime, spec.precision, path, io, seconds=built[spec.name].seconds, **extra
+            )
+        )
     return artifacts

@@ -37,8 +37,10 @@ def existing_export(out: Path, source: Path, sha256: dict | None, overwrite: boo
     same_place = Path(str(model.get("source"))).resolve() == source.resolve()
     if not same_place or model.get("checkpoint_sha256") != sha256:
         what = "another model" if not same_place else "other weights (SHA256SUMS differ)"
-        raise UsageError(str(out), f"holds an export of {what} ({model.get('source')}); choose another --out, "
-                                   "or --overwrite to replace it")
+        raise UsageError(
+            str(out),
+            f"holds an export of {what} ({model.get('source')}); choose another --out, " "or --overwrite to replace it",
+        )
     return existing
 
 

@@ -28,8 +28,9 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.calibration_method not in CALIBRATION_METHODS:
-            raise UsageError(self.calibration_method,
-                             f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+            raise UsageError(
+                self.calibration_method, f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}"
+            )
         if self.quant_preset not in STATIC_PRESETS:
             raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(STATIC_PRESETS)}")
         if self.quant_target is not None and not self.quant_target > 0:

@@ -52,8 +52,13 @@ def to_int8_dynamic(source: Path, target: Path) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = _preprocessed(source, Path(tmp) / "prepared.onnx")
-        quantize_dynamic(str(prepared), str(target), op_types_to_quantize=["MatMul", "Gemm"],
-                         per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(prepared),
+            str(target),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
     return target
 
 
@@ -123,8 +128,15 @@ class StaticQuantizer:
       MinMax W8A8 23.6% vs 84.5% fp32).
     """
 
-    def __init__(self, source: Path, workdir: Path, input_name: str, pixels: np.ndarray, method: str = "minmax",
-                 op_types: tuple[str, ...] | None = _QUANTIZABLE) -> None:
+    def __init__(
+        self,
+        source: Path,
+        workdir: Path,
+        input_name: str,
+        pixels: np.ndarray,
+        method: str = "minmax",
+        op_types: tuple[str, ...] | None = _QUANTIZABLE,
+    ) -> None:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
@@ -136,9 +148,15 @@ class StaticQuantizer:
             op_types = tuple(QDQRegistry)
         self._op_types = list(op_types)
         calibrator = create_calibrator(
-            self._prepared, self._op_types, augmented_model_path=str(workdir / "augmented.onnx"),
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[method])
+            self._prepared,
+            self._op_types,
+            augmented_model_path=str(workdir / "augmented.onnx"),
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
+        )
         calibrator.collect_data(_Batches(input_name, pixels))
         self._ranges = calibrator.compute_data()
         del calibrator
@@ -151,9 +169,21 @@ class StaticQuantizer:
         from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
         quantizer = QDQQuantizer(
-            copy.deepcopy(self.model), True, False, QuantType.QInt8, QuantType.QUInt8, self._ranges, nodes or [], [],
-            self._op_types, {"ActivationSymmetric": False, "WeightSymmetric": True,
-                                 "OpTypesToExcludeOutputQuantization": list(_QUANTIZABLE)})
+            copy.deepcopy(self.model),
+            True,
+            False,
+            QuantType.QInt8,
+            QuantType.QUInt8,
+            self._ranges,
+            nodes or [],
+            [],
+            self._op_types,
+            {
+                "ActivationSymmetric": False,
+                "WeightSymmetric": True,
+                "OpTypesToExcludeOutputQuantization": list(_QUANTIZABLE),
+            },
+        )
         quantizer.quantize_model()
         return quantizer.model.model
 
@@ -169,11 +199,18 @@ class StaticPlan:
     fit: dict | None = None  # auto: the target and what the chosen plan reached on the calibration images
 
     def manifest(self) -> dict:
-        out = {"preset": self.preset, "activations": "uint8 (per tensor)", "weights": "int8 (per channel)",
-               "quantized_nodes": "every op onnxruntime can" if self.nodes is None else len(self.nodes)}
+        out = {
+            "preset": self.preset,
+            "activations": "uint8 (per tensor)",
+            "weights": "int8 (per channel)",
+            "quantized_nodes": "every op onnxruntime can" if self.nodes is None else len(self.nodes),
+        }
         if self.preset == "auto":
-            out |= {"kept_float": self.kept_float, "fit": self.fit,
-                    "sensitivity_q90_abs_logit_diff_alone": self.sensitivity}
+            out |= {
+                "kept_float": self.kept_float,
+                "fit": self.fit,
+                "sensitivity_q90_abs_logit_diff_alone": self.sensitivity,
+            }
         return out
 
 
@@ -184,8 +221,13 @@ def _logits(model: onnx.ModelProto, input_name: str, pixels: np.ndarray) -> np.n
     return np.concatenate([session.run(None, {input_name: pixels[i : i + 16]})[0] for i in range(0, len(pixels), 16)])
 
 
-def plan_auto(quantizer: StaticQuantizer, input_name: str, pixels: np.ndarray, target: float,
-              progress: Callable[[str], None] = lambda message: None) -> StaticPlan:
+def plan_auto(
+    quantizer: StaticQuantizer,
+    input_name: str,
+    pixels: np.ndarray,
+    target: float,
+    progress: Callable[[str], None] = lambda message: None,
+) -> StaticPlan:
     """Quantize as much as possible while the calibration logits stay within `target`.
 
     If quantizing every unit meets the target, that is the plan. Otherwise sensitivity is
@@ -228,19 +270,32 @@ def plan_auto(quantizer: StaticQuantizer, input_name: str, pixels: np.ndarray, t
         else:
             low = k + 1
     q90, flips = reached.get(low) or error(nodes_without(low))
-    return StaticPlan("auto", nodes_without(low), kept_float=order[:low],
-                      sensitivity={u: round(alone[u], 5) for u in order},
-                      fit=fit | {"q90_abs_logit_diff": round(q90, 5), "flips": flips})
+    return StaticPlan(
+        "auto",
+        nodes_without(low),
+        kept_float=order[:low],
+        sensitivity={u: round(alone[u], 5) for u in order},
+        fit=fit | {"q90_abs_logit_diff": round(q90, 5), "flips": flips},
+    )
 
 
-def to_int8_static(source: Path, target: Path, input_name: str, pixels: np.ndarray, *, method: str = "minmax",
-                   preset: str = "safe", auto_target: float = 0.19,
-                   progress: Callable[[str], None] = lambda message: None) -> StaticPlan:
+def to_int8_static(
+    source: Path,
+    target: Path,
+    input_name: str,
+    pixels: np.ndarray,
+    *,
+    method: str = "minmax",
+    preset: str = "safe",
+    auto_target: float = 0.19,
+    progress: Callable[[str], None] = lambda message: None,
+) -> StaticPlan:
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        quantizer = StaticQuantizer(source, Path(tmp), input_name, pixels, method,
-                                    op_types=None if preset == "full" else _QUANTIZABLE)
+        quantizer = StaticQuantizer(
+            source, Path(tmp), input_name, pixels, method, op_types=None if preset == "full" else _QUANTIZABLE
+        )
         if preset == "safe":
             plan = StaticPlan("safe", _weight_nodes(quantizer.model))
         elif preset == "auto":

@@ -69,9 +69,12 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
     tf.lite.TFLiteConverter.from_concrete_functions = stop
     with contextlib.suppress(_SavedModelWritten):  # `stop` ends onnx2tf once the SavedModel is on disk
         onnx2tf.convert(
-            input_onnx_file_path=str(onnx_path), output_folder_path=str(savedmodel),
+            input_onnx_file_path=str(onnx_path),
+            output_folder_path=str(savedmodel),
             overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"] if shape else None,
-            output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True, non_verbose=True,
+            output_signaturedefs=True,
+            copy_onnx_input_output_names_to_tflite=True,
+            non_verbose=True,
         )
     if not (savedmodel / "saved_model.pb").is_file():
         raise RuntimeError("onnx2tf did not write a SavedModel")
@@ -98,20 +101,25 @@ def _int8_with_float_islands(converter, representative) -> tuple[bytes, dict]:
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # the float islands need float kernels
     options = tf.lite.experimental.QuantizationDebugOptions
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative,
-                                                         debug_options=options(denylisted_ops=list(INT8_FLOAT_OPS)))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative, debug_options=options(denylisted_ops=list(INT8_FLOAT_OPS))
+    )
     names = [t["name"] for t in Interpreter(model_content=debugger.calibrated_model).get_tensor_details()]
     layer_norm = [n for n in names if LAYER_NORM_NODE in n]
     float_ops = list(INT8_FLOAT_OPS) + ([] if layer_norm else list(LAYER_NORM_OPS))
     debugger.options = options(denylisted_ops=float_ops, denylisted_nodes=layer_norm)
-    plan = {"float_ops": float_ops, "float_layer_norm_nodes": len(layer_norm),
-            "why": "no XNNPACK int8 kernels for LayerNorm, Softmax and GELU (as int8 they run on reference kernels); "
-                   "residual adds and attention matmuls float for accuracy"}
+    plan = {
+        "float_ops": float_ops,
+        "float_layer_norm_nodes": len(layer_norm),
+        "why": "no XNNPACK int8 kernels for LayerNorm, Softmax and GELU (as int8 they run on reference kernels); "
+        "residual adds and attention matmuls float for accuracy",
+    }
     return debugger.get_nondebug_quantized_model(), plan
 
 
-def _to_tflite(savedmodel: Path, target: Path, precision: str, representative: np.ndarray | None,
-               int8_io: bool) -> dict | None:
+def _to_tflite(
+    savedmodel: Path, target: Path, precision: str, representative: np.ndarray | None, int8_io: bool
+) -> dict | None:
     """Write one TFLite variant; returns what quantization decided, for the manifest."""
     import tensorflow as tf
 
@@ -128,6 +136,7 @@ def _to_tflite(savedmodel: Path, target: Path, precision: str, representative: n
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode is Precision.INT8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
         def samples():
             return ([representative[i : i + 1]] for i in range(len(representative)))
 
@@ -158,9 +167,17 @@ def _worker(job: dict) -> dict:
     return {"seconds": results, "quantization": plans}
 
 
-def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, Path], *, input_name: str,
-            shape: tuple[int, int, int], representative: np.ndarray | None,
-            int8_io: bool = False) -> dict[str, dict]:
+def convert(
+    onnx_path: Path,
+    workdir: Path,
+    savedmodel: Path,
+    tflite: dict[str, Path],
+    *,
+    input_name: str,
+    shape: tuple[int, int, int],
+    representative: np.ndarray | None,
+    int8_io: bool = False,
+) -> dict[str, dict]:
     """SavedModel + a TFLite file per requested precision.
 
     Returns {"seconds": {"savedmodel" or precision: s}, "quantization": {precision: plan or None},
@@ -171,13 +188,20 @@ def convert(onnx_path: Path, workdir: Path, savedmodel: Path, tflite: dict[str, 
     shutil.copy2(onnx_path, model)
     dynamic_batch = batch_free(model)
     np.save(workdir / ONNX2TF_SAMPLE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
-    job = {"onnx": model, "savedmodel": savedmodel, "input_name": input_name,
-           "shape": None if dynamic_batch else [1, *shape], "tflite": tflite, "int8_io": int8_io}
+    job = {
+        "onnx": model,
+        "savedmodel": savedmodel,
+        "input_name": input_name,
+        "shape": None if dynamic_batch else [1, *shape],
+        "tflite": tflite,
+        "int8_io": int8_io,
+    }
     if representative is not None:
         np.save(workdir / "representative.npy", representative.astype(np.float32))
         job["representative"] = workdir / "representative.npy"
-    env = child_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                    CUDA_VISIBLE_DEVICES="")
+    env = child_env(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", CUDA_VISIBLE_DEVICES=""
+    )
     result = run_job("vitgender.exporters.tensorflow", job, what="TensorFlow converter", env=env, workdir=workdir)
     return {**result, "dynamic_batch": dynamic_batch}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class ModelType:
     mlp: str = "intermediate"  # the block's MLP module (its first linear + activation)
     # Extra `from_pretrained` arguments. Types that pick their attention class when built (BEiT) load the
     # eager one: switching `config._attn_implementation` later (export, explain) would not reach them.
-    load_options: dict = {}
+    load_options: ClassVar[dict] = {}
 
     # --- loading -------------------------------------------------------------------------------
     def hf_class(self, config: Mapping) -> str:
@@ -63,9 +64,12 @@ class ModelType:
         layer = f"{self.base_prefix}.encoder.layer"
         out = [("embeddings", f"{self.base_prefix}.embeddings")]
         for k in range(num_layers):
-            out += [(f"block {k} attention", f"{layer}.{k}.attention"), (f"block {k} mlp", f"{layer}.{k}.{self.mlp}"),
-                    (f"block {k}", f"{layer}.{k}")]
-        return out + [("final layernorm", self.final_norm(config or {}))]
+            out += [
+                (f"block {k} attention", f"{layer}.{k}.attention"),
+                (f"block {k} mlp", f"{layer}.{k}.{self.mlp}"),
+                (f"block {k}", f"{layer}.{k}"),
+            ]
+        return [*out, ("final layernorm", self.final_norm(config or {}))]
 
     # --- free-batch embeddings (see exporters/onnx_export.py) ----------------------------------
     def prefix_rows(self, embeddings):

@@ -20,8 +20,9 @@ def supported_model_types() -> tuple[str, ...]:
 def model_config(model_type: str | None, source: str = "config.json") -> ModelType:
     """The config of `model_type`; refuses (exit 2, naming the supported ones) a type outside the family."""
     if not isinstance(model_type, str) or model_type not in _REGISTRY:
-        raise CheckpointError(source, f"model_type {model_type!r} is not supported (supported: "
-                                      f"{', '.join(_REGISTRY)})")
+        raise CheckpointError(
+            source, f"model_type {model_type!r} is not supported (supported: " f"{', '.join(_REGISTRY)})"
+        )
     return _REGISTRY[model_type]
 
 

@@ -32,15 +32,30 @@ class ViTArchitecture:
         model_type = config.get("model_type", "vit")
         family = model_config(model_type)
         prefix = config.get("prefix_tokens") or family.prefix_tokens(config)
-        return cls(int(config["patch_size"]), int(config["hidden_size"]), family.intermediate_size(config),
-                   int(config["num_hidden_layers"]), int(config["num_attention_heads"]),
-                   int(config.get("num_channels", 3)), int(labels), model_type, int(prefix))
+        return cls(
+            int(config["patch_size"]),
+            int(config["hidden_size"]),
+            family.intermediate_size(config),
+            int(config["num_hidden_layers"]),
+            int(config["num_attention_heads"]),
+            int(config.get("num_channels", 3)),
+            int(labels),
+            model_type,
+            int(prefix),
+        )
 
     def to_dict(self) -> dict:
-        return {"patch_size": self.patch_size, "hidden_size": self.hidden_size,
-                "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
-                "num_attention_heads": self.num_attention_heads, "num_channels": self.num_channels,
-                "num_labels": self.num_labels, "model_type": self.model_type, "prefix_tokens": self.prefix_tokens}
+        return {
+            "patch_size": self.patch_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_channels": self.num_channels,
+            "num_labels": self.num_labels,
+            "model_type": self.model_type,
+            "prefix_tokens": self.prefix_tokens,
+        }
 
     def patches(self, height: int, width: int) -> int:
         return (height // self.patch_size) * (width // self.patch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class Dinov2(ModelType):
     def readout(self, config: Mapping, hf_class: str, num_tokens: int, num_patches: int) -> np.ndarray:
         weights = np.zeros(num_tokens)
         weights[0] = 0.5
-        weights[num_tokens - num_patches:] = 0.5 / num_patches
+        weights[num_tokens - num_patches :] = 0.5 / num_patches
         return weights
 
     def positions(self, embeddings, height: int, width: int):
@@ -101,13 +102,15 @@ class Beit(ModelType):
     model_type = "beit"
     hf_classes = ("BeitForImageClassification",)
     base_prefix = "beit"
-    load_options = {"attn_implementation": "eager"}  # SDPA reads a Shape (batch-1 TF) and returns no attentions
+    load_options: ClassVar[dict] = {
+        "attn_implementation": "eager"
+    }  # SDPA reads a Shape (batch-1 TF) and returns no attentions
 
     def readout(self, config: Mapping, hf_class: str, num_tokens: int, num_patches: int) -> np.ndarray:
         if not config.get("use_mean_pooling", True):
             return super().readout(config, hf_class, num_tokens, num_patches)
         weights = np.zeros(num_tokens)
-        weights[num_tokens - num_patches:] = 1.0 / num_patches
+        weights[num_tokens - num_patches :] = 1.0 / num_patches
         return weights
 
     def final_norm(self, config: Mapping) -> str:
@@ -118,9 +121,12 @@ class Beit(ModelType):
             return None
         import torch
 
-        patches = (height // embeddings.patch_embeddings.patch_size[0]) * (width // embeddings.patch_embeddings.patch_size[1])
-        return embeddings.interpolate_pos_encoding(torch.zeros(1, 1 + patches, embeddings.cls_token.shape[-1]),
-                                                   height, width)
+        patches = (height // embeddings.patch_embeddings.patch_size[0]) * (
+            width // embeddings.patch_embeddings.patch_size[1]
+        )
+        return embeddings.interpolate_pos_encoding(
+            torch.zeros(1, 1 + patches, embeddings.cls_token.shape[-1]), height, width
+        )
 
     def patch_tokens(self, embeddings, pixel_values):
         return embeddings.patch_embeddings(pixel_values)[0]

@@ -8,25 +8,33 @@ from vitgender.reporting import figures
 def header(report: dict) -> str:
     """The machine, its measured roofs and the workload: what every ratio below is relative to."""
     m, roofs = report["machine"], report["roofs"]["roofs"]
-    measured = "; ".join(f"{arith} {r['gops']:.0f} GOP/s ({r['library']}, {r['shape']} GEMM)" for arith, r in roofs.items())
+    measured = "; ".join(
+        f"{arith} {r['gops']:.0f} GOP/s ({r['library']}, {r['shape']} GEMM)" for arith, r in roofs.items()
+    )
     signed = report["roofs"]["measured"]["vit_mlp"].get("int8_s8s8", {}).get("onnxruntime")
     if signed:  # why quantized artifacts take uint8 activations
         measured += f" (onnxruntime int8 x int8: {signed:.0f} GOP/s)"
-    return (f"machine: {m['cpu']}, {m['cores']} cores, ISA flags: {' '.join(m['isa']) or 'none detected'}; "
-            f"threads {report['threads']}\nmeasured roofs: {measured}\n"
-            f"{report['gflop_per_image']} GFLOP/image; top-1 agreement with PyTorch on the "
-            f"{report['reference']['images']} '{report['reference']['set']}' reference faces")
+    return (
+        f"machine: {m['cpu']}, {m['cores']} cores, ISA flags: {' '.join(m['isa']) or 'none detected'}; "
+        f"threads {report['threads']}\nmeasured roofs: {measured}\n"
+        f"{report['gflop_per_image']} GFLOP/image; top-1 agreement with PyTorch on the "
+        f"{report['reference']['images']} '{report['reference']['set']}' reference faces"
+    )
 
 
 def table(report: dict) -> str:
-    lines = ["| candidate | computes in | batch | images/s | p50 ms | p90 ms | × PyTorch | GOP/s | % of roof | "
-             "top-1 agreement | RSS MB | MB on disk | load s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| candidate | computes in | batch | images/s | p50 ms | p90 ms | × PyTorch | GOP/s | % of roof | "
+        "top-1 agreement | RSS MB | MB on disk | load s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
-        lines.append(f"| {r['name']} | {r['precision']} | {r['batch_size']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
-                     f"{r['p90_ms']:.1f} | {r['ratio_vs_torch']:.2f} | {r['gflops']:.0f} | "
-                     f"{r['pct_of_roof']:.0f}% of {r['arithmetic']} | {r['top1_agreement']:.1%} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['bytes'] / 2**20:.1f} | {r['load_seconds']:.1f} |")
+        lines.append(
+            f"| {r['name']} | {r['precision']} | {r['batch_size']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
+            f"{r['p90_ms']:.1f} | {r['ratio_vs_torch']:.2f} | {r['gflops']:.0f} | "
+            f"{r['pct_of_roof']:.0f}% of {r['arithmetic']} | {r['top1_agreement']:.1%} | {r['peak_rss_mb']:.0f} | "
+            f"{r['bytes'] / 2**20:.1f} | {r['load_seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -36,5 +44,7 @@ def plot_svg(report: dict) -> str:
     at_largest = {r["name"]: r for r in report["results"] if r["batch_size"] == largest}
     names = sorted(at_largest, key=lambda n: at_largest[n]["images_per_s"])
     throughput = {n: {r["batch_size"]: r["images_per_s"] for r in report["results"] if r["name"] == n} for n in names}
-    roof = {n: (at_largest[n]["pct_of_roof"], at_largest[n]["arithmetic"], at_largest[n]["top1_agreement"]) for n in names}
+    roof = {
+        n: (at_largest[n]["pct_of_roof"], at_largest[n]["arithmetic"], at_largest[n]["top1_agreement"]) for n in names
+    }
     return figures.bench(names, throughput, roof, largest)

@@ -41,8 +41,9 @@ def describe(explanation: Explanation, min_confidence: float | None = None) -> s
     return f"uncertain ({text})" if is_uncertain(explanation, min_confidence) else text
 
 
-def caption(explanations: Sequence[Explanation], method: str, min_confidence: float | None = None,
-            faces: bool = False) -> str:
+def caption(
+    explanations: Sequence[Explanation], method: str, min_confidence: float | None = None, faces: bool = False
+) -> str:
     if faces:
         if not explanations:
             return f"no face found · {method}"
@@ -87,9 +88,15 @@ def _grid_extent(explanation: Explanation, input_size: tuple[int, int], patch: i
     return min(1.0, grid_w * patch / input_size[0]), min(1.0, grid_h * patch / input_size[1])
 
 
-def overlay(image: Image.Image, explanations: Sequence[Explanation], text: str, *,
-            input_size: tuple[int, int] | None = None, patch: int | None = None,
-            max_side: int = MAX_SIDE) -> Image.Image:
+def overlay(
+    image: Image.Image,
+    explanations: Sequence[Explanation],
+    text: str,
+    *,
+    input_size: tuple[int, int] | None = None,
+    patch: int | None = None,
+    max_side: int = MAX_SIDE,
+) -> Image.Image:
     """The image (shrunk to `max_side`) with each map blended over the area the model saw, face
     boxes drawn and numbered, and `text` in a caption strip below.
 
@@ -203,24 +210,33 @@ def _card_html(card: Card) -> str:
 def contact_sheet(cards: Sequence[Card], *, model: str, method: str, min_confidence: float | None = None) -> str:
     """The HTML page: flagged cards (uncertain or wrong) first when `min_confidence` is given, else
     input order; buttons re-sort by score without reloading."""
-    ordered = sorted(cards, key=lambda c: (not (c.flags or c.error), c.order)) if min_confidence is not None \
+    ordered = (
+        sorted(cards, key=lambda c: (not (c.flags or c.error), c.order))
+        if min_confidence is not None
         else sorted(cards, key=lambda c: c.order)
+    )
     failed = sum(c.error is not None for c in cards)
     flagged = sum(bool(c.flags) for c in cards)
     summary = f"inputs: {len(cards)}, unreadable: {failed}"
     if min_confidence is not None:
-        summary += (f", flagged: {flagged} (uncertain below {min_confidence:g}, contradicting the label the "
-                    "data states, or no face found)")
-    buttons = ('<button onclick="sortCards(\'order\', 1)">input order</button>'
-               '<button onclick="sortCards(\'score\', 1)">score: lowest first</button>'
-               '<button onclick="sortCards(\'score\', -1)">score: highest first</button>'
-               '<button onclick="sortCards(\'flag\', 1)">flagged first</button>')
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>vitgender explanations</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
-            f"<h1>vitgender explain</h1><p>model: {escape(model)}; method: {escape(method)}; {escape(summary)}. "
-            f"Brighter = {escape(MEANING.get(method, 'more weight in the map'))}; colours are scaled to each "
-            "map's own peak, so compare places within an image, not heat across images.</p>"
-            f"<p>{buttons}</p><div id='cards'>{''.join(_card_html(c) for c in ordered)}</div></body></html>\n")
+        summary += (
+            f", flagged: {flagged} (uncertain below {min_confidence:g}, contradicting the label the "
+            "data states, or no face found)"
+        )
+    buttons = (
+        "<button onclick=\"sortCards('order', 1)\">input order</button>"
+        "<button onclick=\"sortCards('score', 1)\">score: lowest first</button>"
+        "<button onclick=\"sortCards('score', -1)\">score: highest first</button>"
+        "<button onclick=\"sortCards('flag', 1)\">flagged first</button>"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>vitgender explanations</title>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
+        f"<h1>vitgender explain</h1><p>model: {escape(model)}; method: {escape(method)}; {escape(summary)}. "
+        f"Brighter = {escape(MEANING.get(method, 'more weight in the map'))}; colours are scaled to each "
+        "map's own peak, so compare places within an image, not heat across images.</p>"
+        f"<p>{buttons}</p><div id='cards'>{''.join(_card_html(c) for c in ordered)}</div></body></html>\n"
+    )
 
 
 SHEET = "index.html"
@@ -269,8 +285,9 @@ class SheetWriter:
             self.cards.append(Card(item.name, order, error=item.error))
             return
         text = caption(item.explanations, self.method, self.min_confidence, self.faces)
-        picture = overlay(item.image, item.explanations, text, input_size=self.explainer.input_size,
-                          patch=self.explainer.patch_size)
+        picture = overlay(
+            item.image, item.explanations, text, input_size=self.explainer.input_size, patch=self.explainer.patch_size
+        )
         file = _file_name(order, item.name)
         (self.folder / file).write_bytes(png_bytes(picture))
         self.written += 1
@@ -279,6 +296,8 @@ class SheetWriter:
 
     def close(self, model: str) -> Path:
         path = self.folder / SHEET
-        path.write_text(contact_sheet(self.cards, model=model, method=self.method, min_confidence=self.min_confidence),
-                        encoding="utf-8")
+        path.write_text(
+            contact_sheet(self.cards, model=model, method=self.method, min_confidence=self.min_confidence),
+            encoding="utf-8",
+        )
         return path

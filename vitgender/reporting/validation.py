@@ -14,8 +14,8 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from vitgender.reporting import figures
-from vitgender.validators.metrics import METRICS
 from vitgender.validators.checks import ArtifactResult, ValidationResult
+from vitgender.validators.metrics import METRICS
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -86,23 +86,32 @@ def _budgeted(a: ArtifactResult) -> str:
 
 
 def markdown(result: ValidationResult) -> str:
-    lines = [f"## vitgender parity report: {'PASSED' if result.passed else 'FAILED'}", "",
-             f"{result.images['count']} reference images from {_code(_relative(result.images['folder']))} "
-             f"({result.images['labelled']} labelled); reference = {_text(_reference_name(result))} "
-             f"({_fmt(result.torch['latency_ms_per_image'], 3)} ms/image).", ""]
+    lines = [
+        f"## vitgender parity report: {'PASSED' if result.passed else 'FAILED'}",
+        "",
+        f"{result.images['count']} reference images from {_code(_relative(result.images['folder']))} "
+        f"({result.images['labelled']} labelled); reference = {_text(_reference_name(result))} "
+        f"({_fmt(result.torch['latency_ms_per_image'], 3)} ms/image).",
+        "",
+    ]
     notes = [f"> {_text(note)}" for note in [result.images.get("note"), *result.notes] if note]
-    lines += [*notes, *([""] if notes else []),
-              "| artifact | precision | result | tightest budget (share used) | top-1 agreement | flips (confident) "
-              "| accuracy torch → artifact | ms/image |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        *notes,
+        *([""] if notes else []),
+        "| artifact | precision | result | tightest budget (share used) | top-1 agreement | flips (confident) "
+        "| accuracy torch → artifact | ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for a in result.artifacts:
         m = a.metrics
         acc = a.accuracy
         acc_text = f"{acc['torch']['accuracy']:.3f} → {acc['artifact']['accuracy']:.3f}" if acc else "-"
         agreement = _agreement(a)
         flips = f"{len(m['flips'])} ({m['confident_flips']})" if m else "-"
-        lines.append(f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | {_tightest(a)} | "
-                     f"{agreement} | {flips} | {acc_text} | {_metric(a, 'latency_ms_per_image', 3)} |")
+        lines.append(
+            f"| {_text(a.name)} | {a.precision} | {'✅ pass' if a.passed else '❌ FAIL'} | {_tightest(a)} | "
+            f"{agreement} | {flips} | {acc_text} | {_metric(a, 'latency_ms_per_image', 3)} |"
+        )
     lines += ["", "### Budgets per artifact (value vs budget, share of the budget used; over 100% fails)", ""]
     lines += [f"- {_text(a.name)}: {_budgeted(a)}" for a in result.artifacts if a.checks]
     failing = [a for a in result.artifacts if not a.passed]
@@ -117,16 +126,21 @@ def markdown(result: ValidationResult) -> str:
             if d is None:
                 lines.append(f"- {_text(a.name)}: no stage differs beyond float32 rounding")
                 continue
-            lines.append(f"- {_text(a.name)}: divergence starts at **{d['stage']}** (relative error "
-                         f"{d['relative_l2']:.3g}, {d['growth']:.3g}x the stage before); logits "
-                         f"{a.localization['stages'][-1]['relative_l2']:.3g}")
+            lines.append(
+                f"- {_text(a.name)}: divergence starts at **{d['stage']}** (relative error "
+                f"{d['relative_l2']:.3g}, {d['growth']:.3g}x the stage before); logits "
+                f"{a.localization['stages'][-1]['relative_l2']:.3g}"
+            )
     lines += ["", "### Worst images per artifact", ""]
     for a in result.artifacts:
         if not a.metrics:
             continue
-        worst = ", ".join(f"{_code(w['image'])} ({_fmt(w['max_abs_logit_diff'])})" for w in a.metrics["worst_images"][:3])
-        flips = ", ".join(f"{_code(f['image'])} {_text(f['reference'])}→{_text(f['artifact'])}"
-                          for f in a.metrics["flips"][:5])
+        worst = ", ".join(
+            f"{_code(w['image'])} ({_fmt(w['max_abs_logit_diff'])})" for w in a.metrics["worst_images"][:3]
+        )
+        flips = ", ".join(
+            f"{_code(f['image'])} {_text(f['reference'])}→{_text(f['artifact'])}" for f in a.metrics["flips"][:5]
+        )
         lines.append(f"- {_text(a.name)}: {worst}" + (f"; flipped: {flips}" if flips else ""))
     return "\n".join(lines) + "\n"
 
@@ -154,35 +168,59 @@ def _image_cards(folder: str, items: list[dict]) -> str:
     cards = []
     for item in items:
         label = item.get("label", "label 0")  # reports of schema 2 gave P(label 0)
-        caption = (f"PyTorch {item['reference']} {item['reference_prob']:.2f} → artifact {item['artifact']} "
-                   f"({item['artifact_prob']:.2f} for {item['reference']})" if "reference" in item else
-                   f"|Δlogit| {_fmt(item['max_abs_logit_diff'])}; P({label}) PyTorch {item['torch_prob']:.3f}, "
-                   f"artifact {item['artifact_prob']:.3f}")
-        cards.append(f"<figure>{_thumbnail(folder, item['image'])}<figcaption><code>{escape(item['image'])}</code>"
-                     f"<br>{escape(caption)}</figcaption></figure>")
+        caption = (
+            f"PyTorch {item['reference']} {item['reference_prob']:.2f} → artifact {item['artifact']} "
+            f"({item['artifact_prob']:.2f} for {item['reference']})"
+            if "reference" in item
+            else f"|Δlogit| {_fmt(item['max_abs_logit_diff'])}; P({label}) PyTorch {item['torch_prob']:.3f}, "
+            f"artifact {item['artifact_prob']:.3f}"
+        )
+        cards.append(
+            f"<figure>{_thumbnail(folder, item['image'])}<figcaption><code>{escape(item['image'])}</code>"
+            f"<br>{escape(caption)}</figcaption></figure>"
+        )
     return f"<div class='cards'>{''.join(cards)}</div>"
 
 
 def _charts(a: ArtifactResult) -> list[str]:
     if not a.metrics:
         return []
-    charts = [figures.histogram(a.histogram["log10_edges"], a.histogram["counts"], f"{a.name}: |logit diff|",
-                                "log10 |PyTorch - artifact| per logit"),
-              figures.scatter(a.probabilities["torch"], a.probabilities["artifact"], f"{a.name}: P(PyTorch's class)",
-                              "PyTorch", "artifact")]
+    charts = [
+        figures.histogram(
+            a.histogram["log10_edges"],
+            a.histogram["counts"],
+            f"{a.name}: |logit diff|",
+            "log10 |PyTorch - artifact| per logit",
+        ),
+        figures.scatter(
+            a.probabilities["torch"],
+            a.probabilities["artifact"],
+            f"{a.name}: P(PyTorch's class)",
+            "PyTorch",
+            "artifact",
+        ),
+    ]
     deltas = [d for d in a.group_deltas or [] if set(d["group"]) in ({"race"}, {"gender"}, {"gender", "race"})]
     if deltas:
-        charts.append(figures.deltas([" ".join(d["group"].values()) for d in deltas], [d["delta"] for d in deltas],
-                                     [d["n"] for d in deltas], f"{a.name}: accuracy change per group"))
+        charts.append(
+            figures.deltas(
+                [" ".join(d["group"].values()) for d in deltas],
+                [d["delta"] for d in deltas],
+                [d["n"] for d in deltas],
+                f"{a.name}: accuracy change per group",
+            )
+        )
     if a.localization and a.localization["stages"]:
         charts.append(figures.stage_curve(a.localization["stages"], f"{a.name}: error by stage"))
     return charts
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}.ok{color:#2a7a2a}.bad{color:#b00}"
-         ".charts,.cards{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}table{border-collapse:collapse}"
-         "td,th{border:1px solid #ccc;padding:2px 6px}figure{margin:0;width:170px;font-size:11px}"
-         "section{border-top:1px solid #ddd;margin-top:1.5em}figure code{word-break:break-all}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}.ok{color:#2a7a2a}.bad{color:#b00}"
+    ".charts,.cards{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:2px 6px}figure{margin:0;width:170px;font-size:11px}"
+    "section{border-top:1px solid #ddd;margin-top:1.5em}figure code{word-break:break-all}"
+)
 
 
 def _agreement(a: ArtifactResult) -> str:
@@ -192,12 +230,18 @@ def _agreement(a: ArtifactResult) -> str:
 def html(result: ValidationResult) -> str:
     rows = []
     for a in result.artifacts:
-        rows.append(f"<tr><td><a href='#{escape(a.name)}'>{escape(a.name)}</a></td><td>{escape(a.precision)}</td>"
-                    f"<td class='{'ok' if a.passed else 'bad'}'>{'PASS' if a.passed else 'FAIL'}</td>"
-                    f"<td>{escape(_tightest(a))}</td><td>{_agreement(a)}</td>"
-                    f"<td>{escape(_budgeted(a).replace('**', ''))}</td><td>{_metric(a, 'latency_ms_per_image', 3)}</td></tr>")
-    summary = ("<table><tr><th>artifact</th><th>precision</th><th>verdict</th>"
-               "<th>tightest budget</th><th>top-1 agreement</th><th>budgeted figures (value vs budget, share used)</th><th>ms/image</th></tr>" + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td><a href='#{escape(a.name)}'>{escape(a.name)}</a></td><td>{escape(a.precision)}</td>"
+            f"<td class='{'ok' if a.passed else 'bad'}'>{'PASS' if a.passed else 'FAIL'}</td>"
+            f"<td>{escape(_tightest(a))}</td><td>{_agreement(a)}</td>"
+            f"<td>{escape(_budgeted(a).replace('**', ''))}</td><td>{_metric(a, 'latency_ms_per_image', 3)}</td></tr>"
+        )
+    summary = (
+        "<table><tr><th>artifact</th><th>precision</th><th>verdict</th>"
+        "<th>tightest budget</th><th>top-1 agreement</th><th>budgeted figures (value vs budget, share used)</th><th>ms/image</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
     sections = []
     for a in result.artifacts:
         failures = "".join(f"<li>{escape(f)}</li>" for f in a.failures)
@@ -210,7 +254,8 @@ def html(result: ValidationResult) -> str:
             + f"<p>Weights by dtype: {escape(json.dumps((a.inventory or {}).get('weight_share_by_dtype', {})))}</p>"
             + f"<div class='charts'>{''.join(_charts(a))}</div>"
             + (f"<h3>Flipped images</h3>{flips}" if a.metrics and a.metrics["flips"] else "")
-            + (f"<h3>Largest differences</h3>{worst}" if worst else "") + "</section>"
+            + (f"<h3>Largest differences</h3>{worst}" if worst else "")
+            + "</section>"
         )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>vitgender parity report</title><style>{STYLE}</style>"

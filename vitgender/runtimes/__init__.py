@@ -6,11 +6,38 @@ to the capabilities each `Runtime` declares, so a new runtime is one new module 
 `register_runtime` call, not a special case elsewhere.
 """
 
-from vitgender.runtimes.base import (Runner, RunnerInfo, Runtime, can_localize, default_threads,
-                                     file_inventory, get_runtime, open_runner, read_metadata, register_runtime,
-                                     runner_input, runtime_for, runtime_help, runtime_names)
+from vitgender.runtimes.base import (
+    Runner,
+    RunnerInfo,
+    Runtime,
+    can_localize,
+    default_threads,
+    file_inventory,
+    get_runtime,
+    open_runner,
+    read_metadata,
+    register_runtime,
+    runner_input,
+    runtime_for,
+    runtime_help,
+    runtime_names,
+)
 from vitgender.runtimes.lifecycle import Closing
 
-__all__ = ["Closing", "Runner", "RunnerInfo", "Runtime", "can_localize", "default_threads", "file_inventory",
-           "get_runtime", "open_runner", "read_metadata", "register_runtime", "runner_input", "runtime_for", "runtime_help",
-           "runtime_names"]
+__all__ = [
+    "Closing",
+    "Runner",
+    "RunnerInfo",
+    "Runtime",
+    "can_localize",
+    "default_threads",
+    "file_inventory",
+    "get_runtime",
+    "open_runner",
+    "read_metadata",
+    "register_runtime",
+    "runner_input",
+    "runtime_for",
+    "runtime_help",
+    "runtime_names",
+]

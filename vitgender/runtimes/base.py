@@ -129,12 +129,15 @@ def get_runtime(name: str) -> Runtime:
 
 def runtime_help() -> str:
     """`--runtime` help, generated from the registry so it names every runtime."""
-    return "; ".join(f"{r.name} ({r.files})" for r in sorted(_REGISTRY.values(), key=lambda r: r.name)) + \
-        ". Default: by --model's file type."
+    return (
+        "; ".join(f"{r.name} ({r.files})" for r in sorted(_REGISTRY.values(), key=lambda r: r.name))
+        + ". Default: by --model's file type."
+    )
 
 
-def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = None, alpha: str | None = None,
-                **options) -> Runner:
+def open_runner(
+    runtime: str, source: str | Path | None, *, tta: str | None = None, alpha: str | None = None, **options
+) -> Runner:
     """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging, and `alpha`
     replaces the alpha policy the model or artifact records (see `vitgender.preprocess`).
 
@@ -145,8 +148,11 @@ def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = No
     spec = get_runtime(runtime)
     refused = sorted(k for k, v in options.items() if k not in spec.options and v not in (None, False))
     if refused:
-        raise UsageError(str(source), f"the {runtime} runtime does not take {', '.join(refused)} "
-                                      f"(it takes: {', '.join(sorted(spec.options)) or 'no options'})")
+        raise UsageError(
+            str(source),
+            f"the {runtime} runtime does not take {', '.join(refused)} "
+            f"(it takes: {', '.join(sorted(spec.options)) or 'no options'})",
+        )
     taken = {k: v for k, v in options.items() if k in spec.options}
     if "threads" in spec.options and not taken.get("threads"):
         taken["threads"] = default_threads()
@@ -165,8 +171,9 @@ def open_runner(runtime: str, source: str | Path | None, *, tta: str | None = No
     return with_tta(runner, tta)
 
 
-def read_metadata(runtime: str, source: str | Path | None, *,
-                  allow_pickle: bool = False) -> tuple[tuple[str, ...], PreprocessConfig]:
+def read_metadata(
+    runtime: str, source: str | Path | None, *, allow_pickle: bool = False
+) -> tuple[tuple[str, ...], PreprocessConfig]:
     """A model's labels and preprocessing, read from its metadata (no weights loaded, no runner opened).
 
     `allow_pickle` reaches the checkpoint reader (torch only, as in `open_runner`)."""
@@ -175,8 +182,9 @@ def read_metadata(runtime: str, source: str | Path | None, *,
     return get_runtime(runtime).metadata(source)
 
 
-def _checkpoint_metadata(source: str | Path | None,
-                         allow_pickle: bool = False) -> tuple[tuple[str, ...], PreprocessConfig]:
+def _checkpoint_metadata(
+    source: str | Path | None, allow_pickle: bool = False
+) -> tuple[tuple[str, ...], PreprocessConfig]:
     from vitgender.checkpoint import open_checkpoint
 
     checkpoint = open_checkpoint(source, allow_pickle=allow_pickle)  # config and headers; pickle refused unless allowed
@@ -223,19 +231,53 @@ def _reader(module: str, function: str) -> Inventory:
     return lambda path: found()(path)
 
 
-register_runtime(Runtime("onnx", _opener("vitgender.runtimes.onnx_runner", "OnnxRunner"),
-                         lambda p: p.suffix == ".onnx", ".onnx files, ONNX Runtime CPU", stages=True,
-                         inventory=_reader("vitgender.runtimes.onnx_runner", "inventory")))
-register_runtime(Runtime("tflite", _opener("vitgender.runtimes.tflite_runner", "TfliteRunner"),
-                         lambda p: p.suffix == ".tflite", ".tflite files, LiteRT XNNPACK", stages=True,
-                         inventory=_reader("vitgender.runtimes.tflite_runner", "inventory")))
-register_runtime(Runtime("savedmodel", _opener("vitgender.runtimes.savedmodel_runner", "SavedModelRunner"),
-                         lambda p: (p / "saved_model.pb").is_file(), "SavedModel folders, TensorFlow",
-                         inventory=_reader("vitgender.runtimes.savedmodel_runner", "inventory")))
-register_runtime(Runtime("executorch", _opener("vitgender.runtimes.executorch_runner", "ExecuTorchRunner"),
-                         lambda p: p.suffix == ".pte", ".pte programs, ExecuTorch XNNPACK",
-                         inventory=_reader("vitgender.runtimes.executorch_runner", "inventory")))
-register_runtime(Runtime("torch", _opener("vitgender.runtimes.torch_runner", "TorchRunner"),
-                         lambda p: (p / "config.json").is_file(), "HF checkpoints, PyTorch eager",
-                         options=frozenset({"threads", "allow_pickle"}), stages=True, fp16_arithmetic=True,
-                         metadata=_checkpoint_metadata))
+register_runtime(
+    Runtime(
+        "onnx",
+        _opener("vitgender.runtimes.onnx_runner", "OnnxRunner"),
+        lambda p: p.suffix == ".onnx",
+        ".onnx files, ONNX Runtime CPU",
+        stages=True,
+        inventory=_reader("vitgender.runtimes.onnx_runner", "inventory"),
+    )
+)
+register_runtime(
+    Runtime(
+        "tflite",
+        _opener("vitgender.runtimes.tflite_runner", "TfliteRunner"),
+        lambda p: p.suffix == ".tflite",
+        ".tflite files, LiteRT XNNPACK",
+        stages=True,
+        inventory=_reader("vitgender.runtimes.tflite_runner", "inventory"),
+    )
+)
+register_runtime(
+    Runtime(
+        "savedmodel",
+        _opener("vitgender.runtimes.savedmodel_runner", "SavedModelRunner"),
+        lambda p: (p / "saved_model.pb").is_file(),
+        "SavedModel folders, TensorFlow",
+        inventory=_reader("vitgender.runtimes.savedmodel_runner", "inventory"),
+    )
+)
+register_runtime(
+    Runtime(
+        "executorch",
+        _opener("vitgender.runtimes.executorch_runner", "ExecuTorchRunner"),
+        lambda p: p.suffix == ".pte",
+        ".pte programs, ExecuTorch XNNPACK",
+        inventory=_reader("vitgender.runtimes.executorch_runner", "inventory"),
+    )
+)
+register_runtime(
+    Runtime(
+        "torch",
+        _opener("vitgender.runtimes.torch_runner", "TorchRunner"),
+        lambda p: (p / "config.json").is_file(),
+        "HF checkpoints, PyTorch eager",
+        options=frozenset({"threads", "allow_pickle"}),
+        stages=True,
+        fp16_arithmetic=True,
+        metadata=_checkpoint_metadata,
+    )
+)

@@ -19,9 +19,9 @@ from vitgender.errors import ToolchainError, UsageError
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.lifecycle import Closing
 from vitgender.runtimes.sidecar import read_sidecar
+from vitgender.runtimes.weights import weight_inventory
 from vitgender.toolchains.executorch_worker import receive_array, send_array
 from vitgender.toolchains.processes import stderr_tail
-from vitgender.runtimes.weights import weight_inventory
 from vitgender.toolchains.side_env import EXECUTORCH_NOISE, run_executorch_job, start_executorch_worker
 
 
@@ -42,8 +42,17 @@ class ExecuTorchRunner(Closing):
             raise UsageError(str(path), "not an ExecuTorch program (.pte)")
         sidecar = read_sidecar(path)
         process = start_executorch_worker(path, threads)
-        runner = cls(process, RunnerInfo("executorch", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
-                                         architecture=sidecar.architecture))
+        runner = cls(
+            process,
+            RunnerInfo(
+                "executorch",
+                sidecar.labels,
+                sidecar.preprocess,
+                str(path),
+                sidecar.precision,
+                architecture=sidecar.architecture,
+            ),
+        )
         runner._receive()  # the worker says it is ready once the program is loaded
         return runner
 
@@ -53,8 +62,9 @@ class ExecuTorchRunner(Closing):
         except (EOFError, OSError, ValueError):
             self._process.kill()
             why = stderr_tail(self._process.stderr.read().decode(errors="replace"), EXECUTORCH_NOISE, lines=1)
-            raise ToolchainError(self.info.source, "ExecuTorch worker failed: " + (why or
-                                 f"exit code {self._process.wait()}")[:300]) from None
+            raise ToolchainError(
+                self.info.source, "ExecuTorch worker failed: " + (why or f"exit code {self._process.wait()}")[:300]
+            ) from None
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         try:
@@ -76,6 +86,7 @@ class ExecuTorchRunner(Closing):
 
 def inventory(path: Path) -> dict:
     """Weight bytes by dtype from the XNNPACK graphs inside the .pte (decoded in the ExecuTorch environment)."""
-    found = run_executorch_job("inventory", {"pte": Path(path)},
-                               what=f"{path}: reading the ExecuTorch program's weights")
+    found = run_executorch_job(
+        "inventory", {"pte": Path(path)}, what=f"{path}: reading the ExecuTorch program's weights"
+    )
     return weight_inventory(found["weight_bytes_by_dtype"], found["op_counts"], delegates=found["delegates"])

@@ -23,8 +23,17 @@ from vitgender.runtimes.sidecar import read_sidecar
 from vitgender.runtimes.weights import weight_inventory
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-             "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+QUANT_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+}
 EXPORT_PREFIX = "model."  # the exporter wraps the HF model as `model` (vitgender.exporters.onnx_export)
 
 
@@ -58,9 +67,19 @@ class OnnxRunner(Closing):
             raise UsageError(str(path), f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
         sidecar = read_sidecar(path)
         raw = session.get_inputs()[0].type == "tensor(uint8)"
-        return cls(session, RunnerInfo("onnx", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
-                                       raw_input=raw, architecture=sidecar.architecture,
-                                       batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC))
+        return cls(
+            session,
+            RunnerInfo(
+                "onnx",
+                sidecar.labels,
+                sidecar.preprocess,
+                str(path),
+                sidecar.precision,
+                raw_input=raw,
+                architecture=sidecar.architecture,
+                batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC,
+            ),
+        )
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
@@ -82,11 +101,12 @@ class OnnxRunner(Closing):
         existing = {o.name for o in model.graph.output}
         for tensor in tensors.values():
             if tensor not in existing:
-                model.graph.output.append(helper.make_tensor_value_info(tensor, types.get(tensor, onnx.TensorProto.FLOAT),
-                                                                        None))
+                model.graph.output.append(
+                    helper.make_tensor_value_info(tensor, types.get(tensor, onnx.TensorProto.FLOAT), None)
+                )
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(list(tensors.values()), {self._input: inputs.astype(self._dtype, copy=False)})
-        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(tensors, values)}
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(tensors, values, strict=False)}
 
 
 def _scopes(node) -> list[str]:

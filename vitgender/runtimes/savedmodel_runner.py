@@ -40,8 +40,14 @@ class SavedModelRunner(Closing):
             tf.config.threading.set_inter_op_parallelism_threads(1)
         loaded = tf.saved_model.load(str(path))
         sidecar = read_sidecar(path)
-        info = RunnerInfo("savedmodel", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
-                          architecture=sidecar.architecture)
+        info = RunnerInfo(
+            "savedmodel",
+            sidecar.labels,
+            sidecar.preprocess,
+            str(path),
+            sidecar.precision,
+            architecture=sidecar.architecture,
+        )
         runner = cls(loaded.signatures["serving_default"], info)
         runner._loaded = loaded  # keep the trackable alive as long as the signature
         return runner

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitgender.models import ViTArchitecture
 from vitgender.errors import UsageError
+from vitgender.models import ViTArchitecture
 from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig
 
@@ -37,8 +37,12 @@ def write_sidecar(artifact: Path, sidecar: Sidecar, input_spec: dict) -> Path:
         "preprocessor": sidecar.preprocess.to_sidecar(),
         "precision": sidecar.precision.value,
         "input": input_spec,
-        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(sidecar.labels)],
-                   "meaning": "unnormalised scores in label order; apply softmax for probabilities"},
+        "output": {
+            "name": "logits",
+            "dtype": "float32",
+            "shape": ["batch", len(sidecar.labels)],
+            "meaning": "unnormalised scores in label order; apply softmax for probabilities",
+        },
     }
     if sidecar.architecture is not None:
         data["architecture"] = sidecar.architecture.to_dict()
@@ -49,16 +53,22 @@ def write_sidecar(artifact: Path, sidecar: Sidecar, input_spec: dict) -> Path:
 def read_sidecar(artifact: Path) -> Sidecar:
     path = sidecar_path(artifact)
     if not path.is_file():
-        raise UsageError(str(artifact), f"no {path.name} beside it (labels and preprocessing are unknown); "
-                                        "export with 'vitgender export'")
+        raise UsageError(
+            str(artifact),
+            f"no {path.name} beside it (labels and preprocessing are unknown); " "export with 'vitgender export'",
+        )
     try:
         data = json.loads(path.read_bytes())
         labels = data["labels"]
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
             raise ValueError("labels must be a non-empty list of strings")
         architecture = ViTArchitecture.from_config(data["architecture"]) if "architecture" in data else None
-        return Sidecar(tuple(labels), PreprocessConfig.from_dict(data["preprocessor"]),
-                       Precision.parse(data.get("precision", "fp32")), architecture)
+        return Sidecar(
+            tuple(labels),
+            PreprocessConfig.from_dict(data["preprocessor"]),
+            Precision.parse(data.get("precision", "fp32")),
+            architecture,
+        )
     except UsageError as exc:
         raise UsageError(str(path), exc.why) from None
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeDecodeError) as exc:

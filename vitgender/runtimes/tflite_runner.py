@@ -42,8 +42,9 @@ class TfliteRunner(Closing):
         return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
 
     @classmethod
-    def open(cls, source: str | os.PathLike | None, *, threads: int | None = None,
-             keep_intermediates: bool = False) -> TfliteRunner:
+    def open(
+        cls, source: str | os.PathLike | None, *, threads: int | None = None, keep_intermediates: bool = False
+    ) -> TfliteRunner:
         """`keep_intermediates` keeps every tensor readable after `run` (for stage activations; slower)."""
         from ai_edge_litert.interpreter import Interpreter
 
@@ -52,14 +53,26 @@ class TfliteRunner(Closing):
             raise UsageError(str(source), "no such .tflite file")
         try:
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-                interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads(),
-                                          experimental_preserve_all_tensors=keep_intermediates)
+                interpreter = Interpreter(
+                    model_path=str(path),
+                    num_threads=threads or default_threads(),
+                    experimental_preserve_all_tensors=keep_intermediates,
+                )
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(path), f"LiteRT cannot load it ({str(exc).splitlines()[0][:200]})") from None
         sidecar = read_sidecar(path)
-        return cls(interpreter, RunnerInfo("tflite", sidecar.labels, sidecar.preprocess, str(path), sidecar.precision,
-                                         architecture=sidecar.architecture))
+        return cls(
+            interpreter,
+            RunnerInfo(
+                "tflite",
+                sidecar.labels,
+                sidecar.preprocess,
+                str(path),
+                sidecar.precision,
+                architecture=sidecar.architecture,
+            ),
+        )
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         dtype = self._input["dtype"]
@@ -116,8 +129,17 @@ class TfliteRunner(Closing):
 
 
 # TFLite TensorType enum values (tensorflow/lite/schema/schema.fbs).
-_TFLITE_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8",
-                 10: "float64"}
+_TFLITE_TYPES = {
+    0: "float32",
+    1: "float16",
+    2: "int32",
+    3: "uint8",
+    4: "int64",
+    6: "bool",
+    7: "int16",
+    9: "int8",
+    10: "float64",
+}
 
 
 def inventory(path: Path) -> dict:

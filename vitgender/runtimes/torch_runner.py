@@ -20,7 +20,9 @@ class TorchRunner(Closing):
             torch.set_num_threads(threads)
 
     @classmethod
-    def open(cls, source: str | os.PathLike | None, *, allow_pickle: bool = False, threads: int | None = None) -> TorchRunner:
+    def open(
+        cls, source: str | os.PathLike | None, *, allow_pickle: bool = False, threads: int | None = None
+    ) -> TorchRunner:
         ckpt = checkpoint.open_checkpoint(source, allow_pickle=allow_pickle)
         info = RunnerInfo("torch", ckpt.labels, ckpt.preprocess, str(ckpt.directory), architecture=ckpt.architecture)
         runner = cls(ckpt.load_model(), info, threads)

@@ -58,17 +58,32 @@ class ServeSettings:
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("vitgender_requests", "Inference requests by HTTP status", ["status"], registry=self.registry)
-        self.latency = Histogram("vitgender_request_seconds", "End-to-end request latency", registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.batch_size = Histogram("vitgender_batch_size", "Images per Runner call", registry=self.registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.requests = Counter(
+            "vitgender_requests", "Inference requests by HTTP status", ["status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "vitgender_request_seconds",
+            "End-to-end request latency",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.batch_size = Histogram(
+            "vitgender_batch_size",
+            "Images per Runner call",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.batch_seconds = Histogram("vitgender_batch_seconds", "Runner call duration", registry=self.registry)
         self.queue_depth = Gauge("vitgender_queue_depth", "Images waiting for a batch", registry=self.registry)
-        self.rejections = Counter("vitgender_rejections", "Requests refused before inference", ["reason"],
-                                  registry=self.registry)
-        self.auth_failures = Counter("vitgender_auth_failures", "Requests refused with 401 (never labelled by key)",
-                                     ["reason"], registry=self.registry)
+        self.rejections = Counter(
+            "vitgender_rejections", "Requests refused before inference", ["reason"], registry=self.registry
+        )
+        self.auth_failures = Counter(
+            "vitgender_auth_failures",
+            "Requests refused with 401 (never labelled by key)",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def count(self, rejection: Rejection) -> None:
         (self.auth_failures if rejection.status == 401 else self.rejections).labels(rejection.reason).inc()
@@ -117,14 +132,20 @@ class GateMiddleware:
         try:
             # h11 bounds a head that arrives in pieces; this bounds one that arrived whole
             if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header_bytes:
-                raise Rejection(431, f"request headers are over the limit of {self.max_header_bytes} bytes",
-                                "headers_too_large", {"Connection": "close"})
-            caller = self.gate.admit(scope["method"], scope["path"], Headers(scope=scope).get("authorization"),
-                                     client[0] if client else None)
+                raise Rejection(
+                    431,
+                    f"request headers are over the limit of {self.max_header_bytes} bytes",
+                    "headers_too_large",
+                    {"Connection": "close"},
+                )
+            caller = self.gate.admit(
+                scope["method"], scope["path"], Headers(scope=scope).get("authorization"), client[0] if client else None
+            )
         except Rejection as rejection:
             self.metrics.count(rejection)
-            await _error(rejection.status, rejection.message, headers=rejection.headers)(scope, receive,
-                                                                                          send_noting_status)
+            await _error(rejection.status, rejection.message, headers=rejection.headers)(
+                scope, receive, send_noting_status
+            )
         else:
             await self.app(scope, receive, send_noting_status)
         finally:
@@ -159,8 +180,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **e
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[str], None] = lambda line: None,
-               gate: Gate | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings,
+    open_runner=None,
+    announce: Callable[[str], None] = lambda line: None,
+    gate: Gate | None = None,
+) -> FastAPI:
     """`open_runner()` builds the Runner (injected by tests; default: vitgender.runtimes).
 
     `announce` receives the lifecycle lines an operator wants in the log: model loaded (or
@@ -189,12 +214,16 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
             announce(f"model failed to load: {state.load_error} (answering 500 until restarted)")
         else:
             info = state.runner.info
-            announce(f"ready: {info.source} ({info.runtime}, {info.precision}, labels {', '.join(info.labels)}) "
-                     f"in {time.monotonic() - state.started:.1f} s")
+            announce(
+                f"ready: {info.source} ({info.runtime}, {info.precision}, labels {', '.join(info.labels)}) "
+                f"in {time.monotonic() - state.started:.1f} s"
+            )
             if not info.batch_invariant and settings.max_batch_size > 1:
-                announce(f"warning: {info.runtime} {info.precision} derives activation scales from the whole batch, "
-                         "so an image's answer depends on the other requests batched with it; serve a static int8 "
-                         "artifact (onnx-int8-static) or pass --max-batch-size 1")
+                announce(
+                    f"warning: {info.runtime} {info.precision} derives activation scales from the whole batch, "
+                    "so an image's answer depends on the other requests batched with it; serve a static int8 "
+                    "artifact (onnx-int8-static) or pass --max-batch-size 1"
+                )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -222,8 +251,13 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
             metrics.batch_size.observe(size)
             metrics.batch_seconds.observe(seconds)
 
-        batcher = DynamicBatcher(state.runner.run, max_batch_size=settings.max_batch_size,
-                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, on_batch=observe)
+        batcher = DynamicBatcher(
+            state.runner.run,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            on_batch=observe,
+        )
         batcher.start()
         state.batcher = batcher
 
@@ -262,8 +296,11 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
             if state.load_error:
                 return _error(500, f"model failed to load: {state.load_error}")
             remaining = max(settings.expected_load_seconds - (time.monotonic() - state.started), 1.0)
-            return _error(503, f"Model {settings.model or 'vitgender-default'} is currently loading",
-                          estimated_time=round(remaining, 1))
+            return _error(
+                503,
+                f"Model {settings.model or 'vitgender-default'} is currently loading",
+                estimated_time=round(remaining, 1),
+            )
         try:
             body = await read_body(request)
         except HTTPError as exc:
@@ -276,14 +313,22 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
                 return await asyncio.gather(*(state.batcher.submit(row) for row in inputs))
             except QueueFull:
                 metrics.rejections.labels("queue_full").inc()
-                raise HTTPError(429, "server is overloaded: the request queue is full",
-                                headers={"Retry-After": "1"}) from None
+                raise HTTPError(
+                    429, "server is overloaded: the request queue is full", headers={"Retry-After": "1"}
+                ) from None
             finally:
                 metrics.queue_depth.set(state.batcher.depth)
 
         try:
-            status, payload, headers = await respond(body, request.headers.get("content-type", ""), state.runner,
-                                                     state.preprocessor, state.detector, settings.max_faces, batched)
+            status, payload, headers = await respond(
+                body,
+                request.headers.get("content-type", ""),
+                state.runner,
+                state.preprocessor,
+                state.detector,
+                settings.max_faces,
+                batched,
+            )
         except VitgenderError as exc:
             return _error(500, str(exc))
         return JSONResponse(payload, status_code=status, headers=headers)
@@ -308,8 +353,14 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
         if state.batcher is not None:
             if gate.keys.enabled:  # open to load balancers, so it names nothing about the model
                 return JSONResponse({"status": "ready"})
-            return JSONResponse({"status": "ready", "model": state.runner.info.source,
-                                 "runtime": state.runner.info.runtime, "labels": list(state.runner.info.labels)})
+            return JSONResponse(
+                {
+                    "status": "ready",
+                    "model": state.runner.info.source,
+                    "runtime": state.runner.info.runtime,
+                    "labels": list(state.runner.info.labels),
+                }
+            )
         if state.load_error:
             return _error(500, f"model failed to load: {state.load_error}")
         return _error(503, "loading", estimated_time=settings.expected_load_seconds)
@@ -319,8 +370,13 @@ def create_app(settings: ServeSettings, open_runner=None, announce: Callable[[st
         """What the demo page shows: the model, its labels, a task description (behind the key, like inference)."""
         if state.runner is None:
             return _error(503, "loading", estimated_time=settings.expected_load_seconds)
-        return JSONResponse({"model": state.runner.info.source, "runtime": state.runner.info.runtime,
-                             **describe(settings.model, state.runner.info.labels)})
+        return JSONResponse(
+            {
+                "model": state.runner.info.source,
+                "runtime": state.runner.info.runtime,
+                **describe(settings.model, state.runner.info.labels),
+            }
+        )
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -50,11 +50,15 @@ def _keys_in(text: str, where: str) -> list[str]:
         if not key:
             continue
         if not _TOKEN.fullmatch(key):
-            raise UsageError(where, f"line {number} is not a usable key (letters, digits and -._~+/ only, "
-                             "no spaces)")
+            raise UsageError(
+                where, f"line {number} is not a usable key (letters, digits and -._~+/ only, " "no spaces)"
+            )
         if len(key) < MIN_KEY_CHARS:
-            raise UsageError(where, f"the key on line {number} has {len(key)} characters; use at least "
-                             f"{MIN_KEY_CHARS} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+            raise UsageError(
+                where,
+                f"the key on line {number} has {len(key)} characters; use at least "
+                f"{MIN_KEY_CHARS} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            )
         keys.append(key)
     return keys
 
@@ -145,8 +149,9 @@ class RateLimiter:
     when every request comes from a new address.
     """
 
-    def __init__(self, rate: float, burst: float | None = None, max_callers: int = 100_000,
-                 clock=time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, max_callers: int = 100_000, clock=time.monotonic
+    ) -> None:
         self.rate, self.burst = rate, max(1.0, burst if burst is not None else rate)
         self.max_callers, self._clock = max_callers, clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -165,8 +170,12 @@ class RateLimiter:
             while len(self._buckets) > self.max_callers:
                 self._buckets.popitem(last=False)
         if not allowed:
-            raise Rejection(429, f"rate limit exceeded: {self.rate:g} requests per second per caller",
-                            "rate_limited", {"Retry-After": str(max(1, math.ceil((1 - tokens) / self.rate)))})
+            raise Rejection(
+                429,
+                f"rate limit exceeded: {self.rate:g} requests per second per caller",
+                "rate_limited",
+                {"Retry-After": str(max(1, math.ceil((1 - tokens) / self.rate)))},
+            )
 
 
 @dataclass

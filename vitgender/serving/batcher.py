@@ -77,7 +77,7 @@ class DynamicBatcher:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return batch
 
@@ -94,7 +94,7 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
             else:
-                for item, row in zip(batch, logits):
+                for item, row in zip(batch, logits, strict=False):
                     if not item.future.done():
                         item.future.set_result(row)
             finally:
@@ -108,7 +108,7 @@ class DynamicBatcher:
         if self._queue is not None:
             try:
                 await asyncio.wait_for(self._queue.join(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self._worker is not None:
             self._worker.cancel()

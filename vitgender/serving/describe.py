@@ -27,12 +27,15 @@ def card_title(model: str | Path | None) -> str | None:
         return None
     if lines and lines[0].strip() == "---":
         closing = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), len(lines))
-        lines = lines[closing + 1:]
+        lines = lines[closing + 1 :]
     title = next((line[2:].strip() for line in lines if line.startswith("# ")), None)
     return title[:200] if title else None
 
 
 def describe(model: str | Path | None, labels: tuple[str, ...]) -> dict:
     shown = ", ".join(labels[:10]) + (f" and {len(labels) - 10} more" if len(labels) > 10 else "")
-    return {"task": card_title(model) or f"Image classifier with {len(labels)} labels: {shown}",
-            "labels": list(labels), "responsible_use": sorted(labels) == sorted(DEFAULT_LABELS)}
+    return {
+        "task": card_title(model) or f"Image classifier with {len(labels)} labels: {shown}",
+        "labels": list(labels),
+        "responsible_use": sorted(labels) == sorted(DEFAULT_LABELS),
+    }

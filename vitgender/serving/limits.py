@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-
 _BODY = b'{"error": "request headers are over the limit"}'
-_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                   b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY))
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY)
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class ConnectionLimits:
 
     def uvicorn_options(self) -> dict:
         """The keyword arguments of `uvicorn.run` that carry these limits."""
-        return {"http": guarded_h11(self), "timeout_keep_alive": self.keep_alive_s,
-                "h11_max_incomplete_event_size": self.max_header_bytes,
-                "limit_concurrency": self.max_connections or None}
+        return {
+            "http": guarded_h11(self),
+            "timeout_keep_alive": self.keep_alive_s,
+            "h11_max_incomplete_event_size": self.max_header_bytes,
+            "limit_concurrency": self.max_connections or None,
+        }
 
 
 def guarded_h11(limits: ConnectionLimits) -> type[H11Protocol]:
@@ -66,8 +70,11 @@ def guarded_h11(limits: ConnectionLimits) -> type[H11Protocol]:
             self._arm_head_timer()
 
         def data_received(self, data: bytes) -> None:
-            if (self.conn.their_state is h11.IDLE and len(data) > limits.max_header_bytes
-                    and data.find(b"\r\n\r\n", 0, limits.max_header_bytes) == -1):
+            if (
+                self.conn.their_state is h11.IDLE
+                and len(data) > limits.max_header_bytes
+                and data.find(b"\r\n\r\n", 0, limits.max_header_bytes) == -1
+            ):
                 # a whole oversized head in one read: refuse it before h11 parses it (h11 bounds only
                 # a head still arriving, and parsing 64 kB of headers per request is what a flood costs)
                 self.transport.write(_HEAD_TOO_LARGE)

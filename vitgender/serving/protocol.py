@@ -19,10 +19,10 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from vitgender.errors import ImageError
-from vitgender.scoring import FUNCTIONS, apply_function, rank, with_uncertainty
 from vitgender.faces import Face, face_records, faces_and_crops
 from vitgender.preprocess import Preprocessor
 from vitgender.runtimes import Runner, runner_input
+from vitgender.scoring import FUNCTIONS, apply_function, rank, with_uncertainty
 
 
 class HTTPError(Exception):
@@ -62,8 +62,9 @@ def parse_parameters(raw: object, labels: int) -> Parameters:
     if not isinstance(faces, bool):
         raise HTTPError(422, "faces must be true or false")
     threshold = raw.get("min_confidence")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0 <= threshold <= 1):
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
+    ):
         raise HTTPError(422, "min_confidence must be a number between 0 and 1")
     return Parameters(min(top_k, labels) if top_k else None, function, faces, threshold)
 
@@ -71,7 +72,7 @@ def parse_parameters(raw: object, labels: int) -> Parameters:
 def parse_request(body: bytes, content_type: str, labels: int) -> tuple[bytes, Parameters]:
     """Raw image bytes (format sniffed later), or JSON `{"inputs": base64, "parameters": {...}}`."""
     if not body:
-        raise HTTPError(400, "empty request body: send image bytes or {\"inputs\": \"<base64>\"}")
+        raise HTTPError(400, 'empty request body: send image bytes or {"inputs": "<base64>"}')
     if not (content_type.startswith("application/json") or body.lstrip()[:1] == b"{"):
         return body, Parameters()
     try:
@@ -90,8 +91,14 @@ def parse_request(body: bytes, content_type: str, labels: int) -> tuple[bytes, P
     return image, parse_parameters(payload.get("parameters"), labels)
 
 
-def prepare(runner: Runner, preprocessor: Preprocessor, image_bytes: bytes, params: Parameters,
-            detector=None, max_faces: int = 20) -> tuple[list[Face], np.ndarray]:
+def prepare(
+    runner: Runner,
+    preprocessor: Preprocessor,
+    image_bytes: bytes,
+    params: Parameters,
+    detector=None,
+    max_faces: int = 20,
+) -> tuple[list[Face], np.ndarray]:
     """Decode (ImageError on bad bytes), optionally detect faces, and build the Runner's inputs."""
     image = preprocessor.decode(image_bytes)
     if params.faces:
@@ -106,15 +113,22 @@ def prepare(runner: Runner, preprocessor: Preprocessor, image_bytes: bytes, para
 def answer(logits: list[np.ndarray], labels: tuple[str, ...], params: Parameters, faces: list[Face]) -> list:
     answers = []
     for row in logits:
-        ranked = rank(apply_function(np.asarray(row, dtype=np.float32)[None], params.function_to_apply)[0],
-                      labels, params.top_k)
+        ranked = rank(
+            apply_function(np.asarray(row, dtype=np.float32)[None], params.function_to_apply)[0], labels, params.top_k
+        )
         answers.append(with_uncertainty(ranked, params.min_confidence))
     return face_records(faces, answers) if params.faces else answers[0]
 
 
-async def respond(body: bytes, content_type: str, runner: Runner, preprocessor: Preprocessor,
-                  detector: Callable[[], object], max_faces: int,
-                  logits_for: Callable[[np.ndarray], Awaitable[list[np.ndarray]]]) -> tuple[int, object, dict]:
+async def respond(
+    body: bytes,
+    content_type: str,
+    runner: Runner,
+    preprocessor: Preprocessor,
+    detector: Callable[[], object],
+    max_faces: int,
+    logits_for: Callable[[np.ndarray], Awaitable[list[np.ndarray]]],
+) -> tuple[int, object, dict]:
     """(status, JSON body, headers) for one request. `detector()` is called only for face-first requests."""
     try:
         image, params = parse_request(body, content_type, len(runner.info.labels))

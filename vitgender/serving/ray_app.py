@@ -73,11 +73,24 @@ class KeyStore:
 
 @serve.deployment
 class VitGenderDeployment:
-    def __init__(self, model: str | None, runtime: str, max_body_bytes: int, max_batch_size: int,
-                 batch_wait_timeout_s: float, detector: str = "haar", max_faces: int = 20,
-                 tta: str | None = None, alpha: str | None = None, threads: int | None = None, key_store: str | None = None,
-                 digests: list[bytes] | None = None, public_metrics: bool = False, access_log: bool = True,
-                 body_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        model: str | None,
+        runtime: str,
+        max_body_bytes: int,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        detector: str = "haar",
+        max_faces: int = 20,
+        tta: str | None = None,
+        alpha: str | None = None,
+        threads: int | None = None,
+        key_store: str | None = None,
+        digests: list[bytes] | None = None,
+        public_metrics: bool = False,
+        access_log: bool = True,
+        body_timeout_s: float = 30.0,
+    ) -> None:
         from ray.util.metrics import Counter
 
         from vitgender.preprocess import Preprocessor
@@ -92,8 +105,9 @@ class VitGenderDeployment:
         self.gate = Gate(KeyRing(frozenset(digests or ())), public_metrics=public_metrics)
         self.key_store = ray.get_actor(key_store, namespace=KEYS_NAMESPACE) if key_store else None
         self.keys_version, self.keys_checked = 0, time.monotonic()
-        self.failures = Counter("vitgender_auth_failures", "Requests refused with 401 (never labelled by key)",
-                                tag_keys=("reason",))
+        self.failures = Counter(
+            "vitgender_auth_failures", "Requests refused with 401 (never labelled by key)", tag_keys=("reason",)
+        )
         self.rejections = Counter("vitgender_rejections", "Requests refused before inference", tag_keys=("reason",))
         self.access_log = access_log
         if access_log:
@@ -132,11 +146,18 @@ class VitGenderDeployment:
             response = await self._answer(request)
         except Rejection as rejection:
             (self.failures if rejection.status == 401 else self.rejections).inc(tags={"reason": rejection.reason})
-            response = JSONResponse({"error": rejection.message}, status_code=rejection.status,
-                                    headers=rejection.headers)
+            response = JSONResponse(
+                {"error": rejection.message}, status_code=rejection.status, headers=rejection.headers
+            )
         if self.access_log:
-            log_access(client, caller, request.method, request.url.path, request.scope.get("http_version", "1.1"),
-                       response.status_code)
+            log_access(
+                client,
+                caller,
+                request.method,
+                request.url.path,
+                request.scope.get("http_version", "1.1"),
+                response.status_code,
+            )
         return response
 
     async def _answer(self, request: Request) -> JSONResponse:
@@ -148,27 +169,44 @@ class VitGenderDeployment:
                 open_ = {} if self.gate.keys.enabled else {"labels": list(info.labels)}
                 return JSONResponse({"status": "ready", **open_})
             if request.url.path == "/info":
-                return JSONResponse({"model": info.source, "runtime": info.runtime,
-                                     **describe(self.model, info.labels)})
+                return JSONResponse(
+                    {"model": info.source, "runtime": info.runtime, **describe(self.model, info.labels)}
+                )
             return JSONResponse({"error": "not found"}, status_code=404)
         try:
             body = await asyncio.wait_for(request.body(), self.body_timeout_s)
-        except asyncio.TimeoutError:
-            raise Rejection(408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout") from None
+        except TimeoutError:
+            raise Rejection(
+                408, f"request body not received within {self.body_timeout_s:g} s", "body_timeout"
+            ) from None
         if len(body) > self.max_body_bytes:
             raise Rejection(413, f"payload is over the limit of {self.max_body_bytes} bytes", "payload_too_large")
 
         async def batched(inputs):
             return await asyncio.gather(*(self._logits(row) for row in inputs))
 
-        status, payload, headers = await respond(body, request.headers.get("content-type", ""), self.runner,
-                                                 self.preprocessor, self.detector, self.max_faces, batched)
+        status, payload, headers = await respond(
+            body,
+            request.headers.get("content-type", ""),
+            self.runner,
+            self.preprocessor,
+            self.detector,
+            self.max_faces,
+            batched,
+        )
         return JSONResponse(payload, status_code=status, headers=headers)
 
 
-def build_app(model: str | None, runtime: str, options: RayServeOptions, max_body_bytes: int = 2 * 1024 * 1024,
-              detector: str = "haar", max_faces: int = 20, key_store: str | None = None,
-              digests: frozenset[bytes] = frozenset()):
+def build_app(
+    model: str | None,
+    runtime: str,
+    options: RayServeOptions,
+    max_body_bytes: int = 2 * 1024 * 1024,
+    detector: str = "haar",
+    max_faces: int = 20,
+    key_store: str | None = None,
+    digests: frozenset[bytes] = frozenset(),
+):
     """A bound Ray Serve application; `serve.run(build_app(...))` deploys it.
 
     With `digests`, requests need a key; `key_store` names the KeyStore actor replicas refresh them from.
@@ -189,16 +227,42 @@ def build_app(model: str | None, runtime: str, options: RayServeOptions, max_bod
         max_ongoing_requests=max(2 * options.max_batch_size, 8),
         max_queued_requests=options.max_queued_requests,
     )
-    return deployment.bind(model, runtime, max_body_bytes, options.max_batch_size, options.batch_wait_timeout_s,
-                           detector, max_faces, options.tta, options.alpha, options.threads, key_store, sorted(digests),
-                           options.public_metrics, options.access_log, options.body_timeout_s)
+    return deployment.bind(
+        model,
+        runtime,
+        max_body_bytes,
+        options.max_batch_size,
+        options.batch_wait_timeout_s,
+        detector,
+        max_faces,
+        options.tta,
+        options.alpha,
+        options.threads,
+        key_store,
+        sorted(digests),
+        options.public_metrics,
+        options.access_log,
+        options.body_timeout_s,
+    )
 
 
-def run_ray_serve(model: str | None, runtime: str, options: RayServeOptions, *, host: str, port: int,
-                  address: str | None, max_body_bytes: int, detector: str, max_faces: int,
-                  key_file: Path | None = None, digests: frozenset[bytes] = frozenset(),
-                  ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None,
-                  announce: Callable[[str], None] = print) -> None:
+def run_ray_serve(
+    model: str | None,
+    runtime: str,
+    options: RayServeOptions,
+    *,
+    host: str,
+    port: int,
+    address: str | None,
+    max_body_bytes: int,
+    detector: str,
+    max_faces: int,
+    key_file: Path | None = None,
+    digests: frozenset[bytes] = frozenset(),
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Deploy on Ray Serve and block until SIGINT or SIGTERM, then undeploy and disconnect.
 
     SIGTERM is how process managers and Kubernetes stop a service, so it drains exactly like
@@ -216,8 +280,10 @@ def run_ray_serve(model: str | None, runtime: str, options: RayServeOptions, *, 
         if ssl_certfile:
             http.update(ssl_certfile=str(ssl_certfile), ssl_keyfile=str(ssl_keyfile))
         serve.start(http_options=http)
-        serve.run(build_app(model, runtime, options, max_body_bytes, detector, max_faces, store_name, digests),
-                  route_prefix="/")
+        serve.run(
+            build_app(model, runtime, options, max_body_bytes, detector, max_faces, store_name, digests),
+            route_prefix="/",
+        )
         scheme = "https" if ssl_certfile else "http"
         announce(f"Ray Serve deployment running on {scheme}://{host}:{port}/ (Ctrl-C or SIGTERM to stop)")
         while not stop.wait(0.5):

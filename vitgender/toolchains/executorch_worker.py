@@ -36,8 +36,11 @@ def _logits_module(checkpoint: str, hf_class: str):
     import torch
     import transformers
 
-    model = getattr(transformers, hf_class).from_pretrained(checkpoint, attn_implementation="eager",
-                                                            dtype=torch.float32).eval()
+    model = (
+        getattr(transformers, hf_class)
+        .from_pretrained(checkpoint, attn_implementation="eager", dtype=torch.float32)
+        .eval()
+    )
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
@@ -123,18 +126,27 @@ def serve(pte: str) -> None:
             pixels = receive_array(stdin)
         except EOFError:
             return
-        outputs = [method.execute([torch.from_numpy(pixels[i : i + MAX_BATCH].copy())])[0].numpy()
-                   for i in range(0, len(pixels), MAX_BATCH)]
+        outputs = [
+            method.execute([torch.from_numpy(pixels[i : i + MAX_BATCH].copy())])[0].numpy()
+            for i in range(0, len(pixels), MAX_BATCH)
+        ]
         send_array(stdout, np.concatenate(outputs).astype(np.float32))
 
 
 # XNNPACK value datatypes (backends/xnnpack/serialization/schema.fbs) -> bytes per element
-_XNN_BYTES = {"xnn_datatype_fp32": ("float32", 4), "xnn_datatype_fp16": ("float16", 2),
-              "xnn_datatype_bf16": ("bfloat16", 2), "xnn_datatype_qint8": ("int8", 1),
-              "xnn_datatype_quint8": ("uint8", 1), "xnn_datatype_qcint8": ("int8", 1),
-              "xnn_datatype_qint32": ("int32", 4), "xnn_datatype_qcint32": ("int32", 4),
-              "xnn_datatype_int32": ("int32", 4), "xnn_datatype_qcint4": ("int4", 0.5),
-              "xnn_datatype_qbint4": ("int4", 0.5)}
+_XNN_BYTES = {
+    "xnn_datatype_fp32": ("float32", 4),
+    "xnn_datatype_fp16": ("float16", 2),
+    "xnn_datatype_bf16": ("bfloat16", 2),
+    "xnn_datatype_qint8": ("int8", 1),
+    "xnn_datatype_quint8": ("uint8", 1),
+    "xnn_datatype_qcint8": ("int8", 1),
+    "xnn_datatype_qint32": ("int32", 4),
+    "xnn_datatype_qcint32": ("int32", 4),
+    "xnn_datatype_int32": ("int32", 4),
+    "xnn_datatype_qcint4": ("int4", 0.5),
+    "xnn_datatype_qbint4": ("int4", 0.5),
+}
 
 
 def inventory(pte: str) -> dict:
@@ -175,16 +187,26 @@ def inventory(pte: str) -> dict:
                 dtype, size = _XNN_BYTES.get(tensor["datatype"], (tensor["datatype"], 4))
                 count = int(np.prod(tensor.get("dims") or [1]))
                 weights[dtype] = weights.get(dtype, 0) + count * size
-    sizes = {0: ("uint8", 1), 1: ("int8", 1), 2: ("int16", 2), 3: ("int32", 4), 4: ("int64", 8), 5: ("float16", 2),
-             6: ("float32", 4), 15: ("bfloat16", 2)}  # exir ScalarType
+    sizes = {
+        0: ("uint8", 1),
+        1: ("int8", 1),
+        2: ("int16", 2),
+        3: ("int32", 4),
+        4: ("int64", 8),
+        5: ("float16", 2),
+        6: ("float32", 4),
+        15: ("bfloat16", 2),
+    }  # exir ScalarType
     for value in program.execution_plan[0].values:  # constants the delegates did not take
         tensor = value.val
         if getattr(tensor, "data_buffer_idx", 0) > 0:
             dtype, size = sizes.get(int(tensor.scalar_type), (str(tensor.scalar_type), 4))
             weights[dtype] = weights.get(dtype, 0) + int(np.prod(tensor.sizes or [1])) * size
-    return {"weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()},
-            "delegates": len(program.backend_delegate_data),
-            "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+    return {
+        "weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()},
+        "delegates": len(program.backend_delegate_data),
+        "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def _job(job: dict) -> dict:

@@ -72,8 +72,16 @@ def stderr_tail(text: str, noise: Sequence[str] = (), lines: int = 2) -> str:
     return " | ".join(kept[-lines:])
 
 
-def run_job(module: str, job: dict, *, what: str, python: str | None = None, env: dict[str, str] | None = None,
-            workdir: Path | None = None, noise: Sequence[str] = ()) -> dict:
+def run_job(
+    module: str,
+    job: dict,
+    *,
+    what: str,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+    workdir: Path | None = None,
+    noise: Sequence[str] = (),
+) -> dict:
     """Run `python -m module job.json` to completion and return its result (see the module docstring).
 
     `what` names the step in errors; `env` is the child's whole environment (default: ours,
@@ -89,9 +97,15 @@ def run_job(module: str, job: dict, *, what: str, python: str | None = None, env
         (workdir / stale).unlink(missing_ok=True)
     (workdir / JOB).write_text(json.dumps(_absolute(job)))
     try:
-        proc = subprocess.run([python or sys.executable, "-m", module, str(workdir / JOB)], cwd=workdir,
-                              env=env if env is not None else child_env(), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace")
+        proc = subprocess.run(
+            [python or sys.executable, "-m", module, str(workdir / JOB)],
+            cwd=workdir,
+            env=env if env is not None else child_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
     except OSError as exc:
         raise ToolchainError(what, f"cannot start {module} ({exc.strerror or exc})") from None
     if proc.returncode == 0 and (workdir / RESULT).is_file():
@@ -140,7 +154,8 @@ def start_worker(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
     its framing is the caller's, its stderr is kept for `stderr_tail` when it fails.
     """
     try:
-        return subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env)
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
     except OSError as exc:
         raise ToolchainError(str(argv[0]), f"cannot start the worker ({exc.strerror or exc})") from None

@@ -31,8 +31,11 @@ def executorch_python() -> str:
     configured = os.environ.get(EXECUTORCH_ENV)
     candidate = Path(configured) if configured else _REPO / ".venv-executorch" / "bin" / "python"
     if not candidate.is_file():
-        raise ToolchainError("executorch", f"no ExecuTorch environment at {candidate}: run 'bash scripts/setup.sh', or "
-                                           f"create one from requirements/executorch.txt and set {EXECUTORCH_ENV}")
+        raise ToolchainError(
+            "executorch",
+            f"no ExecuTorch environment at {candidate}: run 'bash scripts/setup.sh', or "
+            f"create one from requirements/executorch.txt and set {EXECUTORCH_ENV}",
+        )
     return str(candidate)
 
 
@@ -65,8 +68,15 @@ EXECUTORCH_NOISE = ("[", "W1", "I1")
 
 def run_executorch_job(command: str, job: dict, *, what: str, workdir: Path | None = None) -> dict:
     """One `export` or `inventory` job in the side environment (`run_job` framing)."""
-    return run_job(WORKER, {"command": command, **job}, what=what, python=executorch_python(), env=executorch_env(),
-                   workdir=workdir, noise=EXECUTORCH_NOISE)
+    return run_job(
+        WORKER,
+        {"command": command, **job},
+        what=what,
+        python=executorch_python(),
+        env=executorch_env(),
+        workdir=workdir,
+        noise=EXECUTORCH_NOISE,
+    )
 
 
 def start_executorch_worker(pte: Path, threads: int | None = None):

@@ -61,9 +61,7 @@ def _onnx_weights(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, str
     model = onnx.load(str(onnx_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     matmuls = {
-        node.name: node.input[1]
-        for node in model.graph.node
-        if node.op_type == "MatMul" and node.input[1] in inits
+        node.name: node.input[1] for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in inits
     }
     return inits, matmuls
 
@@ -118,7 +116,9 @@ def import_backbone(onnx_path: Path, image_size: int, id2label: dict[int, str]):
     state = {
         "vit.embeddings.cls_token": init("backbone.embeddings.cls_token"),
         "vit.embeddings.position_embeddings": torch.cat([init(_CLS_POS)[0], patch_pos])[None],
-        "vit.embeddings.patch_embeddings.projection.weight": init("backbone.embeddings.patch_embeddings.projection.weight"),
+        "vit.embeddings.patch_embeddings.projection.weight": init(
+            "backbone.embeddings.patch_embeddings.projection.weight"
+        ),
         "vit.embeddings.patch_embeddings.projection.bias": init("backbone.embeddings.patch_embeddings.projection.bias"),
         "vit.layernorm.weight": init("backbone.layernorm.weight"),
         "vit.layernorm.bias": init("backbone.layernorm.bias"),

@@ -87,7 +87,9 @@ def normalize(x: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, pre: PreprocessConfig, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def predict(
+    model, images: torch.Tensor, pre: PreprocessConfig, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """Logits for uint8 NHWC images, with exactly the inference normalisation."""
     model.eval()
     out = []
@@ -143,8 +145,11 @@ def finetune(
             if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now) if isinstance(now, tuple) else now):
                 from vitgender.errors import UsageError
 
-                raise UsageError(str(checkpoint), f"was trained with {name}={was!r}, not {now!r}: resume with the same "
-                                 "option, or start over with --no-resume")
+                raise UsageError(
+                    str(checkpoint),
+                    f"was trained with {name}={was!r}, not {now!r}: resume with the same "
+                    "option, or start over with --no-resume",
+                )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -160,7 +165,9 @@ def finetune(
         began, seen, loss_sum = time.time(), 0, 0.0
         for start in range(0, len(order), cfg.batch_size):
             index = order[start : start + cfg.batch_size]
-            factor = step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            factor = (
+                step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            )
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             x = normalize(augment(images[index].to(device, non_blocking=True), generator), pre)
@@ -177,12 +184,20 @@ def finetune(
             loss_sum += float(loss.detach()) * len(index)
         entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "seconds": round(time.time() - began, 1)}
         if val is not None:
-            entry[f"{val_name}_accuracy"] = float((predict(model, val[0], pre, device).argmax(1) == val[1]).float().mean())
+            entry[f"{val_name}_accuracy"] = float(
+                (predict(model, val[0], pre, device).argmax(1) == val[1]).float().mean()
+            )
         log.append(entry)
         progress(json.dumps(entry))
         _save_atomic(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-             "epoch": epoch + 1, "log": log, "config": asdict(cfg)},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+                "log": log,
+                "config": asdict(cfg),
+            },
             checkpoint,
         )
     (run_dir / "log.json").write_text(json.dumps({"config": asdict(cfg), "epochs": log}, indent=2))

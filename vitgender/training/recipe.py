@@ -64,8 +64,15 @@ def write_pack(arrays: Arrays, path: Path) -> None:
                 Image.fromarray(image).save(buffer, "WEBP", quality=90)
                 member = f"{split}/{i}.webp"
                 archive.writestr(member, buffer.getvalue())
-                index.append({"member": member, "split": split, "name": sample.path.name,
-                              "label": sample.label, "groups": sample.groups})
+                index.append(
+                    {
+                        "member": member,
+                        "split": split,
+                        "name": sample.path.name,
+                        "label": sample.label,
+                        "groups": sample.groups,
+                    }
+                )
         archive.writestr("index.json", json.dumps(index))
     partial.replace(path)
 
@@ -105,8 +112,9 @@ def canonical_key(name: str) -> str:
     return name
 
 
-CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "preprocessor_config.json", "SHA256SUMS",
-                              "README.md"})
+CHECKPOINT_FILES = frozenset(
+    {"config.json", "model.safetensors", "preprocessor_config.json", "SHA256SUMS", "README.md"}
+)
 
 
 def is_checkpoint_output(folder: Path) -> bool:
@@ -176,19 +184,44 @@ def run_training(
 ) -> Path:
     """The whole recipe; returns the written checkpoint directory (see `checkpoint_folder`)."""
     with checkpoint_folder(out) as folder:
-        _train(data, folder, out, image_size=image_size, init=init, cfg=cfg, device=device, run_dir=run_dir,
-               resume=resume, pack=pack, progress=progress, log=log)
+        _train(
+            data,
+            folder,
+            out,
+            image_size=image_size,
+            init=init,
+            cfg=cfg,
+            device=device,
+            run_dir=run_dir,
+            resume=resume,
+            pack=pack,
+            progress=progress,
+            log=log,
+        )
     return out
 
 
-def _train(data: Path, folder: Path, out: Path, *, image_size: int, init: Path | None, cfg: TrainConfig | None,
-           device: str, run_dir: Path | None, resume: bool, pack: Path | None, progress,
-           log: Callable[[str], None]) -> None:
+def _train(
+    data: Path,
+    folder: Path,
+    out: Path,
+    *,
+    image_size: int,
+    init: Path | None,
+    cfg: TrainConfig | None,
+    device: str,
+    run_dir: Path | None,
+    resume: bool,
+    pack: Path | None,
+    progress,
+    log: Callable[[str], None],
+) -> None:
     from vitgender.training.backbone import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = cfg or TrainConfig()
-    pre_cfg = PreprocessConfig(height=image_size, width=image_size, resample=2,
-                               image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    pre_cfg = PreprocessConfig(
+        height=image_size, width=image_size, resample=2, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+    )
     arrays = load_arrays(data, Preprocessor(pre_cfg), progress)
     if pack is not None:
         write_pack(arrays, pack)
@@ -205,16 +238,29 @@ def _train(data: Path, folder: Path, out: Path, *, image_size: int, init: Path |
         train_pixels = train_pixels[~held]
     elif "val" in arrays and len(arrays["val"][1]):
         val = (arrays["val"][0], label_tensor(arrays["val"][1], label2id))
-    log(f"train {len(train_samples)} images, {'holdout' if cfg.holdout_fraction else 'val'} "
-        f"{len(val[1]) if val else 0}; labels {id2label}")
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                ("cpu" if device == "auto" else device))
+    log(
+        f"train {len(train_samples)} images, {'holdout' if cfg.holdout_fraction else 'val'} "
+        f"{len(val[1]) if val else 0}; labels {id2label}"
+    )
+    torch_device = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     model = build_start_model(init, image_size, id2label, Path.home() / ".cache" / "vitgender")
     weights = balanced_weights(train_samples, cfg.balance) if cfg.balance else None
     run_dir = run_dir or out.with_name(out.name + ".run")
-    finetune(model, (train_pixels, label_tensor(train_samples, label2id)), val, pre_cfg, cfg,
-             run_dir, torch_device, resume=resume, progress=log, sample_weights=weights,
-             val_name="holdout" if cfg.holdout_fraction > 0 else "val")
+    finetune(
+        model,
+        (train_pixels, label_tensor(train_samples, label2id)),
+        val,
+        pre_cfg,
+        cfg,
+        run_dir,
+        torch_device,
+        resume=resume,
+        progress=log,
+        sample_weights=weights,
+        val_name="holdout" if cfg.holdout_fraction > 0 else "val",
+    )
     if cfg.holdout_fraction > 0:
         temperature = fit_temperature(predict(model, val[0], pre_cfg, torch_device), val[1])
         fold_temperature(model, temperature)
@@ -226,13 +272,25 @@ def _train(data: Path, folder: Path, out: Path, *, image_size: int, init: Path |
 def _holdout(pixels: torch.Tensor, fraction: float) -> torch.Tensor:
     held = holdout_mask(pixels, fraction)
     if not held.any() or held.all():
-        raise UsageError(str(fraction), f"a holdout of {fraction:g} leaves {int(held.sum())} of {len(held)} training "
-                         "images held out: choose a fraction that keeps some on each side, or 0")
+        raise UsageError(
+            str(fraction),
+            f"a holdout of {fraction:g} leaves {int(held.sum())} of {len(held)} training "
+            "images held out: choose a fraction that keeps some on each side, or 0",
+        )
     return held
 
 
-def _cached_views(model, checkpoint_dir: Path, pixels: torch.Tensor, pre: PreprocessConfig, first: int, run_dir: Path,
-                  reuse: bool, log: Callable[[str], None], progress) -> list[torch.Tensor]:
+def _cached_views(
+    model,
+    checkpoint_dir: Path,
+    pixels: torch.Tensor,
+    pre: PreprocessConfig,
+    first: int,
+    run_dir: Path,
+    reuse: bool,
+    log: Callable[[str], None],
+    progress,
+) -> list[torch.Tensor]:
     """[original, flipped] frozen-block tokens for the training images, reused from run_dir when present.
 
     The file name carries a hash of the starting weights, the preprocessing, the block and the
@@ -291,18 +349,21 @@ def run_refit(
         model, pre_cfg = ckpt.load_model().float(), ckpt.preprocess
         layers = model.config.num_hidden_layers
         if not 1 <= cfg.trainable < layers:
-            raise UsageError(str(cfg.trainable),
-                             f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model")
+            raise UsageError(
+                str(cfg.trainable), f"--refit-top must be between 1 and {layers - 1} for this {layers}-block model"
+            )
         label2id = {label: i for i, label in enumerate(ckpt.labels)}
         pixels, samples = load_arrays(data, Preprocessor(pre_cfg), progress)["train"]
         run_dir = run_dir or out.with_name(out.name + ".run")
         run_dir.mkdir(parents=True, exist_ok=True)
         first = layers - cfg.trainable
-        views = _cached_views(model, ckpt.directory, pixels, pre_cfg, first, run_dir, resume, log,
-                              progress)
+        views = _cached_views(model, ckpt.directory, pixels, pre_cfg, first, run_dir, resume, log, progress)
         labels = label_tensor(samples, label2id)
-        held = (_holdout(pixels, cfg.holdout_fraction) if cfg.holdout_fraction > 0
-                else torch.zeros(len(samples), dtype=torch.bool))
+        held = (
+            _holdout(pixels, cfg.holdout_fraction)
+            if cfg.holdout_fraction > 0
+            else torch.zeros(len(samples), dtype=torch.bool)
+        )
         fit, hold = (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
         log(f"refit the last {cfg.trainable} blocks on {len(fit)} training images; holdout {len(hold)}")
         holdout = ([views[0][hold]], labels[hold]) if len(hold) else None
@@ -310,8 +371,9 @@ def run_refit(
         if holdout:
             before = predict_tokens(model, holdout[0][0], first)
             summary["holdout_accuracy_before"] = float((before.argmax(1) == holdout[1]).float().mean())
-        epochs = refit_top_blocks(model, [v[fit] for v in views], labels[fit], [samples[i] for i in fit], cfg,
-                                  holdout=holdout, progress=log)
+        epochs = refit_top_blocks(
+            model, [v[fit] for v in views], labels[fit], [samples[i] for i in fit], cfg, holdout=holdout, progress=log
+        )
         if holdout:
             summary["temperature"] = fit_temperature(predict_tokens(model, holdout[0][0], first), holdout[1])
             fold_temperature(model, summary["temperature"])

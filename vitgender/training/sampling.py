@@ -18,6 +18,7 @@ def holdout_mask(images: torch.Tensor, fraction: float) -> torch.Tensor:
     content): UTKFace's duplicate files under other names land on the same side, and a pack
     (which keeps pixels, not files) gives the same holdout as the folder it was made from.
     """
+
     def held(image: torch.Tensor) -> bool:
         digest = hashlib.sha256(b"vitgender-holdout:" + image.contiguous().numpy().tobytes()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < fraction
@@ -34,8 +35,11 @@ def balanced_weights(samples: list[Sample], keys: tuple[str, ...], min_age: int 
     """
     missing = [k for k in keys if not any(k in s.groups for s in samples)]
     if missing:
-        raise UsageError(",".join(keys), f"no image carries the group(s) {', '.join(missing)} to balance over "
-                         f"(available: {', '.join(sorted({k for s in samples for k in s.groups})) or 'none'})")
+        raise UsageError(
+            ",".join(keys),
+            f"no image carries the group(s) {', '.join(missing)} to balance over "
+            f"(available: {', '.join(sorted({k for s in samples for k in s.groups})) or 'none'})",
+        )
 
     def cell(s: Sample) -> tuple[str, ...]:
         return tuple(s.groups.get(k, "") for k in keys)

@@ -68,8 +68,16 @@ def _through(blocks, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def cache_tokens(model, images: torch.Tensor, pre: PreprocessConfig, first_trainable: int, *, flip: bool = False,
-                 batch_size: int = 64, progress: Callable[[Iterable], Iterable] = iter) -> torch.Tensor:
+def cache_tokens(
+    model,
+    images: torch.Tensor,
+    pre: PreprocessConfig,
+    first_trainable: int,
+    *,
+    flip: bool = False,
+    batch_size: int = 64,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> torch.Tensor:
     """fp16 [N, tokens, hidden]: the hidden states entering block `first_trainable`."""
     model.eval()
     out = []
@@ -90,8 +98,9 @@ def top_logits(model, tokens: torch.Tensor, first_trainable: int) -> torch.Tenso
 @torch.inference_mode()
 def predict_tokens(model, tokens: torch.Tensor, first_trainable: int, batch_size: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([top_logits(model, tokens[i : i + batch_size], first_trainable)
-                      for i in range(0, len(tokens), batch_size)])
+    return torch.cat(
+        [top_logits(model, tokens[i : i + batch_size], first_trainable) for i in range(0, len(tokens), batch_size)]
+    )
 
 
 def refit_top_blocks(
@@ -117,9 +126,11 @@ def refit_top_blocks(
     body = [p for b in _blocks(model)[first:] for p in b.parameters()] + list(model.vit.layernorm.parameters())
     for p in head + body:
         p.requires_grad_(True)
-    groups = [{"params": [p for p in body if p.ndim > 1], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-              {"params": [p for p in body if p.ndim == 1], "lr": cfg.lr, "weight_decay": 0.0},
-              {"params": head, "lr": cfg.head_lr, "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in body if p.ndim > 1], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": [p for p in body if p.ndim == 1], "lr": cfg.lr, "weight_decay": 0.0},
+        {"params": head, "lr": cfg.head_lr, "weight_decay": 0.0},
+    ]
     for g in groups:
         g["base_lr"] = g["lr"]
     optimizer = torch.optim.AdamW(groups)
@@ -134,10 +145,12 @@ def refit_top_blocks(
         view = torch.randint(len(tokens), (len(labels),), generator=generator)
         for start in range(0, len(order), cfg.batch_size):
             index, which = order[start : start + cfg.batch_size], view[start : start + cfg.batch_size]
-            factor = step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            factor = (
+                step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+            )
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            x = torch.stack([tokens[v][i] for v, i in zip(which.tolist(), index.tolist())])
+            x = torch.stack([tokens[v][i] for v, i in zip(which.tolist(), index.tolist(), strict=False)])
             loss = F.cross_entropy(top_logits(model, x, first), labels[index], label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

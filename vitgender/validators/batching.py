@@ -16,8 +16,9 @@ PROBES = 8  # images whose answers are compared
 BATCH = 32  # the size of the batches they are hidden in
 
 
-def batch_variation(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, probes: int = PROBES,
-                    batch: int = BATCH) -> dict:
+def batch_variation(
+    run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, probes: int = PROBES, batch: int = BATCH
+) -> dict:
     """Run `probes` images alone, then inside two batches with different companions and positions.
 
     Returns the largest |Δlogit| between an image's alone and batched answers, and how many of

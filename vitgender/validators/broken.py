@@ -42,8 +42,10 @@ def _scale_largest_weight(source: Path, target: Path, factor: float) -> Path:
     from onnx import numpy_helper
 
     model = onnx.load(str(source))
-    largest = max((i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT),
-                  key=lambda i: int(np.prod(i.dims)))
+    largest = max(
+        (i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT),
+        key=lambda i: int(np.prod(i.dims)),
+    )
     largest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(largest) * np.float32(factor), largest.name))
     return _save_onnx(model, source, target)
 
@@ -71,9 +73,13 @@ def _renormalise(mean: list[float], std: list[float]):
     def nodes(inp: str, out: str):
         scale = (np.asarray(std, np.float32) / 0.5).reshape(1, 3, 1, 1)
         shift = ((np.asarray(mean, np.float32) - 0.5) / 0.5).reshape(1, 3, 1, 1)
-        return ([helper.make_node("Mul", [inp, "broken_scale"], ["broken_scaled"]),
-                 helper.make_node("Add", ["broken_scaled", "broken_shift"], [out])],
-                [numpy_helper.from_array(scale, "broken_scale"), numpy_helper.from_array(shift, "broken_shift")])
+        return (
+            [
+                helper.make_node("Mul", [inp, "broken_scale"], ["broken_scaled"]),
+                helper.make_node("Add", ["broken_scaled", "broken_shift"], [out]),
+            ],
+            [numpy_helper.from_array(scale, "broken_scale"), numpy_helper.from_array(shift, "broken_shift")],
+        )
 
     return nodes
 
@@ -81,14 +87,21 @@ def _renormalise(mean: list[float], std: list[float]):
 def _bgr(inp: str, out: str):
     from onnx import helper, numpy_helper
 
-    return ([helper.make_node("Gather", [inp, "broken_bgr"], [out], axis=1)],
-            [numpy_helper.from_array(np.asarray([2, 1, 0], np.int64), "broken_bgr")])
+    return (
+        [helper.make_node("Gather", [inp, "broken_bgr"], [out], axis=1)],
+        [numpy_helper.from_array(np.asarray([2, 1, 0], np.int64), "broken_bgr")],
+    )
 
 
 def _blocks(model) -> int:
     """How many encoder blocks the exported graph's name scopes mention."""
-    found = {int(m[1]) for n in model.graph.node for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"
-             for m in re.finditer(r"encoder\.layer\.(\d+)", p.value)}
+    found = {
+        int(m[1])
+        for n in model.graph.node
+        for p in n.metadata_props
+        if p.key == "pkg.torch.onnx.name_scopes"
+        for m in re.finditer(r"encoder\.layer\.(\d+)", p.value)
+    }
     return max(found) + 1 if found else 0
 
 
@@ -100,10 +113,13 @@ def _four_bit_block(source: Path, target: Path) -> Path:
     model = onnx.load(str(source))
     block = max(_blocks(model) // 2 - 1, 0)
     scope = f"model.vit.encoder.layer.{block}"
-    in_block = {i for n in model.graph.node if any(p.key == "pkg.torch.onnx.name_scopes" and f"'{scope}'" in p.value
-                                                     for p in n.metadata_props) for i in n.input}
-    weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
-               and set(n.output) & in_block}
+    in_block = {
+        i
+        for n in model.graph.node
+        if any(p.key == "pkg.torch.onnx.name_scopes" and f"'{scope}'" in p.value for p in n.metadata_props)
+        for i in n.input
+    }
+    weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and set(n.output) & in_block}
     changed = 0
     for init in model.graph.initializer:
         if init.name in weights and init.data_type == onnx.TensorProto.INT8 and len(init.dims) >= 2:
@@ -138,27 +154,47 @@ def broken_variants(export: Path, work: Path) -> tuple[dict[str, Variant], list[
         return {}, ["every variant: the export has no fp32 ONNX (model.onnx); add --formats onnx"]
     pre = json.loads(sidecar_path(fp32).read_text())["preprocessor"]
     variants = {
-        "weight x1.05": Variant(_scale_largest_weight(fp32, work / "w105.onnx", 1.05), Precision.FP32,
-                                "largest fp32 weight matrix scaled by 1.05"),
-        "weight x1.02": Variant(_scale_largest_weight(fp32, work / "w102.onnx", 1.02), Precision.FP32,
-                                "largest fp32 weight matrix scaled by 1.02"),
-        "0.5/0.5 normalisation": Variant(_prepend(fp32, work / "norm.onnx", _renormalise(pre["image_mean"], pre["image_std"])),
-                                         Precision.FP32, "the model's mean/std replaced by 0.5/0.5 inside the graph"),
-        "RGB->BGR": Variant(_prepend(fp32, work / "bgr.onnx", _bgr), Precision.FP32, "channels reversed inside the graph"),
-        "nearest resize": Variant(_copy_with_sidecar(fp32, work / "nearest.onnx",
-                                                     lambda d: {**d, "preprocessor": {**d["preprocessor"], "resample": 0}}),
-                                  Precision.FP32, "sidecar says nearest resize, not the model's resample"),
-        "label order swapped": Variant(_copy_with_sidecar(fp32, work / "swapped.onnx",
-                                                          lambda d: {**d, "labels": d["labels"][::-1]}),
-                                       Precision.FP32, "sidecar lists the labels in reverse order"),
+        "weight x1.05": Variant(
+            _scale_largest_weight(fp32, work / "w105.onnx", 1.05),
+            Precision.FP32,
+            "largest fp32 weight matrix scaled by 1.05",
+        ),
+        "weight x1.02": Variant(
+            _scale_largest_weight(fp32, work / "w102.onnx", 1.02),
+            Precision.FP32,
+            "largest fp32 weight matrix scaled by 1.02",
+        ),
+        "0.5/0.5 normalisation": Variant(
+            _prepend(fp32, work / "norm.onnx", _renormalise(pre["image_mean"], pre["image_std"])),
+            Precision.FP32,
+            "the model's mean/std replaced by 0.5/0.5 inside the graph",
+        ),
+        "RGB->BGR": Variant(
+            _prepend(fp32, work / "bgr.onnx", _bgr), Precision.FP32, "channels reversed inside the graph"
+        ),
+        "nearest resize": Variant(
+            _copy_with_sidecar(
+                fp32, work / "nearest.onnx", lambda d: {**d, "preprocessor": {**d["preprocessor"], "resample": 0}}
+            ),
+            Precision.FP32,
+            "sidecar says nearest resize, not the model's resample",
+        ),
+        "label order swapped": Variant(
+            _copy_with_sidecar(fp32, work / "swapped.onnx", lambda d: {**d, "labels": d["labels"][::-1]}),
+            Precision.FP32,
+            "sidecar lists the labels in reverse order",
+        ),
     }
     if pre.get("image_mean") == [0.5, 0.5, 0.5] and pre.get("image_std") == [0.5, 0.5, 0.5]:
         del variants["0.5/0.5 normalisation"]
         skipped.append("0.5/0.5 normalisation: the model already uses 0.5/0.5")
     if static.is_file():
         try:
-            variants["int8 block at 4 bits"] = Variant(_four_bit_block(static, work / "int4block.onnx"), Precision.INT8,
-                                                       "one middle encoder block's int8 weights rounded to 4 bits")
+            variants["int8 block at 4 bits"] = Variant(
+                _four_bit_block(static, work / "int4block.onnx"),
+                Precision.INT8,
+                "one middle encoder block's int8 weights rounded to 4 bits",
+            )
         except ValueError as exc:
             skipped.append(f"int8 block at 4 bits: {exc}")
     else:

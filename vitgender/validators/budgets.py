@@ -34,7 +34,8 @@ from vitgender.validators.metrics import METRICS
 
 # precision -> metric -> threshold, fitted and measured across models (see the module docstring).
 DEFAULT_BUDGETS: dict[str, dict[str, float]] = json.loads(
-    (Path(__file__).with_name("default_budgets.json")).read_text())["budgets"]
+    (Path(__file__).with_name("default_budgets.json")).read_text()
+)["budgets"]
 # The static-int8 'auto' preset's default target: q90 |Δlogit| on the calibration images. An export
 # knob in absolute logits, not a gate budget (the gate judges scale-free metrics).
 DEFAULT_QUANT_TARGET = 0.19
@@ -58,7 +59,9 @@ def read_budget_file(path: Path) -> dict:
     return data
 
 
-def load_budgets(path: Path | None, model_labels: tuple[str, ...] | list[str] | None = None) -> dict[str, dict[str, float]]:
+def load_budgets(
+    path: Path | None, model_labels: tuple[str, ...] | list[str] | None = None
+) -> dict[str, dict[str, float]]:
     """Defaults, overlaid by the user's file (sections: a precision or an artifact format name).
 
     Anything the gate would not use is refused, so a typo (`[fp33]`, `max_abs_logit_dif`) cannot
@@ -73,18 +76,25 @@ def load_budgets(path: Path | None, model_labels: tuple[str, ...] | list[str] | 
     data = read_budget_file(path)
     meta = data.get("model", {})
     fitted_for = meta.get("labels") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or not (fitted_for is None or (isinstance(fitted_for, list)
-                                                                 and all(isinstance(x, str) for x in fitted_for))):
-        raise UsageError(str(path), "[model]: expected labels = [\"label\", ...]")
+    if not isinstance(meta, dict) or not (
+        fitted_for is None or (isinstance(fitted_for, list) and all(isinstance(x, str) for x in fitted_for))
+    ):
+        raise UsageError(str(path), '[model]: expected labels = ["label", ...]')
     if fitted_for is not None and model_labels and list(fitted_for) != list(model_labels):
-        raise UsageError(str(path), f"budgets fitted for a model with labels {list(fitted_for)}, "
-                                    f"not this model's {list(model_labels)}; fit them again with --fit-budgets")
+        raise UsageError(
+            str(path),
+            f"budgets fitted for a model with labels {list(fitted_for)}, "
+            f"not this model's {list(model_labels)}; fit them again with --fit-budgets",
+        )
     data = {k: v for k, v in data.items() if k not in META_SECTIONS}
     sections = [p.value for p in Precision] + list(FORMATS)
     for key, values in data.items():
         if key not in sections:
-            raise UsageError(str(path), f"[{key}]: unknown section; use a precision ({', '.join(p.value for p in Precision)}) "
-                                        "or an artifact name (see 'vitgender export --help')")
+            raise UsageError(
+                str(path),
+                f"[{key}]: unknown section; use a precision ({', '.join(p.value for p in Precision)}) "
+                "or an artifact name (see 'vitgender export --help')",
+            )
         if not isinstance(values, dict):
             raise UsageError(str(path), f"[{key}]: expected a table of metric = number")
         unknown = sorted(set(values) - set(METRICS))
@@ -115,14 +125,28 @@ def check(metrics: dict, budget: dict[str, float], *, labelled: bool | None = No
     """
     if labelled is None:
         labelled = "accuracy_worse_p" in metrics
-    checks = [Check("finite", metrics["finite"], metrics["nonfinite_count"], 0,
-                    f"non-finite logits ({metrics['nonfinite_count']} values are NaN/Inf)")]
+    checks = [
+        Check(
+            "finite",
+            metrics["finite"],
+            metrics["nonfinite_count"],
+            0,
+            f"non-finite logits ({metrics['nonfinite_count']} values are NaN/Inf)",
+        )
+    ]
     for name, limit in budget.items():
         if name not in metrics:
             if name in LABELLED_ONLY and not labelled:
                 continue
             raise KeyError(f"budgeted metric {name!r} was not produced by the comparison")
         value, metric = metrics[name], METRICS[name]
-        checks.append(Check(name, metric.within(value, limit), value, limit,
-                            f"{name} {value:.6g} {'>' if metric.better == 'lower' else '<'} budget {limit:.6g}"))
+        checks.append(
+            Check(
+                name,
+                metric.within(value, limit),
+                value,
+                limit,
+                f"{name} {value:.6g} {'>' if metric.better == 'lower' else '<'} budget {limit:.6g}",
+            )
+        )
     return checks

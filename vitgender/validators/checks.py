@@ -22,8 +22,13 @@ class Check:
     detail: str = ""  # a plain reason, shown when the check fails
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "value": self.value, "budget": self.budget,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "value": self.value,
+            "budget": self.budget,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -56,10 +61,19 @@ class ArtifactResult:
         return [check.detail for check in self.checks if not check.passed]
 
     def to_dict(self) -> dict:
-        data = {"name": self.name, "format": self.format, "precision": self.precision.value, "path": self.path,
-                "sha256": self.sha256, "passed": self.passed, "failures": self.failures,
-                "checks": [c.to_dict() for c in self.checks], "budget": self.budget, "metrics": self.metrics,
-                "histogram": self.histogram}
+        data = {
+            "name": self.name,
+            "format": self.format,
+            "precision": self.precision.value,
+            "path": self.path,
+            "sha256": self.sha256,
+            "passed": self.passed,
+            "failures": self.failures,
+            "checks": [c.to_dict() for c in self.checks],
+            "budget": self.budget,
+            "metrics": self.metrics,
+            "histogram": self.histogram,
+        }
         for key in ("accuracy", "group_deltas", "inventory", "calibration", "localization"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
@@ -91,9 +105,16 @@ class ValidationResult:
 
     def to_dict(self) -> dict:
         """report.json; `--baseline` also reads reports of schemas 1 and 2."""
-        data = {"schema": self.SCHEMA, "passed": self.passed, "artifact_dir": self.artifact_dir, "model": self.model,
-                "images": self.images, "machine": self.machine, "torch": self.torch,
-                "artifacts": [a.to_dict() for a in self.artifacts]}
+        data = {
+            "schema": self.SCHEMA,
+            "passed": self.passed,
+            "artifact_dir": self.artifact_dir,
+            "model": self.model,
+            "images": self.images,
+            "machine": self.machine,
+            "torch": self.torch,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+        }
         if self.notes:
             data["notes"] = self.notes
         return data

@@ -47,8 +47,12 @@ MIN_IMAGES = 32
 MIN_INT8_AGREEMENT = 0.97
 RATE_FACTOR = 3
 # The smallest budgets a fit may produce: below these, differences are float32 rounding.
-FLOORS = {"q90_rel_logit_diff": 1e-4, "q90_abs_prob_diff": 5e-5, "max_rel_logit_diff": 1e-3,
-          "batch_max_rel_logit_diff": 1e-4}
+FLOORS = {
+    "q90_rel_logit_diff": 1e-4,
+    "q90_abs_prob_diff": 5e-5,
+    "max_rel_logit_diff": 1e-3,
+    "batch_max_rel_logit_diff": 1e-4,
+}
 QUANTILE_METRICS = ("q90_rel_logit_diff", "q90_abs_prob_diff")
 RATE_METRICS = {"flip_rate_lower99": ("flip_rate", 0.01), "confident_flip_rate_lower99": ("confident_flip_rate", 0.005)}
 # Targets of the fitted gate (printed with the measured rates).
@@ -97,8 +101,13 @@ def _round_up(value: float) -> float:
     return float(f"{np.ceil(value / 10.0**exponent) * 10.0**exponent:.3g}")
 
 
-def fit_budgets(ref: np.ndarray, members: dict[str, Member], truth: np.ndarray | None, rng: np.random.Generator,
-                resamples: int = 2000) -> dict[str, dict[str, float]]:
+def fit_budgets(
+    ref: np.ndarray,
+    members: dict[str, Member],
+    truth: np.ndarray | None,
+    rng: np.random.Generator,
+    resamples: int = 2000,
+) -> dict[str, dict[str, float]]:
     """Budgets per precision from the correct artifacts' logits on the fit half (module docstring, step 3)."""
     fitted = {}
     n = len(ref)
@@ -112,13 +121,21 @@ def fit_budgets(ref: np.ndarray, members: dict[str, Member], truth: np.ndarray |
         everything = np.arange(n)
         full = [subset_metrics(ref, m, truth, everything) for m in group]
         for metric in QUANTILE_METRICS:
-            worst = max(float(np.quantile([compare_logits(ref[i], m.logits[i], m.run.labels, [""] * len(i))[metric]
-                                           for i in subsets], 0.999)) for m in group)
+            worst = max(
+                float(
+                    np.quantile(
+                        [compare_logits(ref[i], m.logits[i], m.run.labels, [""] * len(i))[metric] for i in subsets],
+                        0.999,
+                    )
+                )
+                for m in group
+            )
             budget[metric] = _round_up(max(1.5 * worst, FLOORS[metric]))
         for metric, (rate, floor) in RATE_METRICS.items():
             budget[metric] = _round_up(max(RATE_FACTOR * max(f[rate] for f in full), floor))
-        budget["max_rel_logit_diff"] = _round_up(max(3 * max(f["max_rel_logit_diff"] for f in full),
-                                                     FLOORS["max_rel_logit_diff"]))
+        budget["max_rel_logit_diff"] = _round_up(
+            max(3 * max(f["max_rel_logit_diff"] for f in full), FLOORS["max_rel_logit_diff"])
+        )
         batch = [f["batch_max_rel_logit_diff"] for f in full if "batch_max_rel_logit_diff" in f]
         if batch:
             budget["batch_max_rel_logit_diff"] = _round_up(max(3 * max(batch), FLOORS["batch_max_rel_logit_diff"]))
@@ -126,16 +143,25 @@ def fit_budgets(ref: np.ndarray, members: dict[str, Member], truth: np.ndarray |
     return fitted
 
 
-def rates(ref: np.ndarray, member: Member, model_labels, truth, budget: dict, rng, resamples: int,
-          sizes: tuple[int, ...] = SIZES) -> dict:
+def rates(
+    ref: np.ndarray,
+    member: Member,
+    model_labels,
+    truth,
+    budget: dict,
+    rng,
+    resamples: int,
+    sizes: tuple[int, ...] = SIZES,
+) -> dict:
     """Share of random judge subsets (per size) on which the gate fails this runner, and which checks fail."""
     out = {}
     for size in (s for s in sizes if s <= len(ref)):
         failures, reasons = 0, {}
         for _ in range(resamples):
             idx = rng.choice(len(ref), size, replace=False)
-            failed = failing_checks(subset_metrics(ref, member, truth, idx), budget, member.run.labels, model_labels,
-                                    truth is not None)
+            failed = failing_checks(
+                subset_metrics(ref, member, truth, idx), budget, member.run.labels, model_labels, truth is not None
+            )
             failures += bool(failed)
             for name in failed:
                 reasons[name] = reasons.get(name, 0) + 1
@@ -152,37 +178,53 @@ def _decision_change(ref: np.ndarray, member: Member, model_labels) -> float:
 def _check_inputs(results: RunResults, truth: np.ndarray | None) -> None:
     count = results.images.count
     if count < MIN_IMAGES:
-        raise UsageError(results.images.folder, f"{count} images; fitting budgets needs at least {MIN_IMAGES} "
-                                                "(a few hundred for rates that mean something)")
+        raise UsageError(
+            results.images.folder,
+            f"{count} images; fitting budgets needs at least {MIN_IMAGES} "
+            "(a few hundred for rates that mean something)",
+        )
     decided = truth if truth is not None else results.reference.logits.argmax(1)
     if len(set(decided.tolist())) < 2:
         what = "labelled" if truth is not None else "classified by the model"
-        raise UsageError(results.images.folder, f"every image is {what} as one class; fitting needs images of "
-                                                "at least two classes")
+        raise UsageError(
+            results.images.folder,
+            f"every image is {what} as one class; fitting needs images of " "at least two classes",
+        )
 
 
-def fit(results: RunResults, broken: dict[str, str], *, resamples: int = 2000, judge_resamples: int = 1000,
-        seed: int = 0, on_step: Callable[[str], None] = lambda s: None) -> dict:
+def fit(
+    results: RunResults,
+    broken: dict[str, str],
+    *,
+    resamples: int = 2000,
+    judge_resamples: int = 1000,
+    seed: int = 0,
+    on_step: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Fit on one half, judge on the other: the budgets and the gate-quality report (a dict).
 
     `results` holds the reference, the correct artifacts and the broken variants (named in
     `broken`: name -> what is wrong) over all images.
     """
     model_labels = tuple(results.model.get("labels") or results.reference.labels)
-    truth = (np.array([model_labels.index(label) for label in results.images.labels])
-             if results.images.labels else None)
+    truth = np.array([model_labels.index(label) for label in results.images.labels]) if results.images.labels else None
     _check_inputs(results, truth)
     rng = np.random.default_rng(seed)
     fit_idx, judge_idx = split(results.images.names, Path(results.images.folder))
     if min(len(fit_idx), len(judge_idx)) < MIN_IMAGES // 2:
-        raise UsageError(results.images.folder, f"the content-hash split left {len(fit_idx)} + {len(judge_idx)} images; "
-                                                f"need at least {MIN_IMAGES // 2} on each side")
+        raise UsageError(
+            results.images.folder,
+            f"the content-hash split left {len(fit_idx)} + {len(judge_idx)} images; "
+            f"need at least {MIN_IMAGES // 2} on each side",
+        )
     ref = results.reference.logits
     members = {r.name: Member(r, Precision.parse(r.precision), broken.get(r.name, "")) for r in results.runs}
 
     def part(idx: np.ndarray) -> dict[str, Member]:
-        return {name: Member(RunResult(**{**m.run.__dict__, "logits": m.logits[idx]}), m.precision, m.broken)
-                for name, m in members.items()}
+        return {
+            name: Member(RunResult(**{**m.run.__dict__, "logits": m.logits[idx]}), m.precision, m.broken)
+            for name, m in members.items()
+        }
 
     fit_members, judge_members = part(fit_idx), part(judge_idx)
     fit_truth = truth[fit_idx] if truth is not None else None
@@ -194,24 +236,40 @@ def fit(results: RunResults, broken: dict[str, str], *, resamples: int = 2000, j
         if m.precision.is_int8 and agreement < MIN_INT8_AGREEMENT:
             damaged[name] = agreement
     on_step("fitting budgets on the fit half")
-    budgets = fit_budgets(ref[fit_idx], {n: m for n, m in correct.items() if n not in damaged}, fit_truth, rng, resamples)
+    budgets = fit_budgets(
+        ref[fit_idx], {n: m for n, m in correct.items() if n not in damaged}, fit_truth, rng, resamples
+    )
     defaults = budgets_mod.DEFAULT_BUDGETS
-    report = {"images": {"folder": results.images.folder, "sha256": results.images.sha256,
-                         "fit": int(len(fit_idx)), "judge": int(len(judge_idx)),
-                         "labelled": truth is not None},
-              "budgets": budgets, "left_out_of_fit": {n: f"agrees with PyTorch on {a:.1%} of the fit half "
-                                                           f"(< {MIN_INT8_AGREEMENT:.0%}): damaged, not a reference"
-                                                      for n, a in damaged.items()},
-              "judge_resamples": judge_resamples, "correct": {}, "broken": {}}
+    report = {
+        "images": {
+            "folder": results.images.folder,
+            "sha256": results.images.sha256,
+            "fit": int(len(fit_idx)),
+            "judge": int(len(judge_idx)),
+            "labelled": truth is not None,
+        },
+        "budgets": budgets,
+        "left_out_of_fit": {
+            n: f"agrees with PyTorch on {a:.1%} of the fit half "
+            f"(< {MIN_INT8_AGREEMENT:.0%}): damaged, not a reference"
+            for n, a in damaged.items()
+        },
+        "judge_resamples": judge_resamples,
+        "correct": {},
+        "broken": {},
+    }
     jref = ref[judge_idx]
     for name, m in judge_members.items():
         on_step(f"judging {name}")
         budget = {**defaults.get(m.precision.value, {}), **budgets.get(m.precision.value, {})}
         default = dict(defaults.get(m.precision.value, defaults[Precision.FP32.value]))
-        row = {"precision": m.precision.value, "decisions_changed": _decision_change(jref, m, model_labels),
-               **rates(jref, m, model_labels, judge_truth, budget, rng, judge_resamples),
-               # the same judge subsets' verdicts under the shipped default budgets (no fit)
-               "default_budgets": rates(jref, m, model_labels, judge_truth, default, rng, judge_resamples, (64,))}
+        row = {
+            "precision": m.precision.value,
+            "decisions_changed": _decision_change(jref, m, model_labels),
+            **rates(jref, m, model_labels, judge_truth, budget, rng, judge_resamples),
+            # the same judge subsets' verdicts under the shipped default budgets (no fit)
+            "default_budgets": rates(jref, m, model_labels, judge_truth, default, rng, judge_resamples, (64,)),
+        }
         if m.broken:
             report["broken"][name] = {"what": m.broken, **row}
         else:
@@ -223,26 +281,49 @@ def fit(results: RunResults, broken: dict[str, str], *, resamples: int = 2000, j
 def verdict(report: dict) -> dict:
     """The fitted gate's quality in two sentences' worth of numbers (at 64-image subsets)."""
     size = "64" if any("64" in r for r in report["correct"].values()) else "16"
-    should_pass = {n: r[size]["fail_rate"] for n, r in report["correct"].items()
-                   if not (Precision(r["precision"]).is_int8 and 1 - r["decisions_changed"] < MIN_INT8_AGREEMENT)}
+    should_pass = {
+        n: r[size]["fail_rate"]
+        for n, r in report["correct"].items()
+        if not (Precision(r["precision"]).is_int8 and 1 - r["decisions_changed"] < MIN_INT8_AGREEMENT)
+    }
     # A broken variant of a precision none of whose correct artifacts is sound (every int8 artifact
     # damaged) starts from damage already: how often it fails measures the damaged base, not the gate.
     sound = {r["precision"] for r in report["correct"].values() if not r["damaged"]}
-    not_judged = {n: f"no sound {r['precision']} artifact to break (all agree < {MIN_INT8_AGREEMENT:.0%})"
-                  for n, r in report["broken"].items() if r["precision"] not in sound}
-    should_fail = {n: r[size]["fail_rate"] for n, r in report["broken"].items()
-                   if r["decisions_changed"] >= VISIBLE_DAMAGE and n not in not_judged}
+    not_judged = {
+        n: f"no sound {r['precision']} artifact to break (all agree < {MIN_INT8_AGREEMENT:.0%})"
+        for n, r in report["broken"].items()
+        if r["precision"] not in sound
+    }
+    should_fail = {
+        n: r[size]["fail_rate"]
+        for n, r in report["broken"].items()
+        if r["decisions_changed"] >= VISIBLE_DAMAGE and n not in not_judged
+    }
     worst_alarm = max(should_pass.values(), default=0.0)
     worst_detection = min(should_fail.values(), default=1.0)
-    default_alarm = max((report["correct"][n]["default_budgets"].get("64", {}).get("fail_rate", 0.0) for n in should_pass
-                         if not Precision(report["correct"][n]["precision"]).is_int8), default=0.0)
-    return {"subset_size": int(size), "worst_false_alarm": worst_alarm, "worst_detection": worst_detection,
-            "worst_float_false_alarm_default_budgets": default_alarm,
-            "false_alarms_ok": worst_alarm <= FALSE_ALARM_TARGET, "detection_ok": worst_detection >= DETECTION_TARGET,
-            "judged_correct": sorted(should_pass), "judged_broken": sorted(should_fail), "not_judged": not_judged}
+    default_alarm = max(
+        (
+            report["correct"][n]["default_budgets"].get("64", {}).get("fail_rate", 0.0)
+            for n in should_pass
+            if not Precision(report["correct"][n]["precision"]).is_int8
+        ),
+        default=0.0,
+    )
+    return {
+        "subset_size": int(size),
+        "worst_false_alarm": worst_alarm,
+        "worst_detection": worst_detection,
+        "worst_float_false_alarm_default_budgets": default_alarm,
+        "false_alarms_ok": worst_alarm <= FALSE_ALARM_TARGET,
+        "detection_ok": worst_detection >= DETECTION_TARGET,
+        "judged_correct": sorted(should_pass),
+        "judged_broken": sorted(should_fail),
+        "not_judged": not_judged,
+    }
 
 
 # --- files -------------------------------------------------------------------------------------
+
 
 def _toml_value(value) -> str:
     if isinstance(value, str):
@@ -255,9 +336,15 @@ def _toml_value(value) -> str:
 
 
 def budget_toml(budgets: dict[str, dict[str, float]], model_labels, provenance: dict) -> str:
-    lines = ["# vitgender parity budgets, fitted by 'vitgender validate --fit-budgets' (see docs/gate.md).",
-             "# Use: vitgender validate ARTIFACTS --images OTHER_IMAGES --budget THIS_FILE", "",
-             "[model]", f"labels = {_toml_value(list(model_labels))}", "", "[provenance]"]
+    lines = [
+        "# vitgender parity budgets, fitted by 'vitgender validate --fit-budgets' (see docs/gate.md).",
+        "# Use: vitgender validate ARTIFACTS --images OTHER_IMAGES --budget THIS_FILE",
+        "",
+        "[model]",
+        f"labels = {_toml_value(list(model_labels))}",
+        "",
+        "[provenance]",
+    ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in provenance.items()]
     for section, values in budgets.items():
         lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
@@ -275,15 +362,22 @@ def provenance(results: RunResults, report: dict, command: str) -> dict:
     from vitgender.validators.parity import runtime_versions
 
     versions = runtime_versions()
-    return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "images_sha256": results.images.sha256, "images": results.images.count,
-            "fit_images": report["images"]["fit"], "judge_images": report["images"]["judge"],
-            "labelled": report["images"]["labelled"], "model_source": str(results.model.get("source", "")),
-            "versions": [f"{k} {v}" for k, v in versions.items()]}
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "images_sha256": results.images.sha256,
+        "images": results.images.count,
+        "fit_images": report["images"]["fit"],
+        "judge_images": report["images"]["judge"],
+        "labelled": report["images"]["labelled"],
+        "model_source": str(results.model.get("source", "")),
+        "versions": [f"{k} {v}" for k, v in versions.items()],
+    }
 
 
-def write_fit(target: Path, results: RunResults, report: dict, command: str,
-              render_markdown: Callable[[dict], str]) -> dict[str, Path]:
+def write_fit(
+    target: Path, results: RunResults, report: dict, command: str, render_markdown: Callable[[dict], str]
+) -> dict[str, Path]:
     """budgets.toml plus <stem>.gate-quality.json/.md beside it, each written whole (temp file + rename).
 
     `render_markdown` is `vitgender.reporting.gate_quality.markdown` (rendering lives in reporting/)."""
@@ -291,11 +385,19 @@ def write_fit(target: Path, results: RunResults, report: dict, command: str,
     model_labels = tuple(results.model.get("labels") or results.reference.labels)
     prov = provenance(results, report, command)
     target.parent.mkdir(parents=True, exist_ok=True)
-    files = {"budgets": target, "json": target.with_name(f"{target.stem}.gate-quality.json"),
-             "md": target.with_name(f"{target.stem}.gate-quality.md")}
-    texts = {"budgets": budget_toml(report["budgets"], model_labels, prov) if target.suffix != ".json" else
-             json.dumps({"model": {"labels": list(model_labels)}, "provenance": prov, **report["budgets"]}, indent=2) + "\n",
-             "json": json.dumps({"provenance": prov, **report}, indent=2) + "\n", "md": render_markdown(report)}
+    files = {
+        "budgets": target,
+        "json": target.with_name(f"{target.stem}.gate-quality.json"),
+        "md": target.with_name(f"{target.stem}.gate-quality.md"),
+    }
+    texts = {
+        "budgets": budget_toml(report["budgets"], model_labels, prov)
+        if target.suffix != ".json"
+        else json.dumps({"model": {"labels": list(model_labels)}, "provenance": prov, **report["budgets"]}, indent=2)
+        + "\n",
+        "json": json.dumps({"provenance": prov, **report}, indent=2) + "\n",
+        "md": render_markdown(report),
+    }
     for key, path in files.items():
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
             handle.write(texts[key])
@@ -303,11 +405,22 @@ def write_fit(target: Path, results: RunResults, report: dict, command: str,
     return files
 
 
-def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str = "auto", model: str | None = None,
-                work: Path | None = None, resamples: int = 2000, judge_resamples: int = 1000, command: str = "",
-                save_outputs: Path | None = None, load_outputs: Path | None = None,
-                on_step: Callable[[str], None] = lambda s: None,
-                render_markdown: Callable[[dict], str]) -> tuple[dict, dict[str, Path]]:
+def fit_command(
+    artifact_dir: Path,
+    target: Path,
+    *,
+    images: Path,
+    labels: str = "auto",
+    model: str | None = None,
+    work: Path | None = None,
+    resamples: int = 2000,
+    judge_resamples: int = 1000,
+    command: str = "",
+    save_outputs: Path | None = None,
+    load_outputs: Path | None = None,
+    on_step: Callable[[str], None] = lambda s: None,
+    render_markdown: Callable[[dict], str],
+) -> tuple[dict, dict[str, Path]]:
     """Build the broken variants, run everything once (or load a saved run), fit and judge, write the files."""
     from vitgender.validators.results import RunResults
 
@@ -322,31 +435,49 @@ def fit_command(artifact_dir: Path, target: Path, *, images: Path, labels: str =
 
     refuse_package_path(target)
     if images is None:
-        raise UsageError("--fit-budgets", "give --images: budgets are fitted on your own images (at least "
-                                          f"{MIN_IMAGES}, a few hundred for rates that mean something)")
+        raise UsageError(
+            "--fit-budgets",
+            "give --images: budgets are fitted on your own images (at least "
+            f"{MIN_IMAGES}, a few hundred for rates that mean something)",
+        )
     model_labels = read_manifest(Path(artifact_dir))["model"].get("labels") or ()
     paths, samples = load_images(Path(images), labels, model_labels)  # refuse bad input before minutes of running
     if len(paths) < MIN_IMAGES:
-        raise UsageError(str(images), f"{len(paths)} images; fitting budgets needs at least {MIN_IMAGES} "
-                                      "(a few hundred for rates that mean something)")
+        raise UsageError(
+            str(images),
+            f"{len(paths)} images; fitting budgets needs at least {MIN_IMAGES} "
+            "(a few hundred for rates that mean something)",
+        )
     if samples and len({s.label for s in samples}) < 2:
-        raise UsageError(str(images), f"every image is labelled {samples[0].label}; fitting needs images of at "
-                                      "least two classes")
+        raise UsageError(
+            str(images), f"every image is labelled {samples[0].label}; fitting needs images of at " "least two classes"
+        )
     with tempfile.TemporaryDirectory(prefix="vitgender-fit-", dir=work) as scratch:
         variants, skipped = broken_variants(Path(artifact_dir), Path(scratch))
         for why in skipped:
             on_step(f"broken variant skipped: {why}")
-        results = run_all(artifact_dir, model=model, images=images, labels=labels,
-                          extra={BROKEN_PREFIX + n: (v.path, v.precision) for n, v in variants.items()}, on_artifact=on_step)
+        results = run_all(
+            artifact_dir,
+            model=model,
+            images=images,
+            labels=labels,
+            extra={BROKEN_PREFIX + n: (v.path, v.precision) for n, v in variants.items()},
+            on_artifact=on_step,
+        )
         for run in results.runs:  # a saved run says what each variant breaks
             if run.name.startswith(BROKEN_PREFIX):
-                run.path = variants[run.name[len(BROKEN_PREFIX):]].what
+                run.path = variants[run.name[len(BROKEN_PREFIX) :]].what
         if save_outputs is not None:
             results.save(save_outputs)
         model_labels = tuple(results.model.get("labels") or results.reference.labels)
-        truth = (np.array([model_labels.index(x) for x in results.images.labels]) if results.images.labels else None)
+        truth = np.array([model_labels.index(x) for x in results.images.labels]) if results.images.labels else None
         _check_inputs(results, truth)
-        report = fit(results, {BROKEN_PREFIX + n: v.what for n, v in variants.items()}, resamples=resamples,
-                     judge_resamples=judge_resamples, on_step=on_step)
+        report = fit(
+            results,
+            {BROKEN_PREFIX + n: v.what for n, v in variants.items()},
+            resamples=resamples,
+            judge_resamples=judge_resamples,
+            on_step=on_step,
+        )
     report["broken_skipped"] = skipped
     return report, write_fit(Path(target), results, report, command, render_markdown)

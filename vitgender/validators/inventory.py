@@ -31,10 +31,25 @@ def check_precision(inv: dict, precision: Precision, minimum_share: float = 0.25
     int8 = share.get("int8", 0) + share.get("uint8", 0)
     fp16 = share.get("float16", 0)
     if precision.is_int8:
-        return Check("quantization_proof", int8 >= minimum_share, round(int8, 4), minimum_share,
-                     f"declared {precision} but only {int8:.0%} of weight bytes are 8-bit integers (by dtype: {share})")
+        return Check(
+            "quantization_proof",
+            int8 >= minimum_share,
+            round(int8, 4),
+            minimum_share,
+            f"declared {precision} but only {int8:.0%} of weight bytes are 8-bit integers (by dtype: {share})",
+        )
     if precision is Precision.FP16:
-        return Check("quantization_proof", fp16 >= minimum_share, round(fp16, 4), minimum_share,
-                     f"declared fp16 but only {fp16:.0%} of weight bytes are float16 (by dtype: {share})")
-    return Check("quantization_proof", int8 + fp16 <= 0.5, round(int8 + fp16, 4), 0.5,
-                 f"declared fp32 but {int8 + fp16:.0%} of weight bytes are reduced precision")
+        return Check(
+            "quantization_proof",
+            fp16 >= minimum_share,
+            round(fp16, 4),
+            minimum_share,
+            f"declared fp16 but only {fp16:.0%} of weight bytes are float16 (by dtype: {share})",
+        )
+    return Check(
+        "quantization_proof",
+        int8 + fp16 <= 0.5,
+        round(int8 + fp16, 4),
+        0.5,
+        f"declared fp32 but {int8 + fp16:.0%} of weight bytes are reduced precision",
+    )

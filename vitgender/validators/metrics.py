@@ -152,9 +152,15 @@ def compare_logits(
     ref_margin = sorted_ref[:, -1] - sorted_ref[:, -2] if p_ref.shape[1] > 1 else sorted_ref[:, -1]
     ref_prob = p_ref[np.arange(n), top_ref]
     flips = [
-        {"image": names[i], "reference": labels[top_ref[i]], "artifact": labels[top_art[i]],
-         "reference_prob": float(ref_prob[i]), "artifact_prob": float(p_art[i, top_ref[i]]),
-         "confident": bool(ref_prob[i] >= CONFIDENT), "near_boundary": bool(ref_margin[i] < BOUNDARY_MARGIN)}
+        {
+            "image": names[i],
+            "reference": labels[top_ref[i]],
+            "artifact": labels[top_art[i]],
+            "reference_prob": float(ref_prob[i]),
+            "artifact_prob": float(p_art[i, top_ref[i]]),
+            "confident": bool(ref_prob[i] >= CONFIDENT),
+            "near_boundary": bool(ref_margin[i] < BOUNDARY_MARGIN),
+        }
         for i in np.flatnonzero(top_ref != top_art)
     ]
     per_image = diff.max(axis=1) if diff.size else np.zeros(0)
@@ -186,9 +192,16 @@ def compare_logits(
         "flips_far_from_boundary": sum(not f["near_boundary"] for f in flips),
         "boundary_margin": BOUNDARY_MARGIN,
         # probabilities of the class the reference predicted (not of label 0: five-class models too)
-        "worst_images": [{"image": names[i], "max_abs_logit_diff": float(per_image[i]), "label": labels[top_ref[i]],
-                          "torch_prob": float(p_ref[i, top_ref[i]]), "artifact_prob": float(p_art[i, top_ref[i]])}
-                         for i in worst],
+        "worst_images": [
+            {
+                "image": names[i],
+                "max_abs_logit_diff": float(per_image[i]),
+                "label": labels[top_ref[i]],
+                "torch_prob": float(p_ref[i, top_ref[i]]),
+                "artifact_prob": float(p_art[i, top_ref[i]]),
+            }
+            for i in worst
+        ],
     }
     if reference.shape[1] > 2:  # with two classes the logits are near-antisymmetric: cosine is always +-1
         cosine = _cosine_rows(reference, safe)
@@ -201,9 +214,12 @@ def paired_accuracy(torch_correct: np.ndarray, artifact_correct: np.ndarray) -> 
     torch_correct, artifact_correct = np.asarray(torch_correct, bool), np.asarray(artifact_correct, bool)
     artifact_only_wrong = int((torch_correct & ~artifact_correct).sum())
     torch_only_wrong = int((~torch_correct & artifact_correct).sum())
-    return {"accuracy_drop": float(torch_correct.mean() - artifact_correct.mean()) if len(torch_correct) else 0.0,
-            "artifact_only_wrong": artifact_only_wrong, "torch_only_wrong": torch_only_wrong,
-            "accuracy_worse_p": mcnemar_worse_p(artifact_only_wrong, torch_only_wrong)}
+    return {
+        "accuracy_drop": float(torch_correct.mean() - artifact_correct.mean()) if len(torch_correct) else 0.0,
+        "artifact_only_wrong": artifact_only_wrong,
+        "torch_only_wrong": torch_only_wrong,
+        "accuracy_worse_p": mcnemar_worse_p(artifact_only_wrong, torch_only_wrong),
+    }
 
 
 def logit_diff_histogram(reference: np.ndarray, candidate: np.ndarray, bins: int = 20) -> dict:

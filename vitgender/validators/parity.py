@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from vitgender.data import Sample, open_labelled
 from vitgender.errors import UsageError
-from vitgender.manifest import read_manifest, verify_artifact
+from vitgender.evaluation.metrics import accuracy_cell
 from vitgender.inputs import IMAGE_SUFFIXES
+from vitgender.manifest import read_manifest, verify_artifact
+from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig, Preprocessor
 from vitgender.runtimes import can_localize, open_runner, runtime_for
-from vitgender.data import Sample, open_labelled
-from vitgender.precision import Precision
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.batching import batch_variation
 from vitgender.validators.checks import Check, ValidationResult
 from vitgender.validators.compare import compare, judge, predictions
-from vitgender.evaluation.metrics import accuracy_cell
 from vitgender.validators.inventory import inventory
 from vitgender.validators.metrics import mcnemar_worse_p
 from vitgender.validators.results import ImageSet, RunResult, RunResults, content_hash
@@ -109,7 +109,9 @@ def _image_set(folder: Path, image_paths: list[Path], samples: list[Sample] | No
     labelled = [by_path.get(p.resolve()) for p in image_paths]
     names = [str(p.relative_to(folder)) for p in image_paths]
     if samples and all(labelled):
-        return ImageSet(str(folder), names, digest, [s.label for s in labelled], [dict(s.groups) for s in labelled], note)
+        return ImageSet(
+            str(folder), names, digest, [s.label for s in labelled], [dict(s.groups) for s in labelled], note
+        )
     if samples:  # only part of the folder is labelled: judge accuracy on that part only is not offered
         note = note or f"{len(samples)} of {len(image_paths)} images labelled: accuracy not judged"
     return ImageSet(str(folder), names, digest, None, None, note)
@@ -154,13 +156,18 @@ def run_all(
     if images is None and labels == "auto" and (unknown or not samples):
         # The bundled faces carry UTKFace's fields (gender, race, age): a model whose labels none of them
         # gives is judged on them unlabelled.
-        note = ("the bundled faces carry none of this model's labels: judged unlabelled (decision metrics only); "
-                "give --images with your own labelled images")
+        note = (
+            "the bundled faces carry none of this model's labels: judged unlabelled (decision metrics only); "
+            "give --images with your own labelled images"
+        )
         samples = None
     elif unknown:  # judged against labels the model cannot give, every artifact would score 0%
-        raise UsageError(", ".join(unknown)[:200], f"labels in {folder} are not the model's labels "
-                                                   f"({', '.join(model_labels)}); rename the class folders, give "
-                                                   "--labels FILE.csv, or --labels none to skip accuracy")
+        raise UsageError(
+            ", ".join(unknown)[:200],
+            f"labels in {folder} are not the model's labels "
+            f"({', '.join(model_labels)}); rename the class folders, give "
+            "--labels FILE.csv, or --labels none to skip accuracy",
+        )
     image_set = _image_set(folder, image_paths, samples, note)
     # Each runner is fed the images preprocessed as its own sidecar says (what a deployment does);
     # decoding and resizing run once per distinct preprocessing, normally once for all. An
@@ -175,20 +182,30 @@ def run_all(
 
     def run_one(name: str, path: Path | None, precision: str, entry: dict | None, *, stages: bool) -> RunResult:
         on_artifact(name if path is not None else f"{name} (reference)")
-        runner = open_runner(runtime_for(path), path if path is not None else
-                             (model if model is not None else manifest["model"]["source"]), alpha=alpha)
+        runner = open_runner(
+            runtime_for(path),
+            path if path is not None else (model if model is not None else manifest["model"]["source"]),
+            alpha=alpha,
+        )
         try:
             pixels = inputs_for(runner)
             began = time.perf_counter()
             logits = runner.run(pixels)
             latency = (time.perf_counter() - began) * 1000 / len(pixels)
             return RunResult(
-                name, runner.info.runtime, precision, tuple(runner.info.labels), logits, latency,
-                path=str(entry["path"]) if entry else str(path or ""), sha256=(entry or {}).get("sha256", ""),
+                name,
+                runner.info.runtime,
+                precision,
+                tuple(runner.info.labels),
+                logits,
+                latency,
+                path=str(entry["path"]) if entry else str(path or ""),
+                sha256=(entry or {}).get("sha256", ""),
                 calibration=(entry or {}).get("calibration"),
                 batch=batch_variation(runner.run, pixels) if path is not None else None,
                 stages=runner.stage_activations(pixels[:LOCALIZE_IMAGES]) if stages and can_localize(runner) else None,
-                inventory=inventory(path, entry["runtime"]) if entry is not None else None)
+                inventory=inventory(path, entry["runtime"]) if entry is not None else None,
+            )
         finally:
             close = getattr(runner, "close", None)
             if close is not None:
@@ -201,8 +218,11 @@ def run_all(
         path = verify_artifact(artifact_dir, entry) if entry else Path(against)
         ref = run_one(against, path, entry["precision"] if entry else Precision.FP32.value, entry, stages=localize)
         ref.batch = None
-    runs = [run_one(e["name"], paths[e["name"]], e["precision"], e, stages=localize)
-            for e in entries if e["name"] != ref.name]
+    runs = [
+        run_one(e["name"], paths[e["name"]], e["precision"], e, stages=localize)
+        for e in entries
+        if e["name"] != ref.name
+    ]
     for name, (path, precision) in (extra or {}).items():
         runs.append(run_one(name, path, precision.value, None, stages=False))
     results = RunResults(manifest["model"], image_set, ref, runs)
@@ -210,8 +230,14 @@ def run_all(
     return results
 
 
-def localize_runs(results: RunResults, names: list[str], artifact_dir: Path, model: str | None,
-                  on_artifact: Callable[[str], None] = lambda name: None, alpha: str | None = None) -> None:
+def localize_runs(
+    results: RunResults,
+    names: list[str],
+    artifact_dir: Path,
+    model: str | None,
+    on_artifact: Callable[[str], None] = lambda name: None,
+    alpha: str | None = None,
+) -> None:
     """A second, small run step: stage activations of `names` (failing artifacts) and of the reference."""
     manifest = read_manifest(artifact_dir)
     by_name = {e["name"]: e for e in manifest["artifacts"]}
@@ -223,12 +249,15 @@ def localize_runs(results: RunResults, names: list[str], artifact_dir: Path, mod
         if run is not results.reference:
             on_artifact(f"{run.name}: localizing")
         entry = by_name.get(run.name)
-        source = (artifact_dir / entry["path"]) if entry else (model if model is not None else manifest["model"]["source"])
+        source = (
+            (artifact_dir / entry["path"]) if entry else (model if model is not None else manifest["model"]["source"])
+        )
         runner = open_runner(runtime_for(source) if entry else "torch", source, alpha=alpha)
         try:
             if can_localize(runner):
-                run.stages = runner.stage_activations(_runner_inputs(image_paths, runner.info.preprocess,
-                                                                     runner.info.raw_input))
+                run.stages = runner.stage_activations(
+                    _runner_inputs(image_paths, runner.info.preprocess, runner.info.raw_input)
+                )
         finally:
             if hasattr(runner, "close"):
                 runner.close()
@@ -242,19 +271,33 @@ def compare_all(results: RunResults, budgets: dict) -> ValidationResult:
     artifacts = []
     for run in results.runs:
         precision = Precision.parse(run.precision)
-        artifacts.append(judge(compare(ref, run, results.images), budgets_mod.budget_for(budgets, run.name, precision),
-                               run.labels, model_labels, labelled))
+        artifacts.append(
+            judge(
+                compare(ref, run, results.images),
+                budgets_mod.budget_for(budgets, run.name, precision),
+                run.labels,
+                model_labels,
+                labelled,
+            )
+        )
     torch_accuracy = accuracy_cell(predictions(ref, results.images)) if labelled else None
-    images = {"folder": results.images.folder, "count": results.images.count,
-              "labelled": results.images.count if labelled else 0, "sha256": results.images.sha256}
+    images = {
+        "folder": results.images.folder,
+        "count": results.images.count,
+        "labelled": results.images.count if labelled else 0,
+        "sha256": results.images.sha256,
+    }
     if results.images.note:
         images["note"] = results.images.note
     return ValidationResult(
         artifact_dir=str(results.model.get("artifact_dir", "")),
         model={k: v for k, v in results.model.items() if k != "artifact_dir"},
         images=images,
-        torch={"latency_ms_per_image": round(ref.latency_ms_per_image, 3), "accuracy": torch_accuracy,
-               "reference": ref.name},
+        torch={
+            "latency_ms_per_image": round(ref.latency_ms_per_image, 3),
+            "accuracy": torch_accuracy,
+            "reference": ref.name,
+        },
         artifacts=artifacts,
         machine=_machine(),
     )
@@ -284,8 +327,18 @@ def validate(
     else:
         if budget_file is not None:  # a bad budget file fails in a second, before anything runs
             budgets_mod.load_budgets(budget_file, read_manifest(artifact_dir)["model"].get("labels"))
-        results = run_all(artifact_dir, model=model, images=images, reference=reference, labels=labels, only=only,
-                          against=against, localize=localize, on_artifact=on_artifact, alpha=alpha)
+        results = run_all(
+            artifact_dir,
+            model=model,
+            images=images,
+            reference=reference,
+            labels=labels,
+            only=only,
+            against=against,
+            localize=localize,
+            on_artifact=on_artifact,
+            alpha=alpha,
+        )
     budgets = budgets_mod.load_budgets(budget_file, results.model.get("labels"))
     result = compare_all(results, budgets)
     failing = [a.name for a in result.artifacts if not a.passed and not a.localization]
@@ -310,8 +363,11 @@ def _fisher_worse_p(k_new: int, n_new: int, k_old: int, n_old: int) -> float:
     if n_new == 0 or flips == 0:
         return 1.0
     denominator = math.comb(total, flips)
-    return min(1.0, sum(math.comb(n_new, k) * math.comb(n_old, flips - k)
-                        for k in range(k_new, min(n_new, flips) + 1)) / denominator)
+    return min(
+        1.0,
+        sum(math.comb(n_new, k) * math.comb(n_old, flips - k) for k in range(k_new, min(n_new, flips) + 1))
+        / denominator,
+    )
 
 
 def same_image_set(result: ValidationResult, baseline: dict) -> bool:
@@ -320,8 +376,10 @@ def same_image_set(result: ValidationResult, baseline: dict) -> bool:
     old = baseline.get("images") or {}
     if "sha256" in old:
         return old["sha256"] == result.images.get("sha256")
-    return (Path(str(old.get("folder", ""))).name == Path(result.images["folder"]).name
-            and old.get("count") == result.images["count"])
+    return (
+        Path(str(old.get("folder", ""))).name == Path(result.images["folder"]).name
+        and old.get("count") == result.images["count"]
+    )
 
 
 def compare_baseline(result: ValidationResult, baseline: dict, alpha: float = REGRESSION_ALPHA) -> None:
@@ -338,12 +396,16 @@ def compare_baseline(result: ValidationResult, baseline: dict, alpha: float = RE
     paired = same_image_set(result, baseline)
     if not paired:
         old = baseline.get("images") or {}
-        result.notes.append(f"the baseline was measured on other images ({old.get('count', '?')} from "
-                            f"{Path(str(old.get('folder', '?'))).name}): only flip rates are compared, unpaired")
+        result.notes.append(
+            f"the baseline was measured on other images ({old.get('count', '?')} from "
+            f"{Path(str(old.get('folder', '?'))).name}): only flip rates are compared, unpaired"
+        )
     machine = baseline.get("machine")
     if machine and result.machine and machine.get("cpu") != result.machine.get("cpu"):
-        result.notes.append(f"the baseline was measured on {machine.get('cpu')} ({' '.join(machine.get('isa', []))}); "
-                            f"this run on {result.machine.get('cpu')}")
+        result.notes.append(
+            f"the baseline was measured on {machine.get('cpu')} ({' '.join(machine.get('isa', []))}); "
+            f"this run on {result.machine.get('cpu')}"
+        )
     for artifact in result.artifacts:
         old = previous.get(artifact.name)
         if old is None or not artifact.metrics or not old.get("metrics"):
@@ -356,9 +418,18 @@ def compare_baseline(result: ValidationResult, baseline: dict, alpha: float = RE
         else:
             k_new, k_old = len(new_m.get("flips", [])), len(old_m.get("flips", []))
             p = _fisher_worse_p(k_new, new_m["images"], k_old, old_m.get("images", 0))
-            detail = (f"flips {k_new}/{new_m['images']} vs baseline {k_old}/{old_m.get('images', 0)} on other images "
-                      f"(Fisher p={p:.2g})")
+            detail = (
+                f"flips {k_new}/{new_m['images']} vs baseline {k_old}/{old_m.get('images', 0)} on other images "
+                f"(Fisher p={p:.2g})"
+            )
         if old.get("sha256") and old["sha256"] != artifact.sha256:
             artifact.notes.append("artifact bytes differ from the baseline's (re-exported)")
-        artifact.checks.append(Check("baseline", p >= alpha, round(p, 6), alpha,
-                                     f"baseline regression: {detail} < {alpha}" if p < alpha else detail))
+        artifact.checks.append(
+            Check(
+                "baseline",
+                p >= alpha,
+                round(p, 6),
+                alpha,
+                f"baseline regression: {detail} < {alpha}" if p < alpha else detail,
+            )
+        )

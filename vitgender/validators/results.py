@@ -91,9 +91,19 @@ class RunResults:
             for stage, value in (run.stages or {}).items():
                 arrays[f"{run.name}/stage/{stage}"] = value
         np.savez_compressed(scratch / "outputs.npz", **arrays)
-        (scratch / "results.json").write_text(json.dumps({
-            "schema": SCHEMA, "model": self.model, "images": asdict(self.images),
-            "reference": self.reference.meta(), "runs": [r.meta() for r in self.runs]}, indent=2) + "\n")
+        (scratch / "results.json").write_text(
+            json.dumps(
+                {
+                    "schema": SCHEMA,
+                    "model": self.model,
+                    "images": asdict(self.images),
+                    "reference": self.reference.meta(),
+                    "runs": [r.meta() for r in self.runs],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
             os.rename(directory, old / "d")
@@ -113,18 +123,24 @@ class RunResults:
             meta = json.loads((directory / "results.json").read_text())
             arrays = np.load(directory / "outputs.npz", allow_pickle=False)
         except FileNotFoundError:
-            raise UsageError(str(directory), "no saved outputs here (expected results.json and outputs.npz "
-                                             "written by 'vitgender validate --save-outputs')") from None
+            raise UsageError(
+                str(directory),
+                "no saved outputs here (expected results.json and outputs.npz "
+                "written by 'vitgender validate --save-outputs')",
+            ) from None
         except (OSError, ValueError, json.JSONDecodeError) as exc:
             raise UsageError(str(directory), f"cannot read saved outputs ({type(exc).__name__})") from None
         if meta.get("schema") != SCHEMA:
-            raise UsageError(str(directory), f"saved outputs of schema {meta.get('schema')}; this version reads {SCHEMA}")
+            raise UsageError(
+                str(directory), f"saved outputs of schema {meta.get('schema')}; this version reads {SCHEMA}"
+            )
 
         def run(data: dict) -> RunResult:
             stage_names = data.pop("stage_names", None)
             stages = {s: arrays[f"{data['name']}/stage/{s}"] for s in stage_names} if stage_names else None
-            return RunResult(**{**data, "labels": tuple(data["labels"])}, logits=arrays[f"{data['name']}/logits"],
-                             stages=stages)
+            return RunResult(
+                **{**data, "labels": tuple(data["labels"])}, logits=arrays[f"{data['name']}/logits"], stages=stages
+            )
 
         return cls(meta["model"], ImageSet(**meta["images"]), run(meta["reference"]), [run(r) for r in meta["runs"]])
 
