@@ -46,7 +46,7 @@ def cli_reference() -> str:
 
 def budgets_reference() -> str:
     from vitgender.formats import FORMATS, GROUPS
-    from vitgender.validators.budgets import KINDS
+    from vitgender.validators.metrics import METRICS, Better
 
     data = json.loads((REPO / "vitgender" / "validators" / "default_budgets.json").read_text())
     budgets = data["budgets"]
@@ -69,24 +69,28 @@ def budgets_reference() -> str:
     lines += [
         "",
         "## Default budgets per precision\n",
-        "Upper bounds (the artifact fails above them) unless the metric is marked *min* (it fails below). "
+        "Upper bounds (the artifact fails above them) unless the metric's bound is *min* (it fails below). "
         f"Provenance: {data['provenance']}; batch invariance: {data['batch_provenance']}. "
-        "How these were fitted and how often the gate is wrong: [Gate quality](../measurements/gate-quality.md).\n",
-        "| metric | bound | " + " | ".join(budgets) + " |",
-        "|---|---|" + "---|" * len(budgets),
+        "How these were fitted and how often the gate is wrong, per model: [The gate in CI](../gate.md).\n",
+        "| metric | bound | meaning | " + " | ".join(budgets) + " |",
+        "|---|---|---|" + "---|" * len(budgets),
     ]
     for metric in metrics:
         cells = " | ".join(f"{budgets[p][metric]:g}" if metric in budgets[p] else "–" for p in budgets)
-        lines.append(f"| `{metric}` | {KINDS.get(metric, 'max')} | {cells} |")
+        bound = "min" if METRICS[metric].better is Better.HIGHER else "max"
+        lines.append(f"| `{metric}` | {bound} | {METRICS[metric].meaning} | {cells} |")
     lines += [
         "",
         "## Every metric a budget file may set\n",
         "A budget file (`vitgender validate --budget FILE`, TOML or JSON) has sections named after a precision "
         f"({', '.join(f'`{p}`' for p in budgets)}) or an artifact name, and these keys:\n",
-        "| metric | bound |",
-        "|---|---|",
+        "| metric | bound | meaning |",
+        "|---|---|---|",
     ]
-    lines += [f"| `{metric}` | {kind} |" for metric, kind in sorted(KINDS.items())]
+    lines += [
+        f"| `{m.name}` | {'min' if m.better is Better.HIGHER else 'max'} | {m.meaning} |"
+        for m in sorted(METRICS.values(), key=lambda m: m.name)
+    ]
     return "\n".join(lines) + "\n"
 
 
