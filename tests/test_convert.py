@@ -38,6 +38,7 @@ def test_convert_to_a_new_folder_is_checked_and_verifiable(pickled, tmp_path, ru
     assert code == 0, err
     assert "warning: loading the pickle weights pytorch_model.bin" in err
     assert sorted(p.name for p in out.iterdir()) == [
+        ".vitgender-output.json",  # atomic_dir's marker: a later run recognises its own output
         "SHA256SUMS",
         "config.json",
         "model.safetensors",

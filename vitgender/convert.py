@@ -5,8 +5,8 @@ is the way out, and it loads the pickle only because the user asked for exactly 
 `torch.load(weights_only=True)` (tensors and plain containers only). The result is checked
 before it is published: every tensor read back from the safetensors file equals the one loaded
 from the pickle, and the converted checkpoint loads through the same integrity checks as any
-other (`open_checkpoint`, config vs weights). A new folder is written beside the target and
-renamed into place, so a failure leaves nothing half-written; `in_place` adds
+other (`open_checkpoint`, config vs weights). A new folder is written through `atomic_dir`
+(a scratch folder renamed into place), so a failure leaves nothing half-written; `in_place` adds
 `model.safetensors` and a fresh `SHA256SUMS` to the source folder and keeps the pickle files
 (this command never deletes what it did not create).
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vitgender.checkpoint import PICKLE_SUFFIXES, SHA256SUMS, open_checkpoint, verify_sha256sums, write_sha256sums
 from vitgender.errors import CheckpointError, UsageError
+from vitgender.output_folders import atomic_dir
 
 SAFETENSORS = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
@@ -124,17 +125,18 @@ def convert(
         "(torch.load weights_only=True: tensors only)"
     )
     state = _state_dict(files)
+    if not in_place:  # a new folder, through the one policy every command that writes a folder follows
+        with atomic_dir(target, "convert") as scratch:
+            _build(directory, files, state, scratch)
+        return target
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(scratch, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
         _build(directory, files, state, scratch)
-        if in_place:
-            (scratch / SAFETENSORS).replace(directory / SAFETENSORS)
-            write_sha256sums(directory)
-        else:
-            scratch.rename(target)
+        (scratch / SAFETENSORS).replace(directory / SAFETENSORS)
+        write_sha256sums(directory)
     except OSError as exc:
         raise UsageError(str(target), f"cannot write ({exc.strerror or exc})") from None
     finally:
