@@ -538,3 +538,24 @@ def test_fit_on_synthetic_runs_separates_correct_from_broken(tmp_path):
     from vitgender.reporting import gate_quality
 
     assert "| **broken:** weight x1.05 |" in gate_quality.markdown(report)
+
+
+@pytest.mark.slow
+def test_readme_own_model_walkthrough_runs_as_written_on_a_five_label_model(tmp_path):
+    """README's "Your own model in five minutes" lines, as written, from a folder holding ./my-vit (a
+    5-label model) and my-faces/ in class folders: verify, export, fit, gate."""
+    from tests.conftest import make_tiny_vit
+
+    make_tiny_vit(tmp_path / "my-vit", labels=RACE5)
+    _class_folders(tmp_path / "my-faces", {label: 12 for label in RACE5})
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Your own model in five minutes")[1].split("```bash\n")[1].split("```")[0]
+    lines = [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("vitgender ")]
+    assert [line.split()[1] for line in lines] == ["verify", "export", "validate", "validate"]
+    for line in lines:
+        result = subprocess.run([*CLI, *line.split()[1:]], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+        assert result.returncode == 0, f"{line}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert 'labels = ["White", "Black", "Asian", "Indian", "Other"]' in (tmp_path / "budgets.toml").read_text()
+    assert (tmp_path / "parity.xml").is_file()
+    report = json.loads((tmp_path / "build" / "artifacts" / "validation" / "report.json").read_text())
+    assert report["passed"] and {a["name"] for a in report["artifacts"]} == {"onnx", "onnx-int8-static", "tflite"}
