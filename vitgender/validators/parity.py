@@ -34,6 +34,10 @@ from vitgender.validators.results import ImageSet, RunResult, RunResults, conten
 REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference"
 DEFAULT_REFERENCE = "utkface-val-50"
 LOCALIZE_IMAGES = 8  # activations of every block for a few images are enough to see where errors start
+# Images per runner call. A fit runs hundreds of images: in one call, converters' arenas grow with the batch
+# (LiteRT/XNNPACK and TF plan every intermediate for it: 800 default-model faces took > 22 GB). 64 keeps
+# the bundled 50-face reference set in one call, as a deployment batch would.
+RUN_CHUNK = 64
 # A baseline regression is a decision change this unlikely under "nothing changed" (one-sided).
 REGRESSION_ALPHA = 0.01
 
@@ -190,7 +194,7 @@ def run_all(
         try:
             pixels = inputs_for(runner)
             began = time.perf_counter()
-            logits = runner.run(pixels)
+            logits = np.concatenate([runner.run(pixels[i : i + RUN_CHUNK]) for i in range(0, len(pixels), RUN_CHUNK)])
             latency = (time.perf_counter() - began) * 1000 / len(pixels)
             return RunResult(
                 name,
