@@ -46,14 +46,18 @@ def test_pte_has_a_dynamic_batch_and_matches_torch(pte, tiny_model):
 
 def test_validate_judges_pte_with_a_quantization_proof(pte):
     result = subprocess.run([*CLI, "validate", str(pte)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    # The tiny random model's int8 program may fail its budgets (on 400 faces it agrees with PyTorch on
+    # ~91%: damaged, which the gate should say); what is under test here is the proof read from the .pte.
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((pte / "validation" / "report.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
+    assert by_name["executorch"]["passed"], by_name["executorch"]["failures"]
     int8 = by_name["executorch-int8"]
+    assert {c["name"]: c["passed"] for c in int8["checks"]}["quantization_proof"]
     # weights read from the XNNPACK graphs inside the .pte: mostly 8-bit for int8, float32 for fp32
     assert int8["inventory"]["weight_share_by_dtype"].get("int8", 0) >= 0.5
     assert by_name["executorch"]["inventory"]["weight_share_by_dtype"].get("float32", 0) >= 0.9
-    assert {c["name"] for c in int8["checks"]} >= {"quantization_proof", "batch_max_abs_logit_diff"}
+    assert {c["name"] for c in int8["checks"]} >= {"quantization_proof", "batch_max_rel_logit_diff"}
 
 
 def test_classify_runs_a_pte(pte, image_dir):
