@@ -9,9 +9,9 @@ One policy for `export`, `explain`, `train` (and one for single files, `classify
   only with `--overwrite` (export instead *updates* an export of the same checkpoint); anything
   else is refused with exit 2, **with or without `--overwrite`**, so a typo such as `--out ~`
   cannot delete anything.
-- The output is written into a hidden scratch folder beside the target, `.NAME.partial-XXXX`,
+- The output is written into a hidden scratch folder beside the target, `.NAME.partial-<random>`,
   which records its owner (pid and process start time), and renamed onto the target only when
-  whole. The previous folder is moved aside (`.NAME.old-XXXX`) and removed last.
+  whole. The previous folder is moved aside (`.NAME.old-<random>`) and removed last.
 - A killed run leaves only its scratch folder; the next run of any command writing into the
   same parent folder removes every scratch folder whose owner is gone, and says so.
 - Folders get the user's umask (mkdtemp's private 0700 is for the scratch phase only).
@@ -34,7 +34,7 @@ from vitgender.errors import UsageError
 
 MARKER = ".vitgender-output.json"
 OWNER = ".owner"
-SCRATCH_KINDS = ("partial", "old")  # .NAME.partial-XXXX while writing, .NAME.old-XXXX while swapping
+SCRATCH_KINDS = ("partial", "old")  # .NAME.partial-<random> while writing, .NAME.old-<random> while swapping
 
 
 def _start_time(pid: int) -> str | None:
