@@ -119,6 +119,9 @@ class Runtime:
     # (labels, preprocessing) of a file without opening a runner on it: the sidecar beside an artifact
     metadata: Callable[[str | Path | None], tuple[tuple[str, ...], PreprocessConfig]] = _sidecar_metadata
     by_file_type: bool = True  # `runtime_for` picks it for the files it recognises (False: a peer, named only)
+    # A peer's settings worth benchmarking on a file of this precision (`bench`'s peer rows): runtime
+    # specs such as "openvino:precision=bf16"; empty where it is not installed or not useful.
+    peer_settings: Callable[[Precision], list[str]] | None = None
 
 
 _REGISTRY: dict[str, Runtime] = {}
@@ -222,6 +225,16 @@ def _checkpoint_metadata(
     return checkpoint.labels, checkpoint.preprocess
 
 
+def peer_runtimes(path: str | Path, precision: Precision) -> list[str]:
+    """Runtime specs of the peer engines (`by_file_type=False`) that read `path`, for `bench`'s peer rows."""
+    return [
+        spec
+        for runtime in _REGISTRY.values()
+        if not runtime.by_file_type and runtime.peer_settings is not None and runtime.recognises(Path(path))
+        for spec in runtime.peer_settings(precision)
+    ]
+
+
 def can_localize(runner: Runner) -> bool:
     """Whether `runner` exposes stage activations: declared by its runtime (a TTA wrapper exposes none)."""
     return _REGISTRY[runner.info.runtime].stages and callable(getattr(type(runner), "stage_activations", None))
@@ -285,6 +298,7 @@ register_runtime(
         options=frozenset({"threads", "precision"}),
         inventory=_reader("vitgender.runtimes.onnx_runner", "inventory"),
         by_file_type=False,  # a peer on ONNX Runtime's files: chosen with --runtime, never by file type
+        peer_settings=lambda precision: _lazy("vitgender.runtimes.openvino_runner", "peer_settings")()(precision),
     )
 )
 register_runtime(

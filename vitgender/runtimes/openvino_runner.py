@@ -38,6 +38,19 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def peer_settings(precision: Precision) -> list[str]:
+    """What `bench` measures OpenVINO in on a file of this precision: fp32 files as they are and, where
+    the CPU computes bf16, with the bf16 hint; static int8 QDQ files as they are. None if not installed."""
+    from importlib.util import find_spec
+
+    from vitgender.machine import has_bf16_arithmetic
+
+    if find_spec("openvino") is None or precision not in (Precision.FP32, Precision.INT8):
+        return []
+    bf16 = precision is Precision.FP32 and has_bf16_arithmetic()
+    return ["openvino", *(["openvino:precision=bf16"] if bf16 else [])]
+
+
 class OpenVinoRunner(Closing):
     def __init__(self, compiled, info: RunnerInfo) -> None:
         self.compiled = compiled
