@@ -111,7 +111,7 @@ def main() -> None:
                         if args.with_current
                         else ""
                     ),
-                    **{k: v for k, v in previous.items() if k == "batch_provenance"},
+                    **{k: v for k, v in previous.items() if k.endswith("_provenance")},
                     "budgets": merged,
                 },
                 indent=2,

@@ -91,7 +91,7 @@ def runtime_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("vitgender", "torch", "onnxruntime", "tensorflow", "ai-edge-litert", "executorch", "numpy"):
+    for dist in ("vitgender", "torch", "onnxruntime", "openvino", "tensorflow", "ai-edge-litert", "executorch", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
