@@ -39,9 +39,10 @@ def no_bf16(monkeypatch):
 
 def test_openvino_matches_onnxruntime_on_the_same_file(export_dir):
     pixels = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
-    with open_runner("onnx", export_dir / "model.onnx") as ort, open_runner(
-        "openvino", export_dir / "model.onnx", threads=1
-    ) as ov:
+    with (
+        open_runner("onnx", export_dir / "model.onnx") as ort,
+        open_runner("openvino", export_dir / "model.onnx", threads=1) as ov,
+    ):
         assert ov.info.runtime == "openvino" and ov.info.labels == ort.info.labels
         assert ov.info.computes_in is Precision.FP32
         np.testing.assert_allclose(ov.run(pixels), ort.run(pixels), atol=1e-4)
@@ -52,7 +53,14 @@ def test_openvino_matches_onnxruntime_on_the_same_file(export_dir):
 
 def test_classify_with_the_openvino_runtime(export_dir, monkeypatch, capsys):
     code, out, err = run_main(
-        monkeypatch, capsys, "classify", str(REFERENCE), "--model", str(export_dir / "model.onnx"), "--runtime", "openvino"
+        monkeypatch,
+        capsys,
+        "classify",
+        str(REFERENCE),
+        "--model",
+        str(export_dir / "model.onnx"),
+        "--runtime",
+        "openvino",
     )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]

@@ -179,7 +179,9 @@ def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None, 
     if tta in (None, "none"):
         return found
     return found + [
-        {**c, "name": f"{c['name']}+{tta}", "tta": tta} for c in found if c["runtime"] != "pipeline" and not c.get("peer")
+        {**c, "name": f"{c['name']}+{tta}", "tta": tta}
+        for c in found
+        if c["runtime"] != "pipeline" and not c.get("peer")
     ]
 
 

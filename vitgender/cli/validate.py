@@ -99,13 +99,13 @@ def validate(
     from vitgender.reporting import validation as reports
     from vitgender.validators import parity
 
-    if load_outputs is not None and (images or reference or against or only or save_outputs or runtime):
-        if not fit_budgets:
-            raise UsageError(
-                "--load-outputs",
-                "compares saved outputs as they are; --images, --reference, --against, "
-                "--only, --runtime and --save-outputs apply when running",
-            )
+    running_only = images or reference or against or only or save_outputs or runtime
+    if load_outputs is not None and running_only and not fit_budgets:
+        raise UsageError(
+            "--load-outputs",
+            "compares saved outputs as they are; --images, --reference, --against, "
+            "--only, --runtime and --save-outputs apply when running",
+        )
     if fit_budgets is not None:
         _fit(
             artifact_dir,

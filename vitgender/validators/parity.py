@@ -91,7 +91,8 @@ def runtime_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("vitgender", "torch", "onnxruntime", "openvino", "tensorflow", "ai-edge-litert", "executorch", "numpy"):
+    runtimes = ("torch", "onnxruntime", "openvino", "tensorflow", "ai-edge-litert", "executorch")
+    for dist in ("vitgender", *runtimes, "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
