@@ -151,3 +151,21 @@ def test_peer_rows_cover_fp32_and_static_int8_files(export_dir):
     assert peer_runtimes(export_dir / "model_int8_static.onnx", Precision.INT8) == ["openvino"]
     assert peer_runtimes(export_dir / "model.onnx", Precision.INT8_DYNAMIC) == []
     assert peer_runtimes(export_dir / "model.onnx.json", Precision.FP32) == []  # not a file it reads
+
+
+def test_serve_answers_on_the_openvino_runtime(export_dir):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from vitgender.serving.app import ServeSettings, create_app
+
+    settings = ServeSettings(model=str(export_dir / "model.onnx"), runtime="openvino:precision=f32", threads=1)
+    with TestClient(create_app(settings)) as client:
+        deadline = time.time() + 60
+        while client.get("/health/ready").status_code != 200 and time.time() < deadline:
+            time.sleep(0.1)
+        image = next(REFERENCE.iterdir()).read_bytes()
+        answer = client.post("/", content=image)
+        assert answer.status_code == 200, answer.text
+        assert {p["label"] for p in answer.json()} == {"female", "male"}
