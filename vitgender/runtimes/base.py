@@ -294,7 +294,7 @@ register_runtime(
         "openvino",
         _opener("vitgender.runtimes.openvino_runner", "OpenVinoRunner"),
         lambda p: p.suffix == ".onnx",
-        ".onnx files, OpenVINO CPU; settings precision=f32|bf16",
+        ".onnx files, OpenVINO CPU (by name only)",
         options=frozenset({"threads", "precision"}),
         inventory=_reader("vitgender.runtimes.onnx_runner", "inventory"),
         by_file_type=False,  # a peer on ONNX Runtime's files: chosen with --runtime, never by file type
