@@ -51,17 +51,13 @@ def test_openvino_matches_onnxruntime_on_the_same_file(export_dir):
     assert runtime_for(export_dir / "model.onnx", "openvino") == "openvino"
 
 
+def classify(export_dir: Path, runtime: str, monkeypatch, capsys) -> tuple[int, str, str]:
+    model = str(export_dir / "model.onnx")
+    return run_main(monkeypatch, capsys, "classify", str(REFERENCE), "--model", model, "--runtime", runtime)
+
+
 def test_classify_with_the_openvino_runtime(export_dir, monkeypatch, capsys):
-    code, out, err = run_main(
-        monkeypatch,
-        capsys,
-        "classify",
-        str(REFERENCE),
-        "--model",
-        str(export_dir / "model.onnx"),
-        "--runtime",
-        "openvino",
-    )
+    code, out, err = classify(export_dir, "openvino", monkeypatch, capsys)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 50 and {p["label"] for p in records[0]["predictions"]} == {"female", "male"}
@@ -81,17 +77,9 @@ def test_validate_with_the_openvino_runtime_judges_fp32_and_int8(export_dir, tmp
 @needs_bf16
 def test_a_bf16_run_is_judged_by_the_bf16_budget(export_dir, tmp_path, monkeypatch, capsys):
     reports = tmp_path / "reports"
+    only_fp32 = ["--only", "onnx", "--runtime", "openvino:precision=bf16"]
     code, out, err = run_main(
-        monkeypatch,
-        capsys,
-        "validate",
-        str(export_dir),
-        "--only",
-        "onnx",
-        "--runtime",
-        "openvino:precision=bf16",
-        "--report-dir",
-        str(reports),
+        monkeypatch, capsys, "validate", str(export_dir), *only_fp32, "--report-dir", str(reports)
     )
     assert code == 0, out + err
     (artifact,) = json.loads((reports / "report.json").read_text())["artifacts"]
@@ -104,16 +92,7 @@ def test_a_bf16_run_is_judged_by_the_bf16_budget(export_dir, tmp_path, monkeypat
 
 
 def test_bf16_is_refused_in_one_line_on_a_cpu_without_bf16(export_dir, no_bf16, monkeypatch, capsys):
-    code, out, err = run_main(
-        monkeypatch,
-        capsys,
-        "classify",
-        str(REFERENCE),
-        "--model",
-        str(export_dir / "model.onnx"),
-        "--runtime",
-        "openvino:precision=bf16",
-    )
+    code, out, err = classify(export_dir, "openvino:precision=bf16", monkeypatch, capsys)
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0 and "avx512_bf16" in err and "precision=f32" in err and "Traceback" not in err
     # and bench offers no bf16 row there

@@ -11,6 +11,7 @@ bf16 budget rather than the file's fp32 one.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from vitgender.errors import UsageError
 from vitgender.precision import Precision
 from vitgender.runtimes.base import RunnerInfo
 from vitgender.runtimes.lifecycle import Closing
-from vitgender.runtimes.sidecar import read_sidecar
+from vitgender.runtimes.onnx_runner import onnx_runner_info
 
 PRECISIONS = ("f32", "bf16")
 
@@ -82,23 +83,12 @@ class OpenVinoRunner(Closing):
             compiled = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
             raise UsageError(str(path), f"OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        sidecar = read_sidecar(path)
-        raw = compiled.input(0).get_element_type().get_type_name() == "u8"
-        lowered = precision == "bf16" and not sidecar.precision.is_int8
-        return cls(
-            compiled,
-            RunnerInfo(
-                "openvino",
-                sidecar.labels,
-                sidecar.preprocess,
-                str(path),
-                sidecar.precision,
-                raw_input=raw,
-                architecture=sidecar.architecture,
-                batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC,
-                arithmetic=Precision.BF16 if lowered else None,
-            ),
+        info = onnx_runner_info(
+            "openvino", path, raw_input=compiled.input(0).get_element_type().get_type_name() == "u8"
         )
+        if precision == "bf16" and not info.precision.is_int8:  # int8 GEMMs stay int8 under the hint
+            info = replace(info, arithmetic=Precision.BF16)
+        return cls(compiled, info)
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
