@@ -170,10 +170,11 @@ def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None, 
 
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
-            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": path.absolute()})
+            file = {"path": path.absolute(), "sha256": entry.get("sha256")}
+            found.append({"name": entry["name"], "runtime": runtime_for(path), **file})
             if peers:
                 found += [
-                    {"name": f"{entry['name']}@{spec}", "runtime": spec, "path": path.absolute(), "peer": True}
+                    {"name": f"{entry['name']}@{spec}", "runtime": spec, **file, "peer": True}
                     for spec in peer_runtimes(path, Precision(entry["precision"]))
                 ]
     if tta in (None, "none"):
@@ -265,6 +266,7 @@ def run_benchmark(
                         "name": candidate["name"],
                         "runtime": candidate["runtime"],
                         "peer": candidate.get("peer", False),
+                        **({"sha256": candidate["sha256"]} if candidate.get("sha256") else {}),
                         "precision": measured["precision"],
                         "arithmetic": compute,
                         **row,

@@ -192,8 +192,9 @@ def run_all(
 
     def run_one(name: str, path: Path | None, precision: str, entry: dict | None, *, stages: bool) -> RunResult:
         on_artifact(name if path is not None else f"{name} (reference)")
+        spec = runtime_for(path, runtime)  # recorded as given (settings included): what ran it
         runner = open_runner(
-            runtime_for(path, runtime),
+            spec,
             path if path is not None else (model if model is not None else manifest["model"]["source"]),
             alpha=alpha,
         )
@@ -204,7 +205,7 @@ def run_all(
             latency = (time.perf_counter() - began) * 1000 / len(pixels)
             return RunResult(
                 name,
-                runner.info.runtime,
+                spec,
                 runner.info.arithmetic or precision,
                 tuple(runner.info.labels),
                 logits,
