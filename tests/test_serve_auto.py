@@ -25,10 +25,10 @@ def exported(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def export(exported, tmp_path) -> Path:
-    """A copy with nothing measured yet: each test writes the evidence it needs."""
-    import shutil
-
-    return Path(shutil.copytree(exported, tmp_path / "export"))
+    """The export's files linked into a fresh folder with nothing measured yet: each test writes its evidence."""
+    for file in exported.iterdir():
+        (tmp_path / file.name).symlink_to(file)
+    return tmp_path
 
 
 def _sha(export: Path, name: str) -> str:
