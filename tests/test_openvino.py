@@ -148,3 +148,14 @@ def test_serve_answers_on_the_openvino_runtime(export_dir):
         answer = client.post("/", content=image)
         assert answer.status_code == 200, answer.text
         assert {p["label"] for p in answer.json()} == {"female", "male"}
+
+
+def test_the_quantization_proof_of_a_bf16_run_accepts_float_files_only():
+    from vitgender.validators.inventory import check_precision
+
+    def share(**by_dtype):
+        return {"weight_share_by_dtype": by_dtype}
+
+    assert check_precision(share(float32=1.0), Precision.BF16).passed
+    assert check_precision(share(float16=0.9, float32=0.1), Precision.BF16).passed  # fp16 file, bf16 hint
+    assert not check_precision(share(int8=0.8, float32=0.2), Precision.BF16).passed
