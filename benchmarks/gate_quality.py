@@ -9,6 +9,9 @@ Two jobs:
        .venv/bin/vitgender export --out artifacts/vitgender-default --formats all
        .venv/bin/python benchmarks/gate_quality.py fit --faces 2000 --out runs/gate-quality/default.toml
 
+   With `--runtime openvino:precision=bf16` the fp32 ONNX artifacts run with OpenVINO's bf16 hint:
+   that fits the bf16 budget.
+
 2. Merge the fitted budgets of several models (each a `*.gate-quality.json` written by a fit) into
    the shipped scale-free defaults, the largest fitted value per precision and metric, so that a
    correct export of any of those models passes without a fitted file (docs/gate.md has the
@@ -34,8 +37,10 @@ REFERENCE = REPO / "vitgender" / "reference" / "utkface-val-50"
 DEFAULTS_FILE = REPO / "vitgender" / "validators" / "default_budgets.json"
 
 
-def fit_default_model(export: Path, faces: int, out: Path) -> dict:
-    """The default model's fit on `faces` validation faces (not the bundled ones), linked into a scratch folder."""
+def fit_default_model(export: Path, faces: int, out: Path, runtime: str | None = None) -> dict:
+    """The default model's fit on `faces` validation faces (not the bundled ones), linked into a scratch folder.
+
+    `runtime` opens the artifacts it reads (`openvino:precision=bf16` fits the bf16 budget)."""
     samples, _ = load_labelled(UTKFACE)
     reference = {p.name for p in REFERENCE.iterdir()}
     val = [s for s in split_samples(samples)["val"] if s.path.name not in reference][:faces]
@@ -47,9 +52,10 @@ def fit_default_model(export: Path, faces: int, out: Path) -> dict:
             out,
             images=Path(scratch),
             labels="auto",
-            command=f"benchmarks/gate_quality.py fit --faces {faces}",
+            command=f"benchmarks/gate_quality.py fit --faces {faces}" + (f" --runtime {runtime}" if runtime else ""),
             on_step=lambda step: print(f"[fit] {step}", flush=True),
             render_markdown=gate_quality.markdown,
+            runtime=runtime,
         )
     print(gate_quality.markdown(report))
     print(f"wrote {files['budgets']} {files['md']} {files['json']}")
@@ -75,6 +81,7 @@ def main() -> None:
     fit.add_argument("--export", type=Path, default=REPO / "artifacts" / "vitgender-default")
     fit.add_argument("--faces", type=int, default=2000)
     fit.add_argument("--out", type=Path, default=REPO / "runs" / "gate-quality" / "default.toml")
+    fit.add_argument("--runtime", help="open the artifacts it reads with this runtime (openvino:precision=bf16)")
     defaults = commands.add_parser("defaults", help="merge fitted budgets of several models into the defaults")
     defaults.add_argument("reports", type=Path, nargs="+", help="*.gate-quality.json files written by fits")
     defaults.add_argument(
@@ -86,7 +93,7 @@ def main() -> None:
     defaults.add_argument("--write", action="store_true", help=f"write {DEFAULTS_FILE}")
     args = parser.parse_args()
     if args.command == "fit":
-        fit_default_model(args.export, args.faces, args.out)
+        fit_default_model(args.export, args.faces, args.out, args.runtime)
         return
     previous = json.loads(DEFAULTS_FILE.read_text())
     merged = merged_defaults(args.reports, previous["budgets"] if args.with_current else None)
@@ -104,7 +111,7 @@ def main() -> None:
                         if args.with_current
                         else ""
                     ),
-                    **{k: v for k, v in previous.items() if k == "batch_provenance"},
+                    **{k: v for k, v in previous.items() if k.endswith("_provenance")},
                     "budgets": merged,
                 },
                 indent=2,

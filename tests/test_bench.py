@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.util import find_spec
 
 import pytest
 
 pytest.importorskip("onnxruntime", reason="benchmarking artifacts needs the export extra")
 
 from vitgender.exporters import main_export  # noqa: E402
+from vitgender.machine import has_bf16_arithmetic  # noqa: E402
 
 
 def test_flop_count_matches_torch_flop_counter(tiny_model):
@@ -63,12 +65,19 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     report = json.loads(out.read_text())
     assert report["schema"] == 2 and report["machine"]["cores"] >= 1 and report["threads"] >= 1
     roofs = report["roofs"]
-    assert set(roofs["roofs"]) == {"fp32", "fp16", "int8"} and all(r["gops"] > 0 for r in roofs["roofs"].values())
+    bf16 = has_bf16_arithmetic()
+    assert set(roofs["roofs"]) == {"fp32", "fp16", "int8", *(["bf16"] if bf16 else [])}
+    assert all(r["gops"] > 0 for r in roofs["roofs"].values())
     # the ViT-shaped GEMM is the tiny model's own MLP at the largest batch: batch x tokens, hidden, intermediate
     assert roofs["measured"]["vit_mlp"]["shape"] == [2 * 17, 32, 64]
     assert {"torch", "onnxruntime"} <= set(roofs["measured"]["square"]["int8"])
     names = {r["name"] for r in report["results"]}
-    assert names == {"torch-eager", "transformers-pipeline", "onnx", "onnx-int8-dynamic", "onnx-uint8-nhwc"}
+    peers = set()
+    if find_spec("openvino") is not None:  # the same files on the peer engine, fp32 also with the bf16 hint
+        peers = {"onnx@openvino", "onnx-uint8-nhwc@openvino"}
+        peers |= {"onnx@openvino:precision=bf16", "onnx-uint8-nhwc@openvino:precision=bf16"} if bf16 else set()
+    assert names == {"torch-eager", "transformers-pipeline", "onnx", "onnx-int8-dynamic", "onnx-uint8-nhwc", *peers}
+    assert {r["name"] for r in report["results"] if r["peer"]} == peers
     for row in report["results"]:
         assert row["images_per_s"] > 0 and row["p90_ms"] >= row["p50_ms"] > 0 and row["bytes"] > 0
         assert {"ratio_vs_torch", "peak_rss_mb", "load_seconds"} <= set(row)
@@ -84,6 +93,9 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     assert report["reference"]["images"] == 50
     assert (tmp_path / "bench.svg").read_text().startswith("<svg")
     assert "| onnx-int8-dynamic |" in result.stdout and "measured roofs: fp32" in result.stdout
+    if "onnx@openvino:precision=bf16" in peers:
+        assert by_name["onnx@openvino:precision=bf16"]["arithmetic"] == "bf16"
+        assert "| onnx@openvino:precision=bf16 (peer) |" in result.stdout
 
 
 def test_arithmetic_is_what_the_candidate_computes_in():
@@ -92,6 +104,7 @@ def test_arithmetic_is_what_the_candidate_computes_in():
     assert arithmetic("onnx", "int8") == arithmetic("tflite", "int8-dynamic") == "int8"
     assert arithmetic("pipeline", "fp16") == "fp16"  # PyTorch runs a float16 checkpoint in float16
     assert arithmetic("onnx", "fp16") == arithmetic("tflite", "fp16") == "fp32"  # upcast on x86
+    assert arithmetic("openvino:precision=bf16", "bf16") == "bf16"
 
 
 def test_tta_adds_a_flip_row_per_runner_but_not_for_the_pipeline(tiny_model, tmp_path):

@@ -90,7 +90,7 @@ def test_wheel_metadata_declares_ranges_and_extras(wheel):
     assert {re.split(r"[<>=!~;\[ ]", r)[0] for r in core} >= {"torch", "transformers", "numpy", "safetensors"}
     assert not [r for r in core if "==" in r], core
     extras = {line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Provides-Extra: ")}
-    assert {"onnx", "tflite", "serve", "ray", "faces", "test", "docs", "all"} <= extras
+    assert {"onnx", "tflite", "serve", "ray", "faces", "peer", "test", "docs", "all"} <= extras
     onnx = [r for r in requires if 'extra == "onnx"' in r]
     assert not [r for r in onnx if "tensorflow" in r or "onnx2tf" in r or "numpy" in r], onnx
 

@@ -37,6 +37,8 @@ def arithmetic(runtime: str, precision: str) -> str:
 
     if Precision(precision).is_int8:
         return "int8"
+    if precision == Precision.BF16:  # a runtime's bf16 setting (OpenVINO's hint): bf16 GEMMs
+        return "bf16"
     native = get_runtime("torch" if runtime == "pipeline" else runtime).fp16_arithmetic
     return "fp16" if precision == Precision.FP16 and native else "fp32"
 
@@ -94,7 +96,7 @@ def _open(candidate: dict, threads: int) -> _Opened:
     weights = Path(candidate["path"])
     if candidate["runtime"] == "torch":
         weights = weights / "model.safetensors"
-    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.precision, runner.close)
+    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.computes_in, runner.close)
 
 
 def _size(path: Path) -> int:
@@ -150,23 +152,38 @@ def _worker(job: dict) -> dict:
     }
 
 
-def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None) -> list[dict]:
+def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None, peers: bool = True) -> list[dict]:
     """PyTorch, the HF pipeline and every artifact; with `tta`, each runner again wrapped in it
-    (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run."""
+    (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run.
+
+    With `peers`, each artifact again on every installed peer engine that reads its file, in the
+    settings that engine's `Runtime.peer_settings` names for its precision (OpenVINO: fp32 and int8
+    files, fp32 also with the bf16 hint where the CPU has bf16 arithmetic), named
+    `NAME@RUNTIME[:SETTINGS]` and marked `peer`: another engine on the same file, not another artifact."""
     found = [
         {"name": "torch-eager", "runtime": "torch", "path": model_dir.absolute()},
         {"name": "transformers-pipeline", "runtime": "pipeline", "path": model_dir.absolute()},
     ]
     if artifacts is not None:
         from vitgender.manifest import read_manifest, verify_artifact
-        from vitgender.runtimes import runtime_for
+        from vitgender.runtimes import peer_runtimes, runtime_for
 
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
-            found.append({"name": entry["name"], "runtime": runtime_for(path), "path": path.absolute()})
+            file = {"path": path.absolute(), "sha256": entry.get("sha256")}
+            found.append({"name": entry["name"], "runtime": runtime_for(path), **file})
+            if peers:
+                found += [
+                    {"name": f"{entry['name']}@{spec}", "runtime": spec, **file, "peer": True}
+                    for spec in peer_runtimes(path, Precision(entry["precision"]))
+                ]
     if tta in (None, "none"):
         return found
-    return found + [{**c, "name": f"{c['name']}+{tta}", "tta": tta} for c in found if c["runtime"] != "pipeline"]
+    return found + [
+        {**c, "name": f"{c['name']}+{tta}", "tta": tta}
+        for c in found
+        if c["runtime"] != "pipeline" and not c.get("peer")
+    ]
 
 
 def _in_child(label: str, job: dict, threads: int) -> dict:
@@ -201,6 +218,7 @@ def run_benchmark(
     on_candidate: Callable[[str], None] = lambda name: None,
     roof_seconds: float = 1.0,
     tta: str | None = None,
+    peers: bool = True,
 ) -> dict:
     from vitgender import checkpoint
     from vitgender.validators.parity import DEFAULT_REFERENCE, REFERENCE_ROOT
@@ -208,7 +226,7 @@ def run_benchmark(
     ckpt = checkpoint.open_checkpoint(model)
     model_dir, pre, arch = ckpt.directory, ckpt.preprocess, ckpt.architecture
     flops = arch.flops(pre.height, pre.width)
-    on_candidate("roofs: fp32, fp16 and int8 GEMMs")
+    on_candidate("roofs: GEMMs per arithmetic")
     roofs = _in_child(
         "roofs",
         {
@@ -226,7 +244,7 @@ def run_benchmark(
     results, answers = [], {}
     with tempfile.TemporaryDirectory(prefix="vitgender-bench-") as work:
         reference = _reference(ckpt, REFERENCE_ROOT / DEFAULT_REFERENCE, Path(work))
-        for candidate in candidates(model_dir, artifacts, tta):
+        for candidate in candidates(model_dir, artifacts, tta, peers):
             on_candidate(candidate["name"])
             job = {
                 "candidate": candidate,
@@ -247,6 +265,8 @@ def run_benchmark(
                     {
                         "name": candidate["name"],
                         "runtime": candidate["runtime"],
+                        "peer": candidate.get("peer", False),
+                        **({"sha256": candidate["sha256"]} if candidate.get("sha256") else {}),
                         "precision": measured["precision"],
                         "arithmetic": compute,
                         **row,

@@ -55,3 +55,13 @@ def machine() -> dict:
     except OSError:
         pass
     return info
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def has_bf16_arithmetic(isa: list[str] | None = None) -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX-BF16): without either, a
+    bf16 inference precision is emulated, slower than fp32 and no more faithful."""
+    flags = machine()["isa"] if isa is None else isa
+    return any(flag in flags for flag in BF16_FLAGS)

@@ -14,6 +14,7 @@ from vitgender.errors import UsageError
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"  # fp32 weights, bfloat16 arithmetic chosen at run time (a runtime's precision hint)
     INT8_DYNAMIC = "int8-dynamic"  # int8 weights, activations quantized at run time
     INT8 = "int8"  # int8 weights and calibrated int8 activations (static / full integer)
 

@@ -57,12 +57,13 @@ def _ort_session(m: int, k: int, n: int, integer: bool, threads: int, signed_act
 
 
 def gemm_rates(
-    m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16: bool = True
+    m: int, k: int, n: int, threads: int, seconds: float = 1.0, fp16: bool = True, bf16: bool = False
 ) -> dict[str, dict[str, float]]:
     """{arithmetic: {library: GOP/s}} for one (m x k) @ (k x n) GEMM.
 
     fp16 is PyTorch only (what the transformers pipeline runs a float16 checkpoint in); ORT and
     LiteRT have no fp16 GEMM on x86 and run fp16 artifacts in fp32 after upcasting the weights.
+    bf16 (PyTorch's oneDNN) is measured where asked: on CPUs with bf16 arithmetic, for the bf16 rows.
     """
     import torch
 
@@ -76,6 +77,9 @@ def gemm_rates(
         "fp16": {"torch": _rate(lambda: ah @ bh, ops, seconds)} if fp16 else {},
         "int8": {},
     }
+    if bf16:
+        ab, bb = a.bfloat16(), b.bfloat16()
+        out["bf16"] = {"torch": _rate(lambda: ab @ bb, ops, seconds)}
     ai, bi = torch.randint(-128, 128, (m, k), dtype=torch.int8), torch.randint(-128, 128, (k, n), dtype=torch.int8)
     try:
         out["int8"]["torch"] = _rate(lambda: torch._int_mm(ai, bi), ops, seconds)
@@ -95,16 +99,21 @@ def gemm_rates(
 
 
 def measure_roofs(hidden: int, intermediate: int, tokens: int, batch: int, threads: int, seconds: float = 1.0) -> dict:
-    """Roofs per arithmetic (best over shapes and libraries) with every measurement behind them."""
+    """Roofs per arithmetic (best over shapes and libraries) with every measurement behind them.
+
+    bf16 only where the CPU computes it natively (`machine.has_bf16_arithmetic`)."""
+    from vitgender.machine import has_bf16_arithmetic
+
+    bf16 = has_bf16_arithmetic()
     shapes = {"vit_mlp": (batch * tokens, hidden, intermediate), "square": (SQUARE, SQUARE, SQUARE)}
     # fp16 only on the model's own shape: a square fp16 GEMM takes minutes on CPUs without fp16 units
     measured = {
-        name: {"shape": list(shape), **gemm_rates(*shape, threads, seconds, fp16=name == "vit_mlp")}
+        name: {"shape": list(shape), **gemm_rates(*shape, threads, seconds, fp16=name == "vit_mlp", bf16=bf16)}
         for name, shape in shapes.items()
     }
     roofs = {}
-    for arith in ("fp32", "fp16", "int8"):
-        candidates = [(rate, shape, lib) for shape, m in measured.items() for lib, rate in m[arith].items()]
+    for arith in ("fp32", "fp16", "int8", *(["bf16"] if bf16 else [])):
+        candidates = [(rate, shape, lib) for shape, m in measured.items() for lib, rate in m.get(arith, {}).items()]
         rate, shape, lib = max(candidates)
         roofs[arith] = {"gops": rate, "shape": shape, "library": lib}
     return {"roofs": roofs, "measured": measured, "threads": threads}

@@ -38,6 +38,12 @@ def bench(
         help="Write an SVG: images/s per batch size and % of the " "measured roof, one bar per candidate.",
     ),
     roof_seconds: float = typer.Option(1.0, metavar="SECONDS", min=0.05, help="Seconds per roof GEMM measurement."),
+    peers: bool = typer.Option(
+        True,
+        "--peers/--no-peers",
+        help="Also measure each artifact file on the installed peer engines (OpenVINO: fp32, the bf16 hint "
+        "where the CPU has bf16 arithmetic, static int8), as NAME@RUNTIME rows marked peer.",
+    ),
     tta: str = typer.Option(
         "none",
         metavar="MODE",
@@ -68,6 +74,7 @@ def bench(
         on_candidate=lambda name: typer.echo(f"[bench] {name}", err=True),
         roof_seconds=roof_seconds,
         tta=tta,
+        peers=peers,
     )
     typer.echo(header(report))
     typer.echo(table(report))

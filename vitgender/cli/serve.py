@@ -18,9 +18,17 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @app.command()
 def serve(
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", metavar="MODEL", help=MODEL_HELP + " Or an artifact file."
+        None,
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help=MODEL_HELP + " Or an artifact file. Or auto: the fastest artifact of --artifacts that passed the "
+        "parity gate batch-invariantly, by its saved bench results (DIR/bench.json).",
     ),
     runtime: Optional[str] = typer.Option(None, metavar="RUNTIME", help=RUNTIME_HELP),
+    artifacts: Optional[Path] = typer.Option(
+        None, metavar="DIR", help="With --model auto: the export folder to choose from."
+    ),
     host: str = typer.Option(
         "127.0.0.1",
         metavar="HOST",
@@ -135,6 +143,10 @@ def serve(
     for pem in (ssl_certfile, ssl_keyfile):
         if pem is not None and not pem.is_file():
             raise UsageError(f"cannot read '{pem}'", "no such file")
+    if model == "auto":
+        model, runtime = _auto(artifacts, runtime, max_batch_size, announce=lambda line: typer.echo(line, err=True))
+    elif artifacts is not None:
+        raise UsageError("--artifacts", "only with --model auto")
     chosen = runtime or runtime_for(model)
     max_body_bytes = int(max_body_mb * 1024 * 1024)
     scheme = "https" if ssl_certfile else "http"
@@ -267,3 +279,26 @@ def serve(
         **limits.uvicorn_options(),
         **ssl,
     )
+
+
+def _auto(artifacts: Optional[Path], runtime: Optional[str], max_batch_size: int, announce) -> tuple[str, str]:
+    """`--model auto`: the artifact and runtime `vitgender.serving.auto` chooses, and why (one line)."""
+    from vitgender.machine import machine
+    from vitgender.serving.auto import BENCH_FILE, choose
+
+    if artifacts is None:
+        raise UsageError("--model auto", "give --artifacts DIR, an export folder with its bench and validation results")
+    if runtime is not None:
+        raise UsageError("--runtime", "--model auto chooses the runtime too; drop one")
+    choice = choose(artifacts, max_batch_size)
+    announce(
+        f"vitgender serve: auto: {choice.name} on {choice.runtime} ({choice.images_per_s:.1f} images/s at batch "
+        f"{choice.batch_size} in {artifacts / BENCH_FILE}; passed the gate batch-invariantly in {choice.report})"
+    )
+    here = machine()["isa"]
+    if choice.machine.get("isa") not in (None, here):
+        announce(
+            "vitgender serve: auto: note: the bench ran on a CPU with other ISA flags "
+            f"({' '.join(choice.machine['isa'])}); bench again here to rank for this machine"
+        )
+    return str(choice.path), choice.runtime

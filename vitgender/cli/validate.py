@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from vitgender.cli.app import app
-from vitgender.cli.common import ALPHA_HELP, AlphaPolicy
+from vitgender.cli.common import ALPHA_HELP, RUNTIME_HELP, AlphaPolicy
 from vitgender.errors import ExitCode, UsageError
 
 
@@ -87,17 +87,24 @@ def validate(
     alpha: Optional[AlphaPolicy] = typer.Option(
         None, "--alpha", metavar="POLICY", help=ALPHA_HELP + " Applies to PyTorch " "and every artifact alike."
     ),
+    runtime: Optional[str] = typer.Option(
+        None,
+        metavar="RUNTIME",
+        help="Open the artifacts this runtime reads with it instead of their own (e.g. openvino, "
+        "openvino:precision=bf16; a bf16 run is judged by the bf16 budget). " + RUNTIME_HELP,
+    ),
 ) -> None:
     """Prove every artifact matches PyTorch on the same images. Exit 0 pass, 1 parity regression, 2 usage error."""
     alpha = alpha.value if alpha is not None else None
     from vitgender.reporting import validation as reports
     from vitgender.validators import parity
 
-    if load_outputs is not None and (images or reference or against or only or save_outputs) and not fit_budgets:
+    running_only = images or reference or against or only or save_outputs or runtime
+    if load_outputs is not None and running_only and not fit_budgets:
         raise UsageError(
             "--load-outputs",
             "compares saved outputs as they are; --images, --reference, --against, "
-            "--only and --save-outputs apply when running",
+            "--only, --runtime and --save-outputs apply when running",
         )
     if fit_budgets is not None:
         _fit(
@@ -108,6 +115,7 @@ def validate(
             model=model,
             save_outputs=save_outputs,
             load_outputs=load_outputs,
+            runtime=runtime,
         )
         return
 
@@ -133,6 +141,7 @@ def validate(
         load_outputs=load_outputs,
         on_artifact=lambda name: typer.echo(f"[validate] {name}", err=True),
         alpha=alpha,
+        runtime=runtime,
     )
     if result.images.get("note"):
         typer.echo(f"vitgender: note: {result.images['note']}", err=True)
@@ -167,6 +176,7 @@ def _fit(
     model: Optional[str],
     save_outputs: Optional[Path],
     load_outputs: Optional[Path],
+    runtime: Optional[str],
 ) -> None:
     import shlex
     import sys
@@ -185,6 +195,7 @@ def _fit(
         command="vitgender " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         on_step=lambda step: typer.echo(f"[fit] {step}", err=True),
         render_markdown=gate_quality.markdown,
+        runtime=runtime,
     )
     typer.echo(gate_quality.markdown(report))
     typer.echo(f"budgets: {files['budgets']}; gate quality: {files['md']} {files['json']}", err=True)

@@ -30,7 +30,7 @@ def table(report: dict) -> str:
     ]
     for r in report["results"]:
         lines.append(
-            f"| {r['name']} | {r['precision']} | {r['batch_size']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
+            f"| {r['name']}{' (peer)' if r.get('peer') else ''} | {r['precision']} | {r['batch_size']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
             f"{r['p90_ms']:.1f} | {r['ratio_vs_torch']:.2f} | {r['gflops']:.0f} | "
             f"{r['pct_of_roof']:.0f}% of {r['arithmetic']} | {r['top1_agreement']:.1%} | {r['peak_rss_mb']:.0f} | "
             f"{r['bytes'] / 2**20:.1f} | {r['load_seconds']:.1f} |"

@@ -2,10 +2,13 @@
 
 A Runtime declares its capabilities instead of callers probing for them: `stages` (per-stage
 activations for `validate --localize`), `inventory` (weight dtypes and bytes read from a file
-without running it), `options` (which of `threads`, `allow_pickle` it takes) and the arithmetic
+without running it), `options` (which of `threads`, `allow_pickle`, `precision` it takes) and the arithmetic
 an fp16 artifact really computes in (for `bench`). Validators, bench and the CLI ask the
 registry; adding a runtime is one module and one `register_runtime` call (tests/test_runtimes.py
 registers a toy one).
+
+Wherever a runtime is named (`--runtime`), settings may follow it: `openvino:precision=bf16,threads=2`
+passes `precision` and `threads` to the runtime's opener, refused unless the runtime declares them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ class RunnerInfo:
     # False where an image's answer depends on the other images in its batch (ORT dynamic int8
     # derives activation scales from the whole batch tensor); `validate` measures it for every runner.
     batch_invariant: bool = True
+    # What the runner computes in where a runtime setting lowers it below the file's `precision`
+    # (OpenVINO's bf16 hint on an fp32 file): the gate judges it, and bench its roof, by this.
+    arithmetic: Precision | None = None
+
+    @property
+    def computes_in(self) -> Precision:
+        return self.arithmetic or self.precision
 
 
 class Runner(Protocol):
@@ -108,6 +118,10 @@ class Runtime:
     fp16_arithmetic: bool = False  # runs an fp16 model in fp16 (others upcast fp16 weights to fp32 GEMMs)
     # (labels, preprocessing) of a file without opening a runner on it: the sidecar beside an artifact
     metadata: Callable[[str | Path | None], tuple[tuple[str, ...], PreprocessConfig]] = _sidecar_metadata
+    by_file_type: bool = True  # `runtime_for` picks it for the files it recognises (False: a peer, named only)
+    # A peer's settings worth benchmarking on a file of this precision (`bench`'s peer rows): runtime
+    # specs such as "openvino:precision=bf16"; empty where it is not installed or not useful.
+    peer_settings: Callable[[Precision], list[str]] | None = None
 
 
 _REGISTRY: dict[str, Runtime] = {}
@@ -121,7 +135,24 @@ def runtime_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def parse_runtime(spec: str) -> tuple[str, dict[str, str | int]]:
+    """`NAME[:KEY=VALUE,...]` -> (NAME, settings): a runtime and the options it is opened with."""
+    name, _, rest = spec.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(spec, "runtime settings are NAME:KEY=VALUE[,KEY=VALUE] (e.g. openvino:precision=bf16)")
+        settings[key.strip()] = value.strip()
+    if "threads" in settings:
+        if not settings["threads"].isdigit() or int(settings["threads"]) < 1:
+            raise UsageError(spec, "threads takes a positive integer")
+        settings["threads"] = int(settings["threads"])
+    return name, settings
+
+
 def get_runtime(name: str) -> Runtime:
+    name = parse_runtime(name)[0]
     if name not in _REGISTRY:
         raise UsageError(name, f"unknown runtime (choose from {', '.join(runtime_names())})")
     return _REGISTRY[name]
@@ -141,10 +172,13 @@ def open_runner(
     """A Runner on `source`; `tta="flip"` wraps it in horizontal-flip test-time averaging, and `alpha`
     replaces the alpha policy the model or artifact records (see `vitgender.preprocess`).
 
-    `options` are the runtime's declared ones (`Runtime.options`); one it does not take is refused
-    when set (`allow_pickle=True` for an ONNX file), ignored when left at its default. `threads`
-    defaults to `default_threads()` for every runtime.
+    `options` are the runtime's declared ones (`Runtime.options`), given here or after its name
+    (`openvino:precision=bf16`; these win); one it does not take is refused when set
+    (`allow_pickle=True` for an ONNX file), ignored when left at its default. `threads` defaults to
+    `default_threads()` for every runtime.
     """
+    runtime, settings = parse_runtime(runtime)
+    options = {**options, **settings}
     spec = get_runtime(runtime)
     refused = sorted(k for k, v in options.items() if k not in spec.options and v not in (None, False))
     if refused:
@@ -191,6 +225,16 @@ def _checkpoint_metadata(
     return checkpoint.labels, checkpoint.preprocess
 
 
+def peer_runtimes(path: str | Path, precision: Precision) -> list[str]:
+    """Runtime specs of the peer engines (`by_file_type=False`) that read `path`, for `bench`'s peer rows."""
+    return [
+        spec
+        for runtime in _REGISTRY.values()
+        if not runtime.by_file_type and runtime.peer_settings is not None and runtime.recognises(Path(path))
+        for spec in runtime.peer_settings(precision)
+    ]
+
+
 def can_localize(runner: Runner) -> bool:
     """Whether `runner` exposes stage activations: declared by its runtime (a TTA wrapper exposes none)."""
     return _REGISTRY[runner.info.runtime].stages and callable(getattr(type(runner), "stage_activations", None))
@@ -202,12 +246,16 @@ def file_inventory(runtime: str, path: Path) -> dict | None:
     return reader(Path(path)) if reader is not None else None
 
 
-def runtime_for(path: str | Path | None) -> str:
-    """The runtime whose files `path` is (an exported artifact); a checkpoint (or None) is torch."""
+def runtime_for(path: str | Path | None, chosen: str | None = None) -> str:
+    """The runtime whose files `path` is (an exported artifact); a checkpoint (or None) is torch.
+
+    `chosen` (a `--runtime`, settings included) wins for the files it opens."""
+    if chosen is not None and path is not None and get_runtime(chosen).recognises(Path(path)):
+        return chosen
     if path is None:
         return "torch"
     for runtime in _REGISTRY.values():
-        if runtime.recognises(Path(path)):
+        if runtime.by_file_type and runtime.recognises(Path(path)):
             return runtime.name
     return "torch"
 
@@ -239,6 +287,18 @@ register_runtime(
         ".onnx files, ONNX Runtime CPU",
         stages=True,
         inventory=_reader("vitgender.runtimes.onnx_runner", "inventory"),
+    )
+)
+register_runtime(
+    Runtime(
+        "openvino",
+        _opener("vitgender.runtimes.openvino_runner", "OpenVinoRunner"),
+        lambda p: p.suffix == ".onnx",
+        ".onnx files, OpenVINO CPU (by name only)",
+        options=frozenset({"threads", "precision"}),
+        inventory=_reader("vitgender.runtimes.onnx_runner", "inventory"),
+        by_file_type=False,  # a peer on ONNX Runtime's files: chosen with --runtime, never by file type
+        peer_settings=lambda precision: _lazy("vitgender.runtimes.openvino_runner", "peer_settings")()(precision),
     )
 )
 register_runtime(

@@ -65,21 +65,7 @@ class OnnxRunner(Closing):
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise UsageError(str(path), f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        sidecar = read_sidecar(path)
-        raw = session.get_inputs()[0].type == "tensor(uint8)"
-        return cls(
-            session,
-            RunnerInfo(
-                "onnx",
-                sidecar.labels,
-                sidecar.preprocess,
-                str(path),
-                sidecar.precision,
-                raw_input=raw,
-                architecture=sidecar.architecture,
-                batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC,
-            ),
-        )
+        return cls(session, onnx_runner_info("onnx", path, raw_input=session.get_inputs()[0].type == "tensor(uint8)"))
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
@@ -107,6 +93,21 @@ class OnnxRunner(Closing):
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(list(tensors.values()), {self._input: inputs.astype(self._dtype, copy=False)})
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(tensors, values, strict=False)}
+
+
+def onnx_runner_info(runtime: str, path: Path, *, raw_input: bool) -> RunnerInfo:
+    """What every engine on an exported .onnx file reports: its sidecar, as `runtime` opens it."""
+    sidecar = read_sidecar(path)
+    return RunnerInfo(
+        runtime,
+        sidecar.labels,
+        sidecar.preprocess,
+        str(path),
+        sidecar.precision,
+        raw_input=raw_input,
+        architecture=sidecar.architecture,
+        batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC,
+    )
 
 
 def _scopes(node) -> list[str]:

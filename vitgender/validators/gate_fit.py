@@ -420,8 +420,11 @@ def fit_command(
     load_outputs: Path | None = None,
     on_step: Callable[[str], None] = lambda s: None,
     render_markdown: Callable[[dict], str],
+    runtime: str | None = None,
 ) -> tuple[dict, dict[str, Path]]:
-    """Build the broken variants, run everything once (or load a saved run), fit and judge, write the files."""
+    """Build the broken variants, run everything once (or load a saved run), fit and judge, write the files.
+
+    `runtime` opens the artifacts it reads (as in `parity.run_all`): `openvino:precision=bf16` fits the bf16 budget."""
     from vitgender.validators.results import RunResults
 
     if load_outputs is not None:  # refit saved outputs (variants included) without running anything
@@ -463,6 +466,7 @@ def fit_command(
             labels=labels,
             extra={BROKEN_PREFIX + n: (v.path, v.precision) for n, v in variants.items()},
             on_artifact=on_step,
+            runtime=runtime,
         )
         for run in results.runs:  # a saved run says what each variant breaks
             if run.name.startswith(BROKEN_PREFIX):

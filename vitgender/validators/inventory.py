@@ -46,6 +46,14 @@ def check_precision(inv: dict, precision: Precision, minimum_share: float = 0.25
             minimum_share,
             f"declared fp16 but only {fp16:.0%} of weight bytes are float16 (by dtype: {share})",
         )
+    if precision is Precision.BF16:  # a run-time arithmetic over a float file (fp32 or fp16 weights)
+        return Check(
+            "quantization_proof",
+            int8 <= 0.5,
+            round(int8, 4),
+            0.5,
+            f"run in bf16 but {int8:.0%} of weight bytes are 8-bit integers: an int8 file keeps its int8 budget",
+        )
     return Check(
         "quantization_proof",
         int8 + fp16 <= 0.5,

@@ -91,7 +91,8 @@ def runtime_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("vitgender", "torch", "onnxruntime", "tensorflow", "ai-edge-litert", "executorch", "numpy"):
+    runtimes = ("torch", "onnxruntime", "openvino", "tensorflow", "ai-edge-litert", "executorch")
+    for dist in ("vitgender", *runtimes, "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -134,12 +135,15 @@ def run_all(
     extra: dict[str, tuple[Path, Precision]] | None = None,
     on_artifact: Callable[[str], None] = lambda name: None,
     alpha: str | None = None,
+    runtime: str | None = None,
 ) -> RunResults:
     """The run step: the reference (PyTorch, or the artifact `against`) and every artifact, once, on the same images.
 
     `extra` adds runners that are not in the manifest (name -> (file, declared precision)): the
     fit command's broken variants. `alpha` replaces every runner's alpha policy (else each decodes
-    as its sidecar records).
+    as its sidecar records). `runtime` (settings included: `openvino:precision=bf16`) opens the
+    artifacts it recognises instead of their own runtime; a run it lowers to another arithmetic
+    (bf16) is judged by that precision's budget.
     """
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
@@ -152,6 +156,8 @@ def run_all(
     if against is not None and against not in by_name and not Path(against).exists():
         raise UsageError(against, "--against takes an artifact name from the manifest or an artifact file")
     paths = {e["name"]: verify_artifact(artifact_dir, e) for e in entries}  # sha256 first, before any inference
+    if runtime is not None and not any(runtime_for(p, runtime) == runtime for p in paths.values()):
+        raise UsageError(f"--runtime {runtime}", "opens none of the artifacts to validate")
     folder = resolve_images(images, reference)
     model_labels = manifest["model"].get("labels") or []
     image_paths, samples = load_images(folder, labels, model_labels)
@@ -186,8 +192,9 @@ def run_all(
 
     def run_one(name: str, path: Path | None, precision: str, entry: dict | None, *, stages: bool) -> RunResult:
         on_artifact(name if path is not None else f"{name} (reference)")
+        spec = runtime_for(path, runtime)  # recorded as given (settings included): what ran it
         runner = open_runner(
-            runtime_for(path),
+            spec,
             path if path is not None else (model if model is not None else manifest["model"]["source"]),
             alpha=alpha,
         )
@@ -198,8 +205,8 @@ def run_all(
             latency = (time.perf_counter() - began) * 1000 / len(pixels)
             return RunResult(
                 name,
-                runner.info.runtime,
-                precision,
+                spec,
+                runner.info.arithmetic or precision,
                 tuple(runner.info.labels),
                 logits,
                 latency,
@@ -241,6 +248,7 @@ def localize_runs(
     model: str | None,
     on_artifact: Callable[[str], None] = lambda name: None,
     alpha: str | None = None,
+    runtime: str | None = None,
 ) -> None:
     """A second, small run step: stage activations of `names` (failing artifacts) and of the reference."""
     manifest = read_manifest(artifact_dir)
@@ -256,7 +264,7 @@ def localize_runs(
         source = (
             (artifact_dir / entry["path"]) if entry else (model if model is not None else manifest["model"]["source"])
         )
-        runner = open_runner(runtime_for(source) if entry else "torch", source, alpha=alpha)
+        runner = open_runner(runtime_for(source, runtime) if entry else "torch", source, alpha=alpha)
         try:
             if can_localize(runner):
                 run.stages = runner.stage_activations(
@@ -322,6 +330,7 @@ def validate(
     load_outputs: Path | None = None,
     on_artifact: Callable[[str], None] = lambda name: None,
     alpha: str | None = None,
+    runtime: str | None = None,
 ) -> ValidationResult:
     """Run (or load) -> compare -> judge. With `localize`, every runner that exposes stages gets its
     block-by-block error curve; a failing artifact always gets one when its runtime can (not from
@@ -342,12 +351,13 @@ def validate(
             localize=localize,
             on_artifact=on_artifact,
             alpha=alpha,
+            runtime=runtime,
         )
     budgets = budgets_mod.load_budgets(budget_file, results.model.get("labels"))
     result = compare_all(results, budgets)
     failing = [a.name for a in result.artifacts if not a.passed and not a.localization]
     if failing and load_outputs is None:
-        localize_runs(results, failing, artifact_dir, model, on_artifact, alpha)
+        localize_runs(results, failing, artifact_dir, model, on_artifact, alpha, runtime)
         result = compare_all(results, budgets)
     if save_outputs is not None:
         results.save(save_outputs)

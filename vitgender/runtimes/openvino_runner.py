@@ -1,0 +1,96 @@
+"""OpenVINO (CPU plugin) on the same .onnx artifacts ONNX Runtime opens: a peer engine, not a format.
+
+It reads the exported ONNX file as it is (fp32, fp16 and int8 QDQ graphs) and takes one setting
+of its own, `precision`: `f32` computes in float32; `bf16` sets OpenVINO's inference-precision
+hint so the float parts of the graph run in bfloat16 (weights stay as stored). bf16 is refused
+on CPUs without bf16 arithmetic (no avx512_bf16 or amx_bf16 flag), where OpenVINO would emulate
+it slower than f32. A bf16 run reports `arithmetic = bf16`, so the parity gate judges it with the
+bf16 budget rather than the file's fp32 one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from vitgender.errors import UsageError
+from vitgender.precision import Precision
+from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.lifecycle import Closing
+from vitgender.runtimes.onnx_runner import onnx_runner_info
+
+PRECISIONS = ("f32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """`precision` as OpenVINO's hint names it; bf16 only where the CPU computes it natively."""
+    from vitgender.machine import BF16_FLAGS, has_bf16_arithmetic
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision={precision}", f"the openvino runtime takes precision={' or '.join(PRECISIONS)}")
+    if precision == "bf16" and not has_bf16_arithmetic():
+        raise UsageError(
+            "precision=bf16",
+            f"this CPU has no bf16 arithmetic (none of {', '.join(BF16_FLAGS)} in its flags); use precision=f32",
+        )
+    return precision
+
+
+def peer_settings(precision: Precision) -> list[str]:
+    """What `bench` measures OpenVINO in on a file of this precision: fp32 files as they are and, where
+    the CPU computes bf16, with the bf16 hint; static int8 QDQ files as they are. None if not installed."""
+    from importlib.util import find_spec
+
+    from vitgender.machine import has_bf16_arithmetic
+
+    if find_spec("openvino") is None or precision not in (Precision.FP32, Precision.INT8):
+        return []
+    bf16 = precision is Precision.FP32 and has_bf16_arithmetic()
+    return ["openvino", *(["openvino:precision=bf16"] if bf16 else [])]
+
+
+class OpenVinoRunner(Closing):
+    def __init__(self, compiled, info: RunnerInfo) -> None:
+        self.compiled = compiled
+        self.info = info
+        self._request = compiled.create_infer_request()
+        element = compiled.input(0).get_element_type().get_type_name()
+        self._dtype = {"f16": np.float16, "u8": np.uint8}.get(element, np.float32)
+
+    @classmethod
+    def open(
+        cls, source: str | os.PathLike | None, *, threads: int | str | None = None, precision: str = "f32"
+    ) -> OpenVinoRunner:
+        if source is None:
+            raise UsageError("openvino", "the openvino runtime needs a .onnx file (see 'vitgender export')")
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(str(path), "no such ONNX file")
+        precision = check_precision(precision)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UsageError(
+                "--runtime openvino", "OpenVINO is not installed (pip install 'vitgender[peer]')"
+            ) from None
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+            raise UsageError(str(path), f"OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        info = onnx_runner_info(
+            "openvino", path, raw_input=compiled.input(0).get_element_type().get_type_name() == "u8"
+        )
+        if precision == "bf16" and not info.precision.is_int8:  # int8 GEMMs stay int8 under the hint
+            info = replace(info, arithmetic=Precision.BF16)
+        return cls(compiled, info)
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
+        self._request.infer({0: np.ascontiguousarray(pixel_values, dtype=self._dtype)})
+        return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
