@@ -37,6 +37,21 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Int8Source:
+    """What the calibrated int8 artifacts quantize: the checkpoint after scale migration, as ONNX and as HF files.
+
+    Without migration both are the unchanged checkpoint's.
+    """
+
+    onnx: Path
+    checkpoint: Path
+    migration: dict | None  # `Migration.manifest()`, or None when off
+
+    def manifest(self, float_heads: tuple[str, ...]) -> dict:
+        return {"scale_migration": self.migration or "off", "float_modules": list(float_heads)}
+
+
+@dataclass(frozen=True)
 class BuildContext:
     checkpoint: Checkpoint
     export_config: ExportConfig
@@ -46,6 +61,12 @@ class BuildContext:
     base_seconds: float
     calibration: Calibration | None
     on_step: Callable[[str], None] = lambda message: None  # progress of a long step
+    int8_source: Int8Source | None = None  # set when a calibrated int8 artifact is requested
+
+    @property
+    def float_heads(self) -> tuple[str, ...]:
+        """The head modules calibrated int8 artifacts keep float (none when the options say so)."""
+        return self.export_config.model.heads(self.checkpoint.hf_class) if self.options.float_head else ()
 
     def target(self, spec: ArtifactSpec) -> Path:
         path = self.scratch / spec.filename
@@ -118,21 +139,22 @@ def onnx_int8_dynamic(ctx: BuildContext, target: Path) -> None:
 @per_artifact
 def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
     from vitgender.exporters.quantize import to_int8_static
-    from vitgender.validators.budgets import DEFAULT_QUANT_TARGET
 
     options = ctx.options
-    auto_target = options.quant_target or DEFAULT_QUANT_TARGET
+    source = ctx.int8_source
     plan = to_int8_static(
-        ctx.base_onnx,
+        source.onnx,
         target,
         ctx.export_config.input_name,
         ctx.calibration.pixels,
         method=options.calibration_method,
         preset=options.quant_preset,
-        auto_target=auto_target,
+        auto_target=options.target,
+        max_float=options.quant_max_float,
+        float_units=("classifier",) if ctx.float_heads else (),
         progress=ctx.on_step,
     )
-    return plan.manifest()
+    return plan.manifest() | source.manifest(ctx.float_heads)
 
 
 @per_artifact
@@ -150,17 +172,44 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     work = ctx.scratch / ".tf-work"
     savedmodel = next((ctx.target(s) for s in specs if s.runtime == "savedmodel"), work / "saved_model")
     tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
-    int8_wanted = any(s.needs_calibration for s in specs)
-    converted = tfx.convert(
-        ctx.base_onnx,
-        work,
-        savedmodel,
-        tflite,
-        input_name=ctx.export_config.input_name,
-        shape=(ctx.checkpoint.architecture.num_channels, pre.height, pre.width),
-        representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8_wanted else None,
-        int8_io=ctx.options.tflite_int8_io,
-    )
+    shape = (ctx.checkpoint.architecture.num_channels, pre.height, pre.width)
+    source = ctx.int8_source
+    # The full-integer variant converts the migrated model when there is one (a conversion of its own).
+    separate = source is not None and source.onnx != ctx.base_onnx and Precision.INT8 in tflite
+    others = {p: t for p, t in tflite.items() if not (separate and p is Precision.INT8)}
+    converted: dict = {"seconds": {}, "quantization": {}, "dynamic_batch": True}
+    if others or not separate or any(s.runtime == "savedmodel" for s in specs):
+        converted = tfx.convert(
+            ctx.base_onnx,
+            work,
+            savedmodel,
+            others,
+            input_name=ctx.export_config.input_name,
+            shape=shape,
+            representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if source and not separate else None,
+            int8_io=ctx.options.tflite_int8_io,
+            float_head=bool(ctx.float_heads),
+        )
+    if separate:
+        shutil.rmtree(work, ignore_errors=True)
+        int8 = tfx.convert(
+            source.onnx,
+            work,
+            work / "migrated_saved_model",
+            {Precision.INT8: tflite[Precision.INT8]},
+            input_name=ctx.export_config.input_name,
+            shape=shape,
+            representative=ctx.calibration.pixels.transpose(0, 2, 3, 1),
+            int8_io=ctx.options.tflite_int8_io,
+            float_head=bool(ctx.float_heads),
+        )
+        converted["seconds"][Precision.INT8.value] = (
+            int8["seconds"][Precision.INT8.value] + int8["seconds"]["savedmodel"]
+        )
+        converted["quantization"][Precision.INT8.value] = int8["quantization"][Precision.INT8.value]
+        converted["dynamic_batch"] = converted["dynamic_batch"] and int8["dynamic_batch"]
+    if source is not None and Precision.INT8 in tflite:
+        converted["quantization"][Precision.INT8.value] |= source.manifest(ctx.float_heads)
     shutil.rmtree(work, ignore_errors=True)
     int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
     seconds, plans = converted["seconds"], converted["quantization"]
@@ -191,7 +240,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     for spec in specs:
         began = time.perf_counter()
         job = {
-            "checkpoint": Path(ctx.checkpoint.directory),
+            "checkpoint": ctx.int8_source.checkpoint if spec.needs_calibration else Path(ctx.checkpoint.directory),
             "hf_class": ctx.checkpoint.hf_class,
             "target": ctx.target(spec),
             "precision": spec.precision.value,
@@ -201,11 +250,16 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             work.mkdir(exist_ok=True)
             np.save(work / "calibration.npy", ctx.calibration.pixels)
             job["calibration"] = work / "calibration.npy"
+            job["float_modules"] = [f"model.{head}" for head in ctx.float_heads]  # the worker wraps the HF model
         lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
         built[spec.name] = Built(
             round(time.perf_counter() - began, 2),
             quantization=(
-                {"scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights", **lowered}
+                {
+                    "scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
+                    **lowered,
+                    **ctx.int8_source.manifest(ctx.float_heads),
+                }
                 if spec.precision is Precision.INT8
                 else None
             ),
