@@ -12,6 +12,7 @@ from tests.conftest import TINY_TYPES, make_tiny, run_main
 
 pytest.importorskip("onnxruntime", reason="quantization needs the onnx extra: pip install .[onnx]")
 
+from vitgender.errors import VitgenderError  # noqa: E402
 from vitgender.exporters.options import CALIBRATION_DIR  # noqa: E402
 from vitgender.manifest import read_manifest  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_export_states_what_each_int8_artifact_reached_and_exits_1_only_when_str
     check = entry["quantization"]["check"]
     assert check["reached"]["images"] == 24 and not check["met"]
     assert check["images_per_second"]["batch_32"] > 0 and entry["quantization"]["fp32_images_per_second"]["batch_1"] > 0
-    assert entry["quantization"]["scale_migration"]["alpha"] == 0.5
+    assert entry["quantization"]["scale_migration"]["alpha"] == 0.5  # onnxruntime's recipe migrates
     assert entry["quantization"]["float_modules"] == ["classifier"]
 
     out = tmp_path / "b"
@@ -115,3 +116,26 @@ def test_a_user_model_calibrated_on_the_bundled_faces_gets_one_warning(tiny_mode
     from vitgender.exporters.options import ExportOptions
 
     assert calibration_warning(open_checkpoint(None), ExportOptions()) is None
+
+
+@pytest.mark.slow
+def test_an_explicit_alpha_migrates_for_every_toolchain(tiny_model, tmp_path):
+    """TFLite converts the migrated model separately; ExecuTorch reads the migrated checkpoint."""
+    pytest.importorskip("tensorflow", reason="TFLite export needs the onnx extra")
+    from vitgender.exporters import ExportOptions, main_export
+    from vitgender.toolchains.side_env import executorch_python
+
+    formats = "onnx-int8-static,tflite,tflite-int8"
+    try:
+        executorch_python()
+        formats += ",executorch-int8"
+    except VitgenderError:
+        pass  # no ExecuTorch environment: the TFLite and ORT paths are still checked
+    out = main_export(tiny_model, tmp_path / "all", formats, ExportOptions(smoothquant=0.5))
+    entries = {e["name"]: e for e in read_manifest(out)["artifacts"]}
+    for name, entry in entries.items():
+        if name == "tflite":  # the float TFLite comes from the unmigrated conversion
+            assert "quantization" not in entry
+            continue
+        assert entry["quantization"]["scale_migration"]["alpha"] == 0.5, name
+        assert entry["quantization"]["check"]["reached"]["images"] == 64, name

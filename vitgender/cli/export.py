@@ -53,14 +53,18 @@ def export_cmd(
         "--quant-strict",
         help="Exit 1 when a calibrated int8 artifact misses --quant-target (it is still written).",
     ),
-    smoothquant: float = typer.Option(
-        0.5,
+    smoothquant: Optional[float] = typer.Option(
+        None,
         metavar="ALPHA",
         help="Calibrated int8: migrate activation outliers into the weights (SmoothQuant, folded into the "
-        "LayerNorms and value projections, float-exact) with this alpha; 0 turns it off.",
+        "LayerNorms and value projections, float-exact) with this alpha for every toolchain; 0 turns it off. "
+        "Default: as measured per toolchain (0.5 for onnx-int8-static, off for tflite-int8 and executorch-int8).",
     ),
-    quant_float_head: bool = typer.Option(
-        True, help="Calibrated int8: keep the classification head float (it reads the final LayerNorm's outliers)."
+    quant_float_head: Optional[bool] = typer.Option(
+        None,
+        "--quant-float-head/--no-quant-float-head",
+        help="Calibrated int8: keep the classification head float (it reads the final LayerNorm's outliers). "
+        "Default: float for every toolchain.",
     ),
     opset: int = typer.Option(
         20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."

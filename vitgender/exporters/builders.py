@@ -61,12 +61,18 @@ class BuildContext:
     base_seconds: float
     calibration: Calibration | None
     on_step: Callable[[str], None] = lambda message: None  # progress of a long step
-    int8_source: Int8Source | None = None  # set when a calibrated int8 artifact is requested
+    migrated: Int8Source | None = None  # the scale-migrated model, when a requested int8 recipe migrates
 
-    @property
-    def float_heads(self) -> tuple[str, ...]:
-        """The head modules calibrated int8 artifacts keep float (none when the options say so)."""
-        return self.export_config.model.heads(self.checkpoint.hf_class) if self.options.float_head else ()
+    def int8_source(self, runtime: str) -> Int8Source:
+        """What a calibrated int8 artifact of this runtime quantizes (its recipe says whether migrated)."""
+        if self.options.int8_recipe(runtime).smoothquant:
+            return self.migrated
+        return Int8Source(self.base_onnx, Path(self.checkpoint.directory), None)
+
+    def float_heads(self, runtime: str) -> tuple[str, ...]:
+        """The head modules a calibrated int8 artifact of this runtime keeps float (none when its recipe says so)."""
+        wanted = self.options.int8_recipe(runtime).float_head
+        return self.export_config.model.heads(self.checkpoint.hf_class) if wanted else ()
 
     def target(self, spec: ArtifactSpec) -> Path:
         path = self.scratch / spec.filename
@@ -141,7 +147,7 @@ def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
     from vitgender.exporters.quantize import to_int8_static
 
     options = ctx.options
-    source = ctx.int8_source
+    source, heads = ctx.int8_source("onnx"), ctx.float_heads("onnx")
     plan = to_int8_static(
         source.onnx,
         target,
@@ -151,10 +157,10 @@ def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
         preset=options.quant_preset,
         auto_target=options.target,
         max_float=options.quant_max_float,
-        float_units=("classifier",) if ctx.float_heads else (),
+        float_units=("classifier",) if heads else (),
         progress=ctx.on_step,
     )
-    return plan.manifest() | source.manifest(ctx.float_heads)
+    return plan.manifest() | source.manifest(heads)
 
 
 @per_artifact
@@ -173,9 +179,10 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     savedmodel = next((ctx.target(s) for s in specs if s.runtime == "savedmodel"), work / "saved_model")
     tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
     shape = (ctx.checkpoint.architecture.num_channels, pre.height, pre.width)
-    source = ctx.int8_source
-    # The full-integer variant converts the migrated model when there is one (a conversion of its own).
-    separate = source is not None and source.onnx != ctx.base_onnx and Precision.INT8 in tflite
+    int8 = Precision.INT8 in tflite
+    source, heads = (ctx.int8_source("tflite"), ctx.float_heads("tflite")) if int8 else (None, ())
+    # The full-integer variant converts the migrated model when its recipe migrates (a conversion of its own).
+    separate = source is not None and source.onnx != ctx.base_onnx
     others = {p: t for p, t in tflite.items() if not (separate and p is Precision.INT8)}
     converted: dict = {"seconds": {}, "quantization": {}, "dynamic_batch": True}
     if others or not separate or any(s.runtime == "savedmodel" for s in specs):
@@ -186,13 +193,13 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             others,
             input_name=ctx.export_config.input_name,
             shape=shape,
-            representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if source and not separate else None,
+            representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8 and not separate else None,
             int8_io=ctx.options.tflite_int8_io,
-            float_head=bool(ctx.float_heads),
+            float_head=bool(heads),
         )
     if separate:
         shutil.rmtree(work, ignore_errors=True)
-        int8 = tfx.convert(
+        migrated = tfx.convert(
             source.onnx,
             work,
             work / "migrated_saved_model",
@@ -201,15 +208,15 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             shape=shape,
             representative=ctx.calibration.pixels.transpose(0, 2, 3, 1),
             int8_io=ctx.options.tflite_int8_io,
-            float_head=bool(ctx.float_heads),
+            float_head=bool(heads),
         )
         converted["seconds"][Precision.INT8.value] = (
-            int8["seconds"][Precision.INT8.value] + int8["seconds"]["savedmodel"]
+            migrated["seconds"][Precision.INT8.value] + migrated["seconds"]["savedmodel"]
         )
-        converted["quantization"][Precision.INT8.value] = int8["quantization"][Precision.INT8.value]
-        converted["dynamic_batch"] = converted["dynamic_batch"] and int8["dynamic_batch"]
-    if source is not None and Precision.INT8 in tflite:
-        converted["quantization"][Precision.INT8.value] |= source.manifest(ctx.float_heads)
+        converted["quantization"][Precision.INT8.value] = migrated["quantization"][Precision.INT8.value]
+        converted["dynamic_batch"] = converted["dynamic_batch"] and migrated["dynamic_batch"]
+    if int8:
+        converted["quantization"][Precision.INT8.value] |= source.manifest(heads)
     shutil.rmtree(work, ignore_errors=True)
     int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
     seconds, plans = converted["seconds"], converted["quantization"]
@@ -240,7 +247,9 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     for spec in specs:
         began = time.perf_counter()
         job = {
-            "checkpoint": ctx.int8_source.checkpoint if spec.needs_calibration else Path(ctx.checkpoint.directory),
+            "checkpoint": ctx.int8_source("executorch").checkpoint
+            if spec.needs_calibration
+            else Path(ctx.checkpoint.directory),
             "hf_class": ctx.checkpoint.hf_class,
             "target": ctx.target(spec),
             "precision": spec.precision.value,
@@ -250,7 +259,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             work.mkdir(exist_ok=True)
             np.save(work / "calibration.npy", ctx.calibration.pixels)
             job["calibration"] = work / "calibration.npy"
-            job["float_modules"] = [f"model.{head}" for head in ctx.float_heads]  # the worker wraps the HF model
+            job["float_modules"] = [f"model.{h}" for h in ctx.float_heads("executorch")]  # the worker wraps the model
         lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
         built[spec.name] = Built(
             round(time.perf_counter() - began, 2),
@@ -258,7 +267,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
                 {
                     "scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
                     **lowered,
-                    **ctx.int8_source.manifest(ctx.float_heads),
+                    **ctx.int8_source("executorch").manifest(ctx.float_heads("executorch")),
                 }
                 if spec.precision is Precision.INT8
                 else None

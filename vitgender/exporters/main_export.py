@@ -210,23 +210,26 @@ def main_export(
     return out
 
 
-def _int8_source(
+def _migrated(
     ckpt: checkpoint.Checkpoint,
     export_config,
     options: ExportOptions,
     calibration: Calibration,
+    wanted: Sequence[ArtifactSpec],
     base: Path,
     on_step: Callable[[str], None],
-) -> Int8Source:
-    """The model the calibrated int8 artifacts quantize: scale-migrated (as ONNX and HF files) unless turned off."""
+) -> Int8Source | None:
+    """The scale-migrated model (ONNX and HF files) when a requested int8 artifact's recipe migrates."""
     from vitgender.exporters.onnx_export import export_onnx
     from vitgender.exporters.smoothing import migrate_scales
 
-    if not options.smoothquant:
-        return Int8Source(base, Path(ckpt.directory), None)
-    on_step(f"int8: SmoothQuant scale migration (alpha {options.smoothquant}) on the calibration images")
+    alphas = {options.int8_recipe(s.runtime).smoothquant for s in wanted if s.needs_calibration} - {0.0}
+    if not alphas:
+        return None
+    (alpha,) = alphas  # one value: an explicit --smoothquant applies to every runtime
+    on_step(f"int8: SmoothQuant scale migration (alpha {alpha}) on the calibration images")
     model = ckpt.load_model()
-    migration = migrate_scales(model, export_config.model, calibration.pixels, options.smoothquant)
+    migration = migrate_scales(model, export_config.model, calibration.pixels, alpha)
     folder = base.parent / "migrated"
     model.save_pretrained(folder, safe_serialization=True)
     export_onnx(
@@ -262,10 +265,12 @@ def _build(
         options.opset,
     )
     seconds = round(time.perf_counter() - began, 2)
-    int8_source = None
+    migrated = None
     if calibration is not None:
-        int8_source = _run_step("int8 source", _int8_source, ckpt, export_config, options, calibration, base, on_step)
-    ctx = BuildContext(ckpt, export_config, options, scratch, base, seconds, calibration, on_step, int8_source)
+        migrated = _run_step(
+            "int8: SmoothQuant", _migrated, ckpt, export_config, options, calibration, wanted, base, on_step
+        )
+    ctx = BuildContext(ckpt, export_config, options, scratch, base, seconds, calibration, on_step, migrated)
     built: dict[str, Built] = {}
     for group in _by_builder(wanted):
         names = ", ".join(s.name for s in group)
