@@ -34,6 +34,9 @@ def test_pte_has_a_dynamic_batch_and_matches_torch(pte, tiny_model):
     entries = {e["name"]: e for e in read_manifest(pte)["artifacts"]}
     assert entries["executorch"]["path"] == "model.pte" and entries["executorch-int8"]["precision"] == "int8"
     assert entries["executorch-int8"]["quantization"]["delegates"] >= 1
+    # ExecuTorch's measured recipe: the head left to float kernels, no scale migration
+    assert entries["executorch-int8"]["quantization"]["float_modules"] == ["classifier"]
+    assert entries["executorch-int8"]["quantization"]["scale_migration"] == "off"
     assert runtime_for(pte / "model.pte") == "executorch"
     torch_runner = open_runner("torch", tiny_model)
     runner = open_runner("executorch", pte / "model.pte")

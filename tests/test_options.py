@@ -34,7 +34,11 @@ REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
             ["evaluate", "--data", REFERENCE_IMAGE, "--explain-method", "rollout"],
             "--explain-method: only with --explain",
         ),
-        (["export", "--quant-target", "0.5"], "--quant-target: only with --quant-preset auto"),
+        (["export", "--quant-target", "agreement=0.99"], "--quant-target: only with an int8 format that calibrates"),
+        (
+            ["export", "--formats", "onnx-int8-static", "--quant-max-float", "2"],
+            "--quant-max-float: only with --quant-preset auto",
+        ),
         (
             ["export", "--formats", "onnx", "--calibration", "x"],
             "--calibration: only with an int8 format that calibrates",

@@ -56,36 +56,35 @@ def test_static_int8_answers_the_same_whatever_the_batch(static_and_dynamic):
 
 
 def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_model, tmp_path):
-    def auto(target: float) -> dict:
+    def auto(target: str, max_float: int = 4) -> dict:
         out = main_export(
             tiny_model,
-            tmp_path / str(target),
+            tmp_path / f"{target}-{max_float}",
             "onnx-int8-static",
-            ExportOptions(quant_preset="auto", quant_target=target),
+            ExportOptions(quant_preset="auto", quant_target=target, quant_max_float=max_float),
         )
         return read_manifest(out)["artifacts"][0]["quantization"]
 
-    loose = auto(100.0)  # everything int8 meets it: no sensitivity scan needed
-    assert loose["kept_float"] == [] and loose["fit"]["q90_abs_logit_diff"] <= 100.0
-    assert loose["quantized_nodes"] == 2 * 8 + 2  # per block q, k, v, scores, context, out, fc1, fc2; conv; classifier
+    loose = auto("q90=100")  # everything int8 meets it: no sensitivity scan needed
+    assert loose["kept_float"] == [] and loose["fit"]["reached"]["q90_abs_logit_diff"] <= 100.0
+    # per block q, k, v, scores, context, out, fc1, fc2; the conv; the head stays float
+    assert loose["quantized_nodes"] == 2 * 8 + 1 and loose["always_float"] == ["classifier"]
 
-    target = loose["fit"]["q90_abs_logit_diff"] / 3
-    plan = auto(target)
+    target = loose["fit"]["reached"]["q90_abs_logit_diff"] / 1.5
+    plan = auto(f"q90={target}", max_float=5)
     sensitivity = plan["sensitivity_q90_abs_logit_diff_alone"]
     # units are the stages `validate --localize` names; every one was measured alone
-    assert set(sensitivity) == {
-        "embeddings",
-        "block 0 attention",
-        "block 0 mlp",
-        "block 1 attention",
-        "block 1 mlp",
-        "classifier",
-    }
+    assert set(sensitivity) == {"embeddings", "block 0 attention", "block 0 mlp", "block 1 attention", "block 1 mlp"}
     kept = plan["kept_float"]
     assert 0 < len(kept) < len(sensitivity), plan  # some float, not all: the search did its job
     assert kept == sorted(sensitivity, key=sensitivity.get, reverse=True)[: len(kept)]
-    assert plan["fit"]["q90_abs_logit_diff"] <= target and plan["fit"]["flips"] == 0
+    assert plan["fit"]["met"] and plan["fit"]["reached"]["q90_abs_logit_diff"] <= target
+    assert plan["fit"]["reached"]["flips"] == 0
     assert plan["quantized_nodes"] < loose["quantized_nodes"] and plan["fit"]["calibration_images"] == 64
+    # an unreachable target: at most --quant-max-float units float, and the plan says it missed
+    capped = auto("q90=1e-9", max_float=1)
+    assert len(capped["kept_float"]) == 1 and not capped["fit"]["met"]
+    assert not capped["check"]["met"]  # the export's own check agrees
 
 
 def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8_io(tiny_model, tmp_path):
@@ -104,10 +103,16 @@ def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8
     assert entry["input"]["dtype"] == "int8" and details["dtype"] == np.int8  # the manifest says what the file takes
     ops = tflite_inventory(out / "model_int8.tflite")["op_counts"]
     assert ops.get("SOFTMAX") and ops.get("FULLY_CONNECTED")
-    # int8 I/O only moves the input quantization out of the graph: same answers as float I/O
-    float_io = main_export(tiny_model, tmp_path / "float-io", "tflite-int8")
+    # int8 I/O only moves the input quantization out of the graph: same answers as float I/O (with
+    # an int8 head: a graph that returns int8 cannot end in a float head)
+    float_io = main_export(tiny_model, tmp_path / "float-io", "tflite-int8", ExportOptions(float_head=False))
     pixels = np.random.default_rng(0).uniform(-1, 1, size=(4, 3, 32, 32)).astype(np.float32)  # like normalised images
     int8_logits = open_runner("tflite", out / "model_int8.tflite").run(pixels)
     np.testing.assert_allclose(
         int8_logits, open_runner("tflite", float_io / "model_int8.tflite").run(pixels), atol=1e-6
     )
+    # by default the classification head (the ops after the last LayerNorm) stays float
+    head = main_export(tiny_model, tmp_path / "head", "tflite-int8")
+    quantization = read_manifest(head)["artifacts"][0]["quantization"]
+    assert quantization["float_head_nodes"] > 0 and quantization["float_modules"] == ["classifier"]
+    assert read_manifest(float_io)["artifacts"][0]["quantization"]["float_head_nodes"] == 0

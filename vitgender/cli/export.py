@@ -38,12 +38,33 @@ def export_cmd(
         "MatMuls, then keeps the most sensitive blocks float until --quant-target is met on "
         "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs).",
     ),
-    quant_target: Optional[float] = typer.Option(
+    quant_target: str = typer.Option(
+        "agreement=0.99",
+        metavar="TARGET",
+        help="What every calibrated int8 artifact should reach against PyTorch on the calibration images: "
+        "agreement=A (share of images keeping the top-1 label) or q90=D (0.9 quantile of |logit difference| "
+        "at most D, no flip). The export reports each artifact against it; 'auto' keeps units float to meet it.",
+    ),
+    quant_max_float: int = typer.Option(
+        4, metavar="N", min=0, help="'auto' preset: keep at most N units (a block's attention or MLP) float."
+    ),
+    quant_strict: bool = typer.Option(
+        False,
+        "--quant-strict",
+        help="Exit 1 when a calibrated int8 artifact misses --quant-target (it is still written).",
+    ),
+    smoothquant: Optional[float] = typer.Option(
         None,
-        metavar="Q90",
-        help="'auto' preset: largest q90 |logit difference| "
-        "from PyTorch allowed on the calibration images (default: the gate's "
-        "int8-dynamic budget).",
+        metavar="ALPHA",
+        help="Calibrated int8: migrate activation outliers into the weights (SmoothQuant, folded into the "
+        "LayerNorms and value projections, float-exact) with this alpha for every toolchain; 0 turns it off. "
+        "Default: as measured per toolchain (0.5 for onnx-int8-static, off for tflite-int8 and executorch-int8).",
+    ),
+    quant_float_head: Optional[bool] = typer.Option(
+        None,
+        "--quant-float-head/--no-quant-float-head",
+        help="Calibrated int8: keep the classification head float (it reads the final LayerNorm's outliers). "
+        "Default: float for every toolchain.",
     ),
     opset: int = typer.Option(
         20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."
@@ -68,6 +89,7 @@ def export_cmd(
     """Export a checkpoint to ONNX / ORT-quantized / SavedModel / TFLite / web artifacts with a manifest."""
     alpha = alpha.value if alpha is not None else None
     from vitgender.exporters import ExportOptions, main_export
+    from vitgender.exporters.int8_check import summary_line
     from vitgender.formats import parse_formats
     from vitgender.manifest import read_manifest
 
@@ -77,11 +99,15 @@ def export_cmd(
         any(spec.needs_calibration for spec in parse_formats(formats)),
         "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8)",
         "calibration",
+        "smoothquant",
+        "quant_float_head",
+        "quant_target",
+        "quant_strict",
     )
     only_with(
         ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method", "quant_preset"
     )
-    only_with(ctx, "onnx-int8-static" in names and quant_preset == "auto", "--quant-preset auto", "quant_target")
+    only_with(ctx, "onnx-int8-static" in names and quant_preset == "auto", "--quant-preset auto", "quant_max_float")
     only_with(ctx, "tflite-int8" in names, "tflite-int8 (full-integer TFLite)", "tflite_int8_io")
 
     options = ExportOptions(
@@ -89,13 +115,23 @@ def export_cmd(
         calibration_method=calibration_method,
         quant_preset=quant_preset,
         quant_target=quant_target,
+        quant_max_float=quant_max_float,
+        quant_strict=quant_strict,
         tflite_int8_io=tflite_int8_io,
+        smoothquant=smoothquant,
+        float_head=quant_float_head,
         alpha=alpha,
     )
     if calibration is not None:
         options.calibration = calibration
     written = main_export(
-        model, out, formats, options, on_step=lambda name: typer.echo(f"[export] {name}", err=True), overwrite=overwrite
+        model,
+        out,
+        formats,
+        options,
+        on_step=lambda name: typer.echo(f"[export] {name}", err=True),
+        overwrite=overwrite,
+        on_warning=lambda line: typer.echo(f"vitgender: warning: {line}", err=True),
     )
     for entry in read_manifest(written)["artifacts"]:
         typer.echo(
@@ -103,3 +139,11 @@ def export_cmd(
             f"{entry['seconds']:7.1f} s  {entry['path']}"
         )
     typer.echo(f"wrote {written}/manifest.json")
+    missed = False
+    for entry in read_manifest(written)["artifacts"]:
+        check = (entry.get("quantization") or {}).get("check")
+        if check and entry["name"] in names:  # built now, not carried over from an earlier export
+            missed |= not check["met"]
+            typer.echo(summary_line(entry["name"], check, entry["quantization"]["fp32_images_per_second"]), err=True)
+    if missed and quant_strict:
+        raise typer.Exit(1)

@@ -37,6 +37,21 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Int8Source:
+    """What the calibrated int8 artifacts quantize: the checkpoint after scale migration, as ONNX and as HF files.
+
+    Without migration both are the unchanged checkpoint's.
+    """
+
+    onnx: Path
+    checkpoint: Path
+    migration: dict | None  # `Migration.manifest()`, or None when off
+
+    def manifest(self, float_heads: tuple[str, ...]) -> dict:
+        return {"scale_migration": self.migration or "off", "float_modules": list(float_heads)}
+
+
+@dataclass(frozen=True)
 class BuildContext:
     checkpoint: Checkpoint
     export_config: ExportConfig
@@ -46,6 +61,18 @@ class BuildContext:
     base_seconds: float
     calibration: Calibration | None
     on_step: Callable[[str], None] = lambda message: None  # progress of a long step
+    migrated: Int8Source | None = None  # the scale-migrated model, when a requested int8 recipe migrates
+
+    def int8_source(self, runtime: str) -> Int8Source:
+        """What a calibrated int8 artifact of this runtime quantizes (its recipe says whether migrated)."""
+        if self.options.int8_recipe(runtime).smoothquant:
+            return self.migrated
+        return Int8Source(self.base_onnx, Path(self.checkpoint.directory), None)
+
+    def float_heads(self, runtime: str) -> tuple[str, ...]:
+        """The head modules a calibrated int8 artifact of this runtime keeps float (none when its recipe says so)."""
+        wanted = self.options.int8_recipe(runtime).float_head
+        return self.export_config.model.heads(self.checkpoint.hf_class) if wanted else ()
 
     def target(self, spec: ArtifactSpec) -> Path:
         path = self.scratch / spec.filename
@@ -118,21 +145,22 @@ def onnx_int8_dynamic(ctx: BuildContext, target: Path) -> None:
 @per_artifact
 def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
     from vitgender.exporters.quantize import to_int8_static
-    from vitgender.validators.budgets import DEFAULT_QUANT_TARGET
 
     options = ctx.options
-    auto_target = options.quant_target or DEFAULT_QUANT_TARGET
+    source, heads = ctx.int8_source("onnx"), ctx.float_heads("onnx")
     plan = to_int8_static(
-        ctx.base_onnx,
+        source.onnx,
         target,
         ctx.export_config.input_name,
         ctx.calibration.pixels,
         method=options.calibration_method,
         preset=options.quant_preset,
-        auto_target=auto_target,
+        auto_target=options.target,
+        max_float=options.quant_max_float,
+        float_units=("classifier",) if heads else (),
         progress=ctx.on_step,
     )
-    return plan.manifest()
+    return plan.manifest() | source.manifest(heads)
 
 
 @per_artifact
@@ -150,17 +178,45 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     work = ctx.scratch / ".tf-work"
     savedmodel = next((ctx.target(s) for s in specs if s.runtime == "savedmodel"), work / "saved_model")
     tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
-    int8_wanted = any(s.needs_calibration for s in specs)
-    converted = tfx.convert(
-        ctx.base_onnx,
-        work,
-        savedmodel,
-        tflite,
-        input_name=ctx.export_config.input_name,
-        shape=(ctx.checkpoint.architecture.num_channels, pre.height, pre.width),
-        representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8_wanted else None,
-        int8_io=ctx.options.tflite_int8_io,
-    )
+    shape = (ctx.checkpoint.architecture.num_channels, pre.height, pre.width)
+    int8 = Precision.INT8 in tflite
+    source, heads = (ctx.int8_source("tflite"), ctx.float_heads("tflite")) if int8 else (None, ())
+    # The full-integer variant converts the migrated model when its recipe migrates (a conversion of its own).
+    separate = source is not None and source.onnx != ctx.base_onnx
+    others = {p: t for p, t in tflite.items() if not (separate and p is Precision.INT8)}
+    converted: dict = {"seconds": {}, "quantization": {}, "dynamic_batch": True}
+    if others or not separate or any(s.runtime == "savedmodel" for s in specs):
+        converted = tfx.convert(
+            ctx.base_onnx,
+            work,
+            savedmodel,
+            others,
+            input_name=ctx.export_config.input_name,
+            shape=shape,
+            representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8 and not separate else None,
+            int8_io=ctx.options.tflite_int8_io,
+            float_head=bool(heads),
+        )
+    if separate:
+        shutil.rmtree(work, ignore_errors=True)
+        migrated = tfx.convert(
+            source.onnx,
+            work,
+            work / "migrated_saved_model",
+            {Precision.INT8: tflite[Precision.INT8]},
+            input_name=ctx.export_config.input_name,
+            shape=shape,
+            representative=ctx.calibration.pixels.transpose(0, 2, 3, 1),
+            int8_io=ctx.options.tflite_int8_io,
+            float_head=bool(heads),
+        )
+        converted["seconds"][Precision.INT8.value] = (
+            migrated["seconds"][Precision.INT8.value] + migrated["seconds"]["savedmodel"]
+        )
+        converted["quantization"][Precision.INT8.value] = migrated["quantization"][Precision.INT8.value]
+        converted["dynamic_batch"] = converted["dynamic_batch"] and migrated["dynamic_batch"]
+    if int8:
+        converted["quantization"][Precision.INT8.value] |= source.manifest(heads)
     shutil.rmtree(work, ignore_errors=True)
     int8_io = "int8" if ctx.options.tflite_int8_io else None  # full-integer I/O changes that artifact's input
     seconds, plans = converted["seconds"], converted["quantization"]
@@ -191,7 +247,9 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     for spec in specs:
         began = time.perf_counter()
         job = {
-            "checkpoint": Path(ctx.checkpoint.directory),
+            "checkpoint": ctx.int8_source("executorch").checkpoint
+            if spec.needs_calibration
+            else Path(ctx.checkpoint.directory),
             "hf_class": ctx.checkpoint.hf_class,
             "target": ctx.target(spec),
             "precision": spec.precision.value,
@@ -201,11 +259,16 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             work.mkdir(exist_ok=True)
             np.save(work / "calibration.npy", ctx.calibration.pixels)
             job["calibration"] = work / "calibration.npy"
+            job["float_modules"] = [f"model.{h}" for h in ctx.float_heads("executorch")]  # the worker wraps the model
         lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
         built[spec.name] = Built(
             round(time.perf_counter() - began, 2),
             quantization=(
-                {"scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights", **lowered}
+                {
+                    "scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
+                    **lowered,
+                    **ctx.int8_source("executorch").manifest(ctx.float_heads("executorch")),
+                }
                 if spec.precision is Precision.INT8
                 else None
             ),

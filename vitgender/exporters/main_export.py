@@ -17,9 +17,9 @@ from pathlib import Path
 from vitgender import checkpoint
 from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.exporters import builders, merge
-from vitgender.exporters.builders import BuildContext, Built, Calibration
+from vitgender.exporters.builders import BuildContext, Built, Calibration, Int8Source
 from vitgender.exporters.config import config_for
-from vitgender.exporters.options import ExportOptions
+from vitgender.exporters.options import CALIBRATION_DIR, ExportOptions
 from vitgender.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.manifest import describe, write_manifest
@@ -41,19 +41,53 @@ def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
     return images
 
 
+MIN_CALIBRATION_IMAGES = 16  # fewer cannot set per-tensor scales or judge an agreement target
+
+
 def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibration:
-    images = calibration_images(options.calibration)
+    """Decode and preprocess the calibration images, refusing a folder that cannot calibrate (exit 2)."""
     pre = Preprocessor(ckpt.preprocess)
-    pixels = pre([pre.decode(p) for p in images])
+    decoded, failures = [], []
+    for path in calibration_images(options.calibration):
+        try:
+            decoded.append((path, pre.decode(path)))
+        except VitgenderError as exc:
+            failures.append(str(exc))
+    if len(decoded) < MIN_CALIBRATION_IMAGES:
+        first = f" (first failure: {failures[0]})" if failures else ""
+        raise UsageError(
+            str(options.calibration),
+            f"{len(decoded)} decodable calibration images, at least {MIN_CALIBRATION_IMAGES} needed{first}",
+        )
+    channels = ckpt.architecture.num_channels
+    if channels != 3:
+        raise UsageError(
+            str(options.calibration), f"calibration images decode to RGB (3 channels); the model takes {channels}"
+        )
+    images = tuple(path for path, _ in decoded)
+    pixels = pre([image for _, image in decoded])
     provenance = {
         "images": [p.name for p in images],
         "count": len(images),
+        "skipped_undecodable": len(failures),
         "folder": str(options.calibration),
         "method": options.calibration_method,
         "preset": options.quant_preset,
         "normalisation": ckpt.preprocess.to_dict(),
     }
-    return Calibration(tuple(images), pixels, provenance)
+    return Calibration(images, pixels, provenance)
+
+
+def calibration_warning(ckpt: checkpoint.Checkpoint, options: ExportOptions) -> str | None:
+    """One line when a model other than the default is calibrated on the bundled faces."""
+    if Path(options.calibration).resolve() != CALIBRATION_DIR.resolve():
+        return None
+    if Path(ckpt.directory).resolve() == checkpoint.DEFAULT_MODEL_DIR.resolve():
+        return None
+    return (
+        f"calibrating {Path(ckpt.directory).name} on the bundled UTKFace faces: int8 is only as good as its "
+        "calibration; pass --calibration DIR with a few hundred of your model's own images"
+    )
 
 
 def input_spec(spec: ArtifactSpec, ctx: BuildContext, built: Built) -> dict:
@@ -125,6 +159,7 @@ def main_export(
     options: ExportOptions | None = None,
     on_step: Callable[[str], None] = lambda name: None,
     overwrite: bool = False,
+    on_warning: Callable[[str], None] = lambda line: None,
 ) -> Path:
     """Export `model` (None = embedded default) to `out` (default artifacts/<model-name>/).
 
@@ -136,7 +171,11 @@ def main_export(
     wanted = parse_formats(formats)
     ckpt = checkpoint.open_checkpoint(model)
     export_config = config_for(ckpt.model_type)
-    calibration = _calibration(options, ckpt) if any(s.needs_calibration for s in wanted) else None
+    calibration = None
+    if any(s.needs_calibration for s in wanted):
+        calibration = _calibration(options, ckpt)
+        if warning := calibration_warning(ckpt, options):
+            on_warning(warning)
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name
     existing = merge.existing_export(out, ckpt.directory, ckpt.sha256, overwrite)
@@ -171,6 +210,34 @@ def main_export(
     return out
 
 
+def _migrated(
+    ckpt: checkpoint.Checkpoint,
+    export_config,
+    options: ExportOptions,
+    calibration: Calibration,
+    wanted: Sequence[ArtifactSpec],
+    base: Path,
+    on_step: Callable[[str], None],
+) -> Int8Source | None:
+    """The scale-migrated model (ONNX and HF files) when a requested int8 artifact's recipe migrates."""
+    from vitgender.exporters.onnx_export import export_onnx
+    from vitgender.exporters.smoothing import migrate_scales
+
+    alphas = {options.int8_recipe(s.runtime).smoothquant for s in wanted if s.needs_calibration} - {0.0}
+    if not alphas:
+        return None
+    (alpha,) = alphas  # one value: an explicit --smoothquant applies to every runtime
+    on_step(f"int8: SmoothQuant scale migration (alpha {alpha}) on the calibration images")
+    model = ckpt.load_model()
+    migration = migrate_scales(model, export_config.model, calibration.pixels, alpha)
+    folder = base.parent / "migrated"
+    model.save_pretrained(folder, safe_serialization=True)
+    export_onnx(
+        model, export_config, ckpt.preprocess.height, ckpt.preprocess.width, folder / "model.onnx", options.opset
+    )
+    return Int8Source(folder / "model.onnx", folder, migration.manifest())
+
+
 def _build(
     ckpt: checkpoint.Checkpoint,
     export_config,
@@ -197,17 +264,21 @@ def _build(
         base,
         options.opset,
     )
-    ctx = BuildContext(
-        ckpt, export_config, options, scratch, base, round(time.perf_counter() - began, 2), calibration, on_step
-    )
+    seconds = round(time.perf_counter() - began, 2)
+    migrated = None
+    if calibration is not None:
+        migrated = _run_step(
+            "int8: SmoothQuant", _migrated, ckpt, export_config, options, calibration, wanted, base, on_step
+        )
+    ctx = BuildContext(ckpt, export_config, options, scratch, base, seconds, calibration, on_step, migrated)
     built: dict[str, Built] = {}
     for group in _by_builder(wanted):
         names = ", ".join(s.name for s in group)
         on_step(f"{names}: {group[0].toolchain}")
         built.update(_run_step(names, getattr(builders, group[0].builder), ctx, group))
-    shutil.rmtree(base.parent)
     artifacts = []
-    for spec in sorted(wanted, key=lambda s: list(FORMATS).index(s.name)):
+    ordered = sorted(wanted, key=lambda s: list(FORMATS).index(s.name))
+    for spec in ordered:
         path = scratch / spec.filename
         io = input_spec(spec, ctx, built[spec.name])
         preprocess = ckpt.preprocess if options.alpha is None else replace(ckpt.preprocess, alpha=options.alpha)
@@ -222,4 +293,22 @@ def _build(
                 scratch, spec.name, spec.runtime, spec.precision, path, io, seconds=built[spec.name].seconds, **extra
             )
         )
+    if calibration is not None:
+        _check_int8(
+            ctx, [(spec, entry) for spec, entry in zip(ordered, artifacts, strict=True) if spec.needs_calibration]
+        )
+    shutil.rmtree(base.parent)
     return artifacts
+
+
+def _check_int8(ctx: BuildContext, built: list[tuple[ArtifactSpec, dict]]) -> None:
+    """Measure every calibrated int8 artifact against PyTorch and fp32 speed (`int8_check`), into its entry."""
+    from vitgender.exporters import int8_check
+
+    pixels, target = ctx.calibration.pixels, ctx.options.target
+    ctx.on_step(f"int8 check: {len(built)} artifact(s) against PyTorch on {len(pixels)} calibration images")
+    reference = int8_check.pytorch_logits(ctx.checkpoint.load_model(), pixels)
+    fp32 = int8_check.fp32_speed(ctx.base_onnx, ctx.export_config.input_name, pixels)
+    for spec, entry in built:
+        check = int8_check.check_artifact(spec.runtime, ctx.scratch / spec.filename, reference, pixels, target)
+        entry["quantization"] = {**(entry.get("quantization") or {}), "check": check, "fp32_images_per_second": fp32}

@@ -9,11 +9,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitgender.errors import UsageError
+from vitgender.exporters.int8_check import DEFAULT_TARGET, QuantTarget
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.preprocess import ALPHA_POLICIES
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    smoothquant: float  # SmoothQuant alpha (exporters/smoothing.py); 0: off
+    float_head: bool  # the classification head left to float kernels
+
+
+# Per runtime of the calibrated int8 artifacts, kept where it helped on the two trained test models
+# (docs/guides/quantization.md, "Int8 for your own model"): ORT static gains from both; full-integer
+# TFLite and ExecuTorch requantize every GEMM output per tensor, which migration does not help.
+INT8_RECIPES = {
+    "onnx": Int8Recipe(smoothquant=0.5, float_head=True),
+    "tflite": Int8Recipe(smoothquant=0.0, float_head=True),
+    "executorch": Int8Recipe(smoothquant=0.0, float_head=True),
+}
 
 
 @dataclass
@@ -22,9 +39,29 @@ class ExportOptions:
     calibration: Path = field(default=CALIBRATION_DIR)
     calibration_method: str = "minmax"
     quant_preset: str = "safe"
-    quant_target: float | None = None  # `auto`: q90 |Δlogit| on the calibration images (None: the int8-dynamic budget)
+    # What every calibrated int8 artifact should reach on the calibration images (`int8_check.QuantTarget`);
+    # `auto` keeps at most `quant_max_float` units float to meet it; `quant_strict`: a miss exits 1.
+    quant_target: str = DEFAULT_TARGET
+    quant_max_float: int = 4
+    quant_strict: bool = False
     tflite_int8_io: bool = False
+    # Calibrated int8 (onnx-int8-static, tflite-int8, executorch-int8): SmoothQuant alpha (0: off) and
+    # whether the classification head stays float; None: each toolchain's measured default (INT8_RECIPES).
+    smoothquant: float | None = None
+    float_head: bool | None = None
     alpha: str | None = None  # the alpha policy the sidecars record (None: the checkpoint's, white by default)
+
+    def int8_recipe(self, runtime: str) -> Int8Recipe:
+        """The runtime's measured recipe, with what the user set explicitly applied to every runtime."""
+        default = INT8_RECIPES[runtime]
+        return Int8Recipe(
+            default.smoothquant if self.smoothquant is None else self.smoothquant,
+            default.float_head if self.float_head is None else self.float_head,
+        )
+
+    @property
+    def target(self) -> QuantTarget:
+        return QuantTarget.parse(self.quant_target)
 
     def __post_init__(self) -> None:
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -33,7 +70,13 @@ class ExportOptions:
             )
         if self.quant_preset not in STATIC_PRESETS:
             raise UsageError(self.quant_preset, f"quant preset must be one of {', '.join(STATIC_PRESETS)}")
-        if self.quant_target is not None and not self.quant_target > 0:
-            raise UsageError(str(self.quant_target), "quant target must be a positive q90 |logit difference|")
+        try:
+            QuantTarget.parse(self.quant_target)
+        except ValueError as exc:
+            raise UsageError(f"--quant-target {self.quant_target}", str(exc)) from None
+        if self.quant_max_float < 0:
+            raise UsageError(f"--quant-max-float {self.quant_max_float}", "must be 0 or more")
+        if self.smoothquant is not None and not 0 <= self.smoothquant <= 1:
+            raise UsageError(f"--smoothquant {self.smoothquant}", "SmoothQuant alpha must be in [0, 1] (0: off)")
         if self.alpha is not None and self.alpha not in ALPHA_POLICIES:
             raise UsageError(f"--alpha {self.alpha}", f"alpha policy must be one of {', '.join(ALPHA_POLICIES)}")

@@ -7,8 +7,8 @@ static int8 fixes the scales at export time from calibration images (preprocesse
 inference), so it answers the same whatever the batch. Its presets (`STATIC_PRESETS`):
 `safe` quantizes the weight MatMuls and the patch Conv; `auto` starts from every MatMul/Gemm/Conv,
 including the attention activation x activation MatMuls, measures how much each block moves the
-logits on the calibration images and keeps the fewest blocks in float that meet a target
-(`plan_auto`); `full` quantizes every op ORT can, which collapses on ViTs and is kept to show it.
+logits on the calibration images and keeps the fewest blocks in float (at most `max_float`)
+that meet a target (`plan_auto`); `full` quantizes every op ORT can, which collapses on ViTs and is kept to show it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import copy
 import re
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from vitgender.exporters.int8_check import DEFAULT_TARGET, QuantTarget
 
 if TYPE_CHECKING:
     import onnx
@@ -197,6 +199,7 @@ class StaticPlan:
     kept_float: list[str] = field(default_factory=list)  # auto: the units left in float, most sensitive first
     sensitivity: dict[str, float] = field(default_factory=dict)  # auto: unit -> q90 |Δlogit| quantized alone
     fit: dict | None = None  # auto: the target and what the chosen plan reached on the calibration images
+    always_float: list[str] = field(default_factory=list)  # units kept float whatever the preset (the head)
 
     def manifest(self) -> dict:
         out = {
@@ -204,6 +207,7 @@ class StaticPlan:
             "activations": "uint8 (per tensor)",
             "weights": "int8 (per channel)",
             "quantized_nodes": "every op onnxruntime can" if self.nodes is None else len(self.nodes),
+            "always_float": self.always_float,
         }
         if self.preset == "auto":
             out |= {
@@ -225,57 +229,59 @@ def plan_auto(
     quantizer: StaticQuantizer,
     input_name: str,
     pixels: np.ndarray,
-    target: float,
+    target: QuantTarget,
     progress: Callable[[str], None] = lambda message: None,
+    float_units: tuple[str, ...] = (),
+    max_float: int = 4,
 ) -> StaticPlan:
-    """Quantize as much as possible while the calibration logits stay within `target`.
+    """Quantize as much as possible while the artifact meets `target` on the calibration images.
 
     If quantizing every unit meets the target, that is the plan. Otherwise sensitivity is
-    measured, not assumed: each unit (a block's attention, a block's MLP, the
-    patch embedding, the classifier) is quantized alone and its q90 |Δlogit| against the float
-    model on the calibration images is its sensitivity. The most sensitive units are then kept in
-    float, fewest first (a binary search over how many), until the whole artifact has q90 |Δlogit|
-    <= target and no top-1 flip on those images. Validation must use other images.
+    measured, not assumed: each unit (a block's attention, a block's MLP, the patch embedding)
+    is quantized alone and its q90 |Δlogit| against the float model on the calibration images is
+    its sensitivity. The most sensitive units are then kept float, fewest first (a binary search
+    over how many, at most `max_float`: beyond a few float units the speed is gone), until the
+    target is met; when even `max_float` does not meet it, the plan keeps that many and says so.
+    Validation must use other images.
     """
     reference = _logits(quantizer.model, input_name, pixels)
 
-    def error(nodes: list[str]) -> tuple[float, int]:
-        logits = _logits(quantizer.quantize(nodes), input_name, pixels)
-        flips = int((logits.argmax(1) != reference.argmax(1)).sum())
-        return float(np.quantile(np.abs(logits - reference), 0.9)), flips
+    def figures(nodes: list[str]) -> dict:
+        return target.figures(reference, _logits(quantizer.quantize(nodes), input_name, pixels))
 
-    units = quantizable_units(quantizer.model)
-    fit = {"target_q90_abs_logit_diff": target, "calibration_images": len(pixels), "units": len(units)}
+    units = {u: nodes for u, nodes in quantizable_units(quantizer.model).items() if u not in float_units}
+    fit = {"target": str(target), "calibration_images": len(pixels), "units": len(units), "max_float": max_float}
     everything = [n for nodes in units.values() for n in nodes]
     progress(f"fit: all {len(units)} units int8")
-    q90, flips = error(everything)
-    if q90 <= target and flips == 0:  # nothing needs to stay float: skip the sensitivity scan
-        return StaticPlan("auto", everything, fit=fit | {"q90_abs_logit_diff": round(q90, 5), "flips": flips})
+    reached = figures(everything)
+    if target.met(reached):  # nothing needs to stay float: skip the sensitivity scan
+        return StaticPlan("auto", everything, fit=fit | {"reached": reached, "met": True})
     alone = {}
     for i, (unit, nodes) in enumerate(units.items(), 1):
         progress(f"sensitivity {i}/{len(units)}: {unit}")
-        alone[unit] = error(nodes)[0]
+        alone[unit] = figures(nodes)["q90_abs_logit_diff"]
     order = sorted(units, key=alone.__getitem__, reverse=True)
 
     def nodes_without(k: int) -> list[str]:
         return [n for unit in order[k:] for n in units[unit]]
 
-    low, high, reached = 1, len(order), {len(order): (0.0, 0)}  # all float is the float model itself
+    tried: dict[int, dict] = {}
+    low, high = 1, min(max_float, len(order))
     while low < high:
         k = (low + high) // 2
         progress(f"fit: {k} of {len(order)} units float")
-        q90, flips = reached[k] = error(nodes_without(k))
-        if q90 <= target and flips == 0:
+        tried[k] = figures(nodes_without(k))
+        if target.met(tried[k]):
             high = k
         else:
             low = k + 1
-    q90, flips = reached.get(low) or error(nodes_without(low))
+    reached = tried.get(low) or figures(nodes_without(low))
     return StaticPlan(
         "auto",
         nodes_without(low),
         kept_float=order[:low],
         sensitivity={u: round(alone[u], 5) for u in order},
-        fit=fit | {"q90_abs_logit_diff": round(q90, 5), "flips": flips},
+        fit=fit | {"reached": reached, "met": target.met(reached)},
     )
 
 
@@ -287,9 +293,12 @@ def to_int8_static(
     *,
     method: str = "minmax",
     preset: str = "safe",
-    auto_target: float = 0.19,
+    auto_target: QuantTarget | None = None,
+    max_float: int = 4,
+    float_units: tuple[str, ...] = (),
     progress: Callable[[str], None] = lambda message: None,
 ) -> StaticPlan:
+    """Quantize `source` by `preset`; nodes of `float_units` (`unit_of` names) always stay float."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -299,8 +308,20 @@ def to_int8_static(
         if preset == "safe":
             plan = StaticPlan("safe", _weight_nodes(quantizer.model))
         elif preset == "auto":
-            plan = plan_auto(quantizer, input_name, pixels, auto_target, progress)
+            plan = plan_auto(
+                quantizer,
+                input_name,
+                pixels,
+                auto_target or QuantTarget.parse(DEFAULT_TARGET),
+                progress,
+                float_units,
+                max_float,
+            )
         else:
             plan = StaticPlan("full", None)
+        if float_units:
+            kept = {n.name for n in quantizer.model.graph.node if unit_of(n) in float_units}
+            everything = [n.name for n in quantizer.model.graph.node] if plan.nodes is None else plan.nodes
+            plan = replace(plan, nodes=[n for n in everything if n not in kept], always_float=list(float_units))
         onnx.save(quantizer.quantize(plan.nodes), str(target))
     return plan

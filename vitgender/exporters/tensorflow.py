@@ -94,8 +94,23 @@ LAYER_NORM_NODE = "/layer_normalization"  # onnx2tf names every op of a LayerNor
 LAYER_NORM_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT")  # the same, by op type, if those names change
 
 
-def _int8_with_float_islands(converter, representative) -> tuple[bytes, dict]:
-    """Full-integer GEMMs and residuals, float LayerNorm/Softmax/GELU (see INT8_FLOAT_OPS)."""
+def _head_nodes(interpreter, layer_norm: list[str]) -> list[str]:
+    """Output tensors of every op after the last LayerNorm op (execution order): the classification head.
+
+    onnx2tf does not keep ONNX node names for the head's MatMul, but every model type's head
+    reads the final LayerNorm (BEiT's pooler norm) and nothing else follows it.
+    """
+    tensors = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()  # execution order; LiteRT's only op listing
+    norm = set(layer_norm)
+    last = max((i for i, op in enumerate(ops) if any(tensors[t]["name"] in norm for t in op["outputs"])), default=None)
+    if last is None:
+        return []
+    return [tensors[t]["name"] for op in ops[last + 1 :] for t in op["outputs"] if t >= 0]
+
+
+def _int8_with_float_islands(converter, representative, float_head: bool) -> tuple[bytes, dict]:
+    """Full-integer GEMMs and residuals, float LayerNorm/Softmax/GELU (see INT8_FLOAT_OPS), and the head float."""
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -104,13 +119,15 @@ def _int8_with_float_islands(converter, representative) -> tuple[bytes, dict]:
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=representative, debug_options=options(denylisted_ops=list(INT8_FLOAT_OPS))
     )
-    names = [t["name"] for t in Interpreter(model_content=debugger.calibrated_model).get_tensor_details()]
-    layer_norm = [n for n in names if LAYER_NORM_NODE in n]
+    calibrated = Interpreter(model_content=debugger.calibrated_model)
+    layer_norm = [t["name"] for t in calibrated.get_tensor_details() if LAYER_NORM_NODE in t["name"]]
     float_ops = list(INT8_FLOAT_OPS) + ([] if layer_norm else list(LAYER_NORM_OPS))
-    debugger.options = options(denylisted_ops=float_ops, denylisted_nodes=layer_norm)
+    head = _head_nodes(calibrated, layer_norm) if float_head else []
+    debugger.options = options(denylisted_ops=float_ops, denylisted_nodes=layer_norm + head)
     plan = {
         "float_ops": float_ops,
         "float_layer_norm_nodes": len(layer_norm),
+        "float_head_nodes": len(head),
         "why": "no XNNPACK int8 kernels for LayerNorm, Softmax and GELU (as int8 they run on reference kernels); "
         "residual adds and attention matmuls float for accuracy",
     }
@@ -118,7 +135,12 @@ def _int8_with_float_islands(converter, representative) -> tuple[bytes, dict]:
 
 
 def _to_tflite(
-    savedmodel: Path, target: Path, precision: str, representative: np.ndarray | None, int8_io: bool
+    savedmodel: Path,
+    target: Path,
+    precision: str,
+    representative: np.ndarray | None,
+    int8_io: bool,
+    float_head: bool,
 ) -> dict | None:
     """Write one TFLite variant; returns what quantization decided, for the manifest."""
     import tensorflow as tf
@@ -141,7 +163,8 @@ def _to_tflite(
             return ([representative[i : i + 1]] for i in range(len(representative)))
 
         converter.representative_dataset = samples
-        content, plan = _int8_with_float_islands(converter, samples)
+        # int8 I/O needs the graph to end in int8: the head stays int8 then
+        content, plan = _int8_with_float_islands(converter, samples, float_head and not int8_io)
         if int8_io:  # the debugger's conversion ignores inference_input_type: apply it as the converter would
             from tensorflow.lite.python.util import modify_model_io_type
 
@@ -162,7 +185,9 @@ def _worker(job: dict) -> dict:
     plans = {}
     for precision, target in job["tflite"].items():
         began = time.perf_counter()
-        plans[precision] = _to_tflite(Path(job["savedmodel"]), Path(target), precision, representative, job["int8_io"])
+        plans[precision] = _to_tflite(
+            Path(job["savedmodel"]), Path(target), precision, representative, job["int8_io"], job["float_head"]
+        )
         results[precision] = round(time.perf_counter() - began, 2)
     return {"seconds": results, "quantization": plans}
 
@@ -177,6 +202,7 @@ def convert(
     shape: tuple[int, int, int],
     representative: np.ndarray | None,
     int8_io: bool = False,
+    float_head: bool = True,
 ) -> dict[str, dict]:
     """SavedModel + a TFLite file per requested precision.
 
@@ -195,6 +221,7 @@ def convert(
         "shape": None if dynamic_batch else [1, *shape],
         "tflite": tflite,
         "int8_io": int8_io,
+        "float_head": float_head,
     }
     if representative is not None:
         np.save(workdir / "representative.npy", representative.astype(np.float32))

@@ -22,6 +22,17 @@ class ModelType:
     hf_classes: tuple[str, ...] = ("ViTForImageClassification",)
     base_prefix: str = "vit"  # the attribute holding the backbone (HF's `base_model_prefix`)
     mlp: str = "intermediate"  # the block's MLP module (its first linear + activation)
+    # Inside one encoder block: the two LayerNorms and the linears that read them, for int8 scale
+    # migration (`vitgender.exporters.smoothing`). The value projection feeds the attention output.
+    norm_before: str = "layernorm_before"
+    norm_after: str = "layernorm_after"
+    attention_inputs: tuple[str, ...] = (
+        "attention.attention.query",
+        "attention.attention.key",
+        "attention.attention.value",
+    )
+    attention_output: str = "attention.output.dense"
+    mlp_input: str = "intermediate.dense"
     # Extra `from_pretrained` arguments. Types that pick their attention class when built (BEiT) load the
     # eager one: switching `config._attn_implementation` later (export, explain) would not reach them.
     load_options: ClassVar[dict] = {}
@@ -54,6 +65,14 @@ class ModelType:
         weights = np.zeros(num_tokens)
         weights[0] = 1.0  # the [CLS] token
         return weights
+
+    def heads(self, hf_class: str) -> tuple[str, ...]:
+        """The classification head modules (kept float in int8 artifacts: they read the final LayerNorm's outliers)."""
+        return ("classifier",)
+
+    def blocks(self, model) -> list:
+        """The encoder blocks of a loaded HF model, in order."""
+        return list(getattr(model, self.base_prefix).encoder.layer)
 
     # --- stages (localisation, explain) --------------------------------------------------------
     def final_norm(self, config: Mapping) -> str:

@@ -44,6 +44,9 @@ class DeiT(ModelType):
 
         return torch.cat([embeddings.cls_token, embeddings.distillation_token], dim=1)
 
+    def heads(self, hf_class: str) -> tuple[str, ...]:
+        return ("cls_classifier", "distillation_classifier") if hf_class.endswith("WithTeacher") else ("classifier",)
+
 
 class Dinov2(ModelType):
     """DINOv2: positions interpolated to the input size at run time; the head reads [CLS] and the
@@ -53,6 +56,7 @@ class Dinov2(ModelType):
     hf_classes = ("Dinov2ForImageClassification",)
     base_prefix = "dinov2"
     mlp = "mlp"
+    norm_before, norm_after, mlp_input = "norm1", "norm2", "mlp.fc1"  # a SwiGLU MLP has no fc1: not migrated
 
     def intermediate_size(self, config: Mapping) -> int:
         return int(config.get("intermediate_size") or config["hidden_size"] * config.get("mlp_ratio", 4))

@@ -53,6 +53,15 @@ def _logits_module(checkpoint: str, hf_class: str):
     return Logits().eval()
 
 
+def _inside(node, modules: tuple[str, ...]) -> bool:
+    """Whether a graph node comes from one of `modules` (or a module inside one), by its module stack."""
+    for path, _ in node.meta.get("nn_module_stack", {}).values():
+        path = path.removeprefix("L['self'].")
+        if any(path == m or path.startswith(m + ".") for m in modules):
+            return True
+    return False
+
+
 def export(job: dict) -> dict:
     """torch.export with a dynamic batch -> (PT2E int8) -> XNNPACK-lowered ExecuTorch program."""
     import torch
@@ -77,6 +86,9 @@ def export(job: dict) -> dict:
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
             quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            floats = tuple(job.get("float_modules") or ())
+            if floats:  # set_module_name(name, None) is "not supported yet" (executorch 1.4): filter instead
+                quantizer.set_filter_function(lambda node: not _inside(node, floats))
             graph = torch.export.export(module, example, dynamic_shapes=dynamic).module()
             prepared = prepare_pt2e(graph, quantizer)
             calibration = torch.from_numpy(np.load(job["calibration"]))

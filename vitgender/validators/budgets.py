@@ -36,9 +36,6 @@ from vitgender.validators.metrics import METRICS
 DEFAULT_BUDGETS: dict[str, dict[str, float]] = json.loads(
     (Path(__file__).with_name("default_budgets.json")).read_text()
 )["budgets"]
-# The static-int8 'auto' preset's default target: q90 |Δlogit| on the calibration images. An export
-# knob in absolute logits, not a gate budget (the gate judges scale-free metrics).
-DEFAULT_QUANT_TARGET = 0.19
 # Tables of a budget file that are not budgets.
 META_SECTIONS = ("model", "provenance")
 
