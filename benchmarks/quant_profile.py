@@ -13,8 +13,6 @@ LiteRT's builtin reference kernels (an int8 LayerNorm/Softmax/GELU split the gra
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,26 +21,22 @@ import numpy as np
 from vitgender.machine import machine
 
 
-def onnx_profile(path: Path, batch: int, runs: int = 5) -> list[tuple[str, float, int]]:
-    import onnxruntime as ort
+def onnx_profile(path: Path, batch: int, runs: int = 4) -> list[tuple[str, float, int]]:
+    """(op type, % of kernel time, nodes per run) from ORT's profiler, through the runner bench uses."""
+    from vitgender.runtimes import open_runner
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    with tempfile.TemporaryDirectory() as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        shape = [batch if not isinstance(d, int) else d for d in session.get_inputs()[0].shape]
-        dtype = np.uint8 if "uint8" in session.get_inputs()[0].type else np.float32
-        x = np.random.default_rng(0).normal(size=shape).astype(dtype)
-        for _ in range(runs):  # the first run (warm-up) is among them: shares, not absolute times, are reported
-            session.run(None, {session.get_inputs()[0].name: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
+    with open_runner("onnx", path, threads=2) as runner:
+        size, rng = (runner.info.preprocess.height, runner.info.preprocess.width), np.random.default_rng(0)
+        x = (
+            rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
+            if runner.info.raw_input
+            else rng.normal(size=(batch, 3, *size)).astype(np.float32)
+        )
+        events = runner.op_times(x, runs)
     time, count = Counter(), Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            time[event["args"]["op_name"]] += event["dur"]
-            count[event["args"]["op_name"]] += 1
+    for op, seconds in events:
+        time[op] += seconds
+        count[op] += 1
     total = sum(time.values()) or 1
     return [(op, 100 * t / total, count[op] // runs) for op, t in time.most_common()]
 

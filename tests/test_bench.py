@@ -1,4 +1,4 @@
-"""`vitgender bench`: every candidate measured, ratios against PyTorch and the measured roofs, schema 2.
+"""`vitgender bench`: every candidate measured, ratios against PyTorch and the measured roofs, schema 3.
 
 No timing is asserted; what is asserted is that every number is measured in the run."""
 
@@ -63,7 +63,7 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["schema"] == 2 and report["machine"]["cores"] >= 1 and report["threads"] >= 1
+    assert report["schema"] == 3 and report["machine"]["cores"] >= 1 and report["threads"] >= 1
     roofs = report["roofs"]
     bf16 = has_bf16_arithmetic()
     assert set(roofs["roofs"]) == {"fp32", "fp16", "int8", *(["bf16"] if bf16 else [])}
@@ -84,6 +84,19 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
         roof = report["roofs"]["roofs"][row["arithmetic"]]["gops"]
         assert row["pct_of_roof"] == pytest.approx(100 * row["gflops"] / roof, abs=0.1)
         assert 0 <= row["top1_agreement"] <= 1
+        # where the time goes: the matrix products at the roof plus the rest is the timed ms per image
+        split = row["breakdown"]
+        assert split["ms_per_image"] == pytest.approx(1000 / row["images_per_s"], rel=1e-3, abs=1e-4)
+        assert split["matmul_ms_at_roof"] + split["outside_roof_ms"] == pytest.approx(split["ms_per_image"], abs=2e-3)
+        assert split["matmul_ms_at_roof"] == pytest.approx(
+            split["ms_per_image"] * row["pct_of_roof"] / 100, rel=0.02, abs=0.01
+        )
+        profiled = row["batch_size"] == 2 and row["runtime"] != "pipeline"  # every runner here has a profiler
+        assert (split["profiler"] is not None) == profiled and ("kinds_ms" in split) == profiled
+        if profiled:  # the engine's own profile, scaled to the timed ms: its kinds add up to them
+            assert split["profiler"] == row["runtime"].split(":")[0]
+            assert sum(split["kinds_ms"].values()) == pytest.approx(split["ms_per_image"], rel=0.01)
+            assert split["kinds_ms"]["matrix products"] > 0
     by_name = {r["name"]: r for r in report["results"]}  # what each really computes in
     assert by_name["transformers-pipeline"]["precision"] == "fp32"
     assert by_name["onnx-int8-dynamic"]["precision"] == "int8-dynamic"
@@ -93,6 +106,7 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     assert report["reference"]["images"] == 50
     assert (tmp_path / "bench.svg").read_text().startswith("<svg")
     assert "| onnx-int8-dynamic |" in result.stdout and "measured roofs: fp32" in result.stdout
+    assert "Where the time goes at batch 2" in result.stdout and "| onnx | fp32 |" in result.stdout
     if "onnx@openvino:precision=bf16" in peers:
         assert by_name["onnx@openvino:precision=bf16"]["arithmetic"] == "bf16"
         assert "| onnx@openvino:precision=bf16 (peer) |" in result.stdout

@@ -60,6 +60,13 @@ def test_validate_judges_pte_with_a_quantization_proof(pte):
     # weights read from the XNNPACK graphs inside the .pte: mostly 8-bit for int8, float32 for fp32
     assert int8["inventory"]["weight_share_by_dtype"].get("int8", 0) >= 0.5
     assert by_name["executorch"]["inventory"]["weight_share_by_dtype"].get("float32", 0) >= 0.9
+    # delegation coverage: the XNNPACK graphs, and what the program runs itself between them
+    for name in ("executorch", "executorch-int8"):
+        inventory = by_name[name]["inventory"]
+        assert inventory["delegates"] >= 1
+        assert all(isinstance(op, str) and n >= 1 for op, n in inventory["outside_delegates"].items())
+    # ExecuTorch 1.4's XNNPACK partitioner takes no LayerNorm: each runs outside, splitting the graph
+    assert int8["inventory"]["outside_delegates"].get("aten::native_layer_norm", 0) >= 1
     assert {c["name"] for c in int8["checks"]} >= {"quantization_proof", "batch_max_rel_logit_diff"}
 
 

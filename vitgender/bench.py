@@ -21,9 +21,12 @@ import numpy as np
 
 from vitgender.machine import machine
 from vitgender.precision import Precision
+from vitgender.runtimes import parse_runtime
+from vitgender.runtimes.profiling import breakdown, kind_shares
 from vitgender.toolchains.processes import child_env, job_main, run_job
 
-SCHEMA = 2
+SCHEMA = 3
+PROFILED_RUNS = 3  # runs under the engine's profiler, after the timed ones
 
 
 def arithmetic(runtime: str, precision: str) -> str:
@@ -57,6 +60,8 @@ class _Opened:
     raw_input: bool  # takes resized uint8 NHWC instead of pixel_values
     precision: Precision  # what it really computes in
     close: Callable[[], None] = lambda: None
+    # (op type, seconds) per engine op over some runs (`vitgender.runtimes.profiling`); None: no profiler
+    op_times: Callable[[np.ndarray, int], list[tuple[str, float]]] | None = None
 
 
 def _open(candidate: dict, threads: int) -> _Opened:
@@ -96,7 +101,15 @@ def _open(candidate: dict, threads: int) -> _Opened:
     weights = Path(candidate["path"])
     if candidate["runtime"] == "torch":
         weights = weights / "model.safetensors"
-    return _Opened(runner.run, answer, _size(weights), runner.info.raw_input, runner.info.computes_in, runner.close)
+    return _Opened(
+        runner.run,
+        answer,
+        _size(weights),
+        runner.info.raw_input,
+        runner.info.computes_in,
+        runner.close,
+        getattr(runner, "op_times", None),
+    )
 
 
 def _size(path: Path) -> int:
@@ -141,6 +154,9 @@ def _worker(job: dict) -> dict:
                 "runs": len(latencies),
             }
         )
+    shares = None
+    if opened.op_times is not None:  # where the time goes, at the largest batch (the last timed)
+        shares = kind_shares(opened.op_times(pixels, PROFILED_RUNS))
     opened.close()
     return {
         "load_seconds": round(load_seconds, 2),
@@ -149,6 +165,7 @@ def _worker(job: dict) -> dict:
         "precision": opened.precision,
         "answers": answers,
         "rows": rows,
+        "op_shares": shares,
     }
 
 
@@ -259,8 +276,11 @@ def run_benchmark(
             answers[candidate["name"]] = measured["answers"]
             compute = arithmetic(candidate["runtime"], measured["precision"])
             passes = 2 if candidate.get("tta") == "flip" else 1  # each image runs twice, mirrored
+            largest, profiled = max(batch_sizes), measured["op_shares"]
             for row in measured["rows"]:
                 gflops = row["images_per_s"] * passes * flops / 1e9
+                roof = roofs["roofs"][compute]["gops"]
+                shares = profiled if row["batch_size"] == largest else None  # profiled at the largest batch
                 results.append(
                     {
                         "name": candidate["name"],
@@ -274,7 +294,13 @@ def run_benchmark(
                         "load_seconds": measured["load_seconds"],
                         "bytes": measured["bytes"],
                         "gflops": round(gflops, 2),
-                        "pct_of_roof": round(100 * gflops / roofs["roofs"][compute]["gops"], 1),
+                        "pct_of_roof": round(100 * gflops / roof, 1),
+                        "breakdown": breakdown(
+                            shares,
+                            1000 / row["images_per_s"],
+                            1000 * passes * flops / (roof * 1e9),
+                            parse_runtime(candidate["runtime"])[0] if shares else None,
+                        ),
                     }
                 )
     baseline = {r["batch_size"]: r["images_per_s"] for r in results if r["name"] == "torch-eager"}

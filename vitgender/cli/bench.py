@@ -30,7 +30,7 @@ def bench(
         3.0, metavar="SECONDS", min=0.1, help="Timed seconds per candidate and batch size (after warm-up)."
     ),
     json_out: Optional[Path] = typer.Option(
-        None, "--json", metavar="FILE", help="Write the results (schema 2) as JSON."
+        None, "--json", metavar="FILE", help="Write the results (schema 3) as JSON."
     ),
     plot: Optional[Path] = typer.Option(
         None,
@@ -54,7 +54,7 @@ def bench(
     as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
     from vitgender.bench import run_benchmark
     from vitgender.machine import available_cores
-    from vitgender.reporting.bench import header, plot_svg, table
+    from vitgender.reporting.bench import breakdown_table, header, plot_svg, table
     from vitgender.runtimes.tta import check_tta
 
     check_tta(tta)
@@ -78,6 +78,8 @@ def bench(
     )
     typer.echo(header(report))
     typer.echo(table(report))
+    typer.echo("")
+    typer.echo(breakdown_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n")
     if plot is not None:

@@ -38,6 +38,36 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def breakdown_table(report: dict) -> str:
+    """Where each candidate's time per image goes at the largest batch: its matrix products at the
+    measured roof against the rest, and, where the engine has a profiler, the rest by kind of op."""
+    from vitgender.runtimes.profiling import KINDS
+
+    largest = max(r["batch_size"] for r in report["results"])
+    rows = [r for r in report["results"] if r["batch_size"] == largest]
+    kinds = [k for k in KINDS if any(k in r["breakdown"].get("kinds_ms", {}) for r in rows)]
+    lines = [
+        f"Where the time goes at batch {largest}, ms per image: the matrix products as they would run at "
+        "the measured roof, the rest outside it, and each kind of op's share of the engine's own profile "
+        "scaled to the timed ms (— where the engine has no profiler here)",
+        "",
+        "| candidate | computes in | ms/image | matrix products at roof | outside that | profiled by | "
+        "matrix products at % of roof | " + " | ".join(kinds) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(kinds),
+    ]
+    for r in rows:
+        b = r["breakdown"]
+        measured = b.get("kinds_ms", {})
+        efficiency = b.get("matmul_pct_of_roof")
+        cells = [f"{measured[k]:.2f}" if k in measured else "—" for k in kinds]
+        lines.append(
+            f"| {r['name']}{' (peer)' if r.get('peer') else ''} | {r['arithmetic']} | {b['ms_per_image']:.2f} | "
+            f"{b['matmul_ms_at_roof']:.2f} | {b['outside_roof_ms']:.2f} | {b['profiler'] or '—'} | "
+            f"{f'{efficiency:.0f}%' if efficiency is not None else '—'} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def plot_svg(report: dict) -> str:
     """One standalone SVG: images/s per batch size and % of roof, one row per candidate, fastest first."""
     largest = max(r["batch_size"] for r in report["results"])

@@ -85,8 +85,14 @@ class ExecuTorchRunner(Closing):
 
 
 def inventory(path: Path) -> dict:
-    """Weight bytes by dtype from the XNNPACK graphs inside the .pte (decoded in the ExecuTorch environment)."""
+    """Weight bytes by dtype from the XNNPACK graphs inside the .pte, and its delegation coverage
+    (decoded in the ExecuTorch environment)."""
     found = run_executorch_job(
         "inventory", {"pte": Path(path)}, what=f"{path}: reading the ExecuTorch program's weights"
     )
-    return weight_inventory(found["weight_bytes_by_dtype"], found["op_counts"], delegates=found["delegates"])
+    return weight_inventory(
+        found["weight_bytes_by_dtype"],
+        found["op_counts"],
+        delegates=found["delegates"],
+        outside_delegates=found["outside_delegates"],
+    )

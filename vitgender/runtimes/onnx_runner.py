@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -71,6 +72,36 @@ class OnnxRunner(Closing):
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
         (logits,) = self.session.run(None, {self._input: pixel_values.astype(self._dtype, copy=False)})
         return logits.astype(np.float32, copy=False)
+
+    def op_times(self, inputs: np.ndarray, runs: int) -> list[tuple[str, float]]:
+        """(op type, seconds) of every kernel ORT ran in `runs` runs of `inputs` after one warm-up,
+        from its own profiler, on a second session with this one's threads and optimization level
+        (so the graph profiled is the graph timed, after ORT's fusions)."""
+        import json
+
+        import onnxruntime as ort
+
+        current = self.session.get_session_options()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = current.graph_optimization_level
+        options.intra_op_num_threads = current.intra_op_num_threads
+        options.inter_op_num_threads = current.inter_op_num_threads
+        with tempfile.TemporaryDirectory(prefix="vitgender-profile-") as work:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(work) / "ort")
+            session = ort.InferenceSession(self.info.source, options, providers=["CPUExecutionProvider"])
+            feed = {self._input: inputs.astype(self._dtype, copy=False)}
+            session.run(None, feed)
+            for _ in range(runs):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        runs_seen = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")
+        warmed = sum(runs_seen[0]) if runs_seen else 0  # kernels before the warm-up run ended are not counted
+        return [
+            (event["args"]["op_name"], event["dur"] / 1e6)
+            for event in events
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warmed
+        ]
 
     def stage_activations(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Each identifiable stage's output: the scoped tensors, marked as extra outputs of a second session."""

@@ -53,9 +53,10 @@ def peer_settings(precision: Precision) -> list[str]:
 
 
 class OpenVinoRunner(Closing):
-    def __init__(self, compiled, info: RunnerInfo) -> None:
+    def __init__(self, compiled, info: RunnerInfo, config: dict | None = None) -> None:
         self.compiled = compiled
         self.info = info
+        self._config = config or {}
         self._request = compiled.create_infer_request()
         element = compiled.input(0).get_element_type().get_type_name()
         self._dtype = {"f16": np.float16, "u8": np.uint8}.get(element, np.float32)
@@ -88,9 +89,27 @@ class OpenVinoRunner(Closing):
         )
         if precision == "bf16" and not info.precision.is_int8:  # int8 GEMMs stay int8 under the hint
             info = replace(info, arithmetic=Precision.BF16)
-        return cls(compiled, info)
+        return cls(compiled, info, config)
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
         self._request.infer({0: np.ascontiguousarray(pixel_values, dtype=self._dtype)})
         return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
+
+    def op_times(self, inputs: np.ndarray, runs: int) -> list[tuple[str, float]]:
+        """(execution node type, seconds) summed over `runs` runs of `inputs` after one warm-up, from
+        OpenVINO's performance counters on a second compilation with this one's settings (so the
+        node types are the fused, precision-lowered graph that was timed)."""
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(self.info.source, "CPU", {**self._config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        feed = {0: np.ascontiguousarray(inputs, dtype=self._dtype)}
+        request.infer(feed)
+        totals: dict[str, float] = {}
+        for _ in range(runs):
+            request.infer(feed)  # the counters describe the last inference only
+            for node in request.get_profiling_info():
+                if node.status == node.Status.EXECUTED:
+                    totals[node.node_type] = totals.get(node.node_type, 0.0) + node.real_time.total_seconds()
+        return list(totals.items())

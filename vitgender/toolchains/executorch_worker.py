@@ -162,7 +162,9 @@ _XNN_BYTES = {
 
 
 def inventory(pte: str) -> dict:
-    """Constant (weight) bytes by dtype, read from the XNNPACK graphs inside the program.
+    """Constant (weight) bytes by dtype, read from the XNNPACK graphs inside the program, and the
+    delegation coverage: how many XNNPACK graphs it holds and which operators it runs outside them
+    (each such operator splits the network into one more delegate call, and runs a portable kernel).
 
     The weights of a lowered program live in its XNNPACK delegate blobs, so the blobs'
     flatbuffers are decoded with the schema ExecuTorch ships (flatc) and every constant tensor
@@ -214,9 +216,17 @@ def inventory(pte: str) -> dict:
         if getattr(tensor, "data_buffer_idx", 0) > 0:
             dtype, size = sizes.get(int(tensor.scalar_type), (str(tensor.scalar_type), 4))
             weights[dtype] = weights.get(dtype, 0) + int(np.prod(tensor.sizes or [1])) * size
+    plan = program.execution_plan[0]
+    outside: dict[str, int] = {}  # delegation coverage: what the program runs itself, between the XNNPACK graphs
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            if hasattr(instruction.instr_args, "op_index"):
+                name = plan.operators[instruction.instr_args.op_index].name
+                outside[name] = outside.get(name, 0) + 1
     return {
         "weight_bytes_by_dtype": {k: int(v) for k, v in weights.items()},
         "delegates": len(program.backend_delegate_data),
+        "outside_delegates": dict(sorted(outside.items(), key=lambda kv: -kv[1])),
         "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
     }
 

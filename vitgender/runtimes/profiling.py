@@ -1,0 +1,154 @@
+"""Where a runner's time goes, per kind of operation, from each engine's own profiler.
+
+`vitgender bench` asks every runner that has an `op_times(inputs, runs)` method (ONNX Runtime,
+OpenVINO, PyTorch) for the time its engine spent in each op type, and groups the engine-specific
+names into a few kinds shared by all engines (matrix products, GELU, LayerNorm, ...). The
+shares of those kinds, times the bench's own timed milliseconds per image, say how much of an
+image's time the matrix products take against what they would take at the machine's measured
+roof, and what the rest is. LiteRT and ExecuTorch have no per-op profiler reachable from Python
+here: their rows get only the roof split (matrix products at the roof vs everything else).
+
+A kind is what the engine ran, not what the model says: OpenVINO fuses GELU and the bias add into
+its FullyConnected nodes, so there they count as matrix products, and ONNX Runtime's decomposed
+GELU counts its Erf as GELU and its Div/Mul/Add as elementwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Kinds, in the order reports list them. "matrix products" covers every GEMM-like kernel (linear
+# layers, attention scores and weighted sums, the patch-embedding convolution) in any precision.
+KINDS = (
+    "matrix products",
+    "attention (fused)",
+    "GELU",
+    "LayerNorm",
+    "Softmax",
+    "quantize/dequantize",
+    "data movement",
+    "elementwise",
+    "other",
+)
+
+_BY_NAME = {
+    # ONNX Runtime op types (after its graph fusions)
+    **dict.fromkeys(
+        (
+            "MatMul",
+            "Gemm",
+            "FusedMatMul",
+            "FusedGemm",
+            "MatMulInteger",
+            "MatMulIntegerToFloat",
+            "DynamicQuantizeMatMul",
+            "QLinearMatMul",
+            "QGemm",
+            "Conv",
+            "FusedConv",
+            "QLinearConv",
+            "ConvInteger",
+            "MatMulNBits",
+        ),
+        "matrix products",
+    ),
+    **dict.fromkeys(("Attention", "MultiHeadAttention", "QAttention"), "attention (fused)"),
+    **dict.fromkeys(("Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Erf"), "GELU"),
+    **dict.fromkeys(("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization"), "LayerNorm"),
+    "Softmax": "Softmax",
+    **dict.fromkeys(
+        ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul"),
+        "quantize/dequantize",
+    ),
+    **dict.fromkeys(
+        (
+            "Transpose",
+            "Reshape",
+            "Concat",
+            "Gather",
+            "Slice",
+            "Split",
+            "Squeeze",
+            "Unsqueeze",
+            "Flatten",
+            "Expand",
+            "Identity",
+            "Cast",
+            "Pad",
+            "ReorderOutput",
+        ),
+        "data movement",
+    ),
+    **dict.fromkeys(("Add", "Mul", "Div", "Sub", "Sqrt", "Pow", "Where", "Neg", "ReduceMean"), "elementwise"),
+    # OpenVINO execution-graph node types
+    **dict.fromkeys(("FullyConnected", "Convolution", "GroupConvolution"), "matrix products"),
+    **dict.fromkeys(("ScaledDotProductAttention", "ScaledAttn"), "attention (fused)"),
+    "MVN": "LayerNorm",
+    "RMS": "LayerNorm",
+    **dict.fromkeys(("FakeQuantize", "Convert"), "quantize/dequantize"),
+    **dict.fromkeys(
+        ("Reorder", "Concatenation", "StridedSlice", "Broadcast", "ShapeOf", "Interpolate"), "data movement"
+    ),
+    **dict.fromkeys(("Eltwise", "Subgraph", "MulAdd", "Multiply", "Power"), "elementwise"),
+}
+# PyTorch aten ops (self time, so wrappers such as aten::linear and aten::matmul add nothing)
+_ATEN = {
+    **dict.fromkeys(
+        ("addmm", "mm", "bmm", "baddbmm", "_convolution", "mkldnn_convolution", "convolution", "_int_mm"),
+        "matrix products",
+    ),
+    **dict.fromkeys(
+        (
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_attention_math",
+            "_scaled_dot_product_efficient_attention",
+        ),
+        "attention (fused)",
+    ),
+    "gelu": "GELU",
+    "native_layer_norm": "LayerNorm",
+    "_softmax": "Softmax",
+    **dict.fromkeys(
+        ("copy_", "clone", "contiguous", "cat", "_reshape_alias", "index_select", "empty_like", "to", "_to_copy"),
+        "data movement",
+    ),
+    **dict.fromkeys(("add", "add_", "mul", "div", "sub", "sqrt", "rsqrt", "pow"), "elementwise"),
+}
+
+
+def op_kind(op_type: str) -> str:
+    """The shared kind of an engine's op type (`MatMulIntegerToFloat`, `FullyConnected`, `aten::addmm`)."""
+    if op_type.startswith("aten::"):
+        return _ATEN.get(op_type.removeprefix("aten::"), "other")
+    return _BY_NAME.get(op_type, "other")
+
+
+def kind_shares(op_times: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """(op type, seconds) pairs -> each kind's share of the total, in `KINDS` order, kinds with no time left out."""
+    totals = dict.fromkeys(KINDS, 0.0)
+    for op_type, seconds in op_times:
+        totals[op_kind(op_type)] += seconds
+    total = sum(totals.values())
+    if total <= 0:
+        return {}
+    return {kind: seconds / total for kind, seconds in totals.items() if seconds > 0}
+
+
+def breakdown(
+    shares: dict[str, float] | None, ms_per_image: float, gemm_ms_at_roof: float, profiler: str | None
+) -> dict:
+    """One row's split of its measured time per image: the matrix products at the roof, and where
+    the rest goes by the engine's profiler where it has one (shares scaled to the timed ms)."""
+    result = {
+        "ms_per_image": round(ms_per_image, 4),
+        "matmul_ms_at_roof": round(gemm_ms_at_roof, 4),
+        "outside_roof_ms": round(ms_per_image - gemm_ms_at_roof, 4),
+        "profiler": profiler,
+    }
+    if shares:
+        kinds = {kind: round(share * ms_per_image, 4) for kind, share in shares.items()}
+        matmul = kinds.get("matrix products", 0.0) + kinds.get("attention (fused)", 0.0)
+        result["kinds_ms"] = kinds
+        # how fast the engine's own matrix products ran, against the roof (fused attention counted in)
+        result["matmul_pct_of_roof"] = round(100 * gemm_ms_at_roof / matmul, 1) if matmul else None
+    return result
