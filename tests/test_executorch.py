@@ -27,7 +27,9 @@ def pte(tiny_model, tmp_path_factory) -> Path:
         executorch_python()
     except ToolchainError as exc:  # what executorch_python raises when the side environment is missing
         pytest.skip(f"no ExecuTorch environment ({exc}); scripts/setup.sh creates it")
-    return main_export(tiny_model, tmp_path_factory.mktemp("et") / "et", "executorch,executorch-int8")
+    return main_export(
+        tiny_model, tmp_path_factory.mktemp("et") / "et", "executorch,executorch-int8-dynamic,executorch-int8"
+    )
 
 
 def test_pte_has_a_dynamic_batch_and_matches_torch(pte, tiny_model):
@@ -37,6 +39,12 @@ def test_pte_has_a_dynamic_batch_and_matches_torch(pte, tiny_model):
     # ExecuTorch's measured recipe: the head left to float kernels, no scale migration
     assert entries["executorch-int8"]["quantization"]["float_modules"] == ["classifier"]
     assert entries["executorch-int8"]["quantization"]["scale_migration"] == "off"
+    # the dynamic program's recipe: migrated scales (alpha 0.5) and the float head
+    dynamic = entries["executorch-int8-dynamic"]
+    assert dynamic["precision"] == "int8-dynamic" and dynamic["path"] == "model_int8_dynamic.pte"
+    assert dynamic["quantization"]["scale_migration"]["alpha"] == 0.5
+    assert dynamic["quantization"]["float_modules"] == ["classifier"]
+    assert "dynamic per-row" in dynamic["quantization"]["scheme"]
     assert runtime_for(pte / "model.pte") == "executorch"
     torch_runner = open_runner("torch", tiny_model)
     runner = open_runner("executorch", pte / "model.pte")
@@ -60,14 +68,27 @@ def test_validate_judges_pte_with_a_quantization_proof(pte):
     # weights read from the XNNPACK graphs inside the .pte: mostly 8-bit for int8, float32 for fp32
     assert int8["inventory"]["weight_share_by_dtype"].get("int8", 0) >= 0.5
     assert by_name["executorch"]["inventory"]["weight_share_by_dtype"].get("float32", 0) >= 0.9
+    assert by_name["executorch-int8-dynamic"]["inventory"]["weight_share_by_dtype"].get("int8", 0) >= 0.5
     # delegation coverage: the XNNPACK graphs, and what the program runs itself between them
-    for name in ("executorch", "executorch-int8"):
+    for name in ("executorch", "executorch-int8-dynamic", "executorch-int8"):
         inventory = by_name[name]["inventory"]
         assert inventory["delegates"] >= 1
         assert all(isinstance(op, str) and n >= 1 for op, n in inventory["outside_delegates"].items())
     # ExecuTorch 1.4's XNNPACK partitioner takes no LayerNorm: each runs outside, splitting the graph
     assert int8["inventory"]["outside_delegates"].get("aten::native_layer_norm", 0) >= 1
     assert {c["name"] for c in int8["checks"]} >= {"quantization_proof", "batch_max_rel_logit_diff"}
+
+
+def test_dynamic_int8_program_answers_each_row_alike_in_any_batch(pte):
+    """XNNPACK quantizes each row of a linear's input on its own, so an image's logits do not
+    depend on what else is in its batch (unlike ORT's per-tensor dynamic int8)."""
+    rng = np.random.default_rng(1)
+    pixels = rng.uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
+    pixels[5:] *= 3  # rows of another range in the same batch: a per-tensor scale would change rows 0-4
+    with open_runner("executorch", pte / "model_int8_dynamic.pte") as runner:
+        together = runner.run(pixels)
+        alone = np.concatenate([runner.run(pixels[i : i + 1]) for i in range(len(pixels))])
+    assert np.abs(together - alone).max() < 1e-5
 
 
 def test_classify_runs_a_pte(pte, image_dir):
@@ -103,3 +124,25 @@ def test_a_file_that_is_not_a_program_is_a_usage_error(tmp_path):
     fake.write_bytes(b"\0" * 64)
     with pytest.raises(UsageError, match="not an ExecuTorch program"):
         open_runner("executorch", fake)
+
+
+def test_auto_plans_the_dynamic_program_and_keeps_its_units_float(pte, tiny_model, tmp_path):
+    """`--quant-preset auto` ranks the dynamic program's units by simulation and keeps the most
+    sensitive float in the real program: fewer int8 weight bytes than the unplanned one."""
+    from vitgender.exporters import ExportOptions
+    from vitgender.runtimes import file_inventory
+
+    options = ExportOptions(quant_preset="auto", quant_target="q90=0.000001", quant_max_float=2)  # unreachable
+    out = main_export(tiny_model, tmp_path / "auto", "executorch-int8-dynamic", options)
+    entry = read_manifest(out)["artifacts"][0]
+    plan = entry["quantization"]["plan"]
+    sensitivity = plan["sensitivity_q90_abs_logit_diff_alone"]
+    assert set(sensitivity) == {"embeddings", "block 0 attention", "block 0 mlp", "block 1 attention", "block 1 mlp"}
+    assert plan["kept_float"] == sorted(sensitivity, key=sensitivity.get, reverse=True)[:2]
+    assert plan["fit"]["met_in_simulation"] is False and plan["fit"]["max_float"] == 2
+    assert entry["quantization"]["check"]["met"] is False  # the real program, measured at export, says so too
+
+    def int8_share(path: Path) -> float:
+        return file_inventory("executorch", path)["weight_share_by_dtype"].get("int8", 0)
+
+    assert int8_share(out / "model_int8_dynamic.pte") < int8_share(pte / "model_int8_dynamic.pte") - 0.05

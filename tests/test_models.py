@@ -209,3 +209,28 @@ def test_every_command_on_every_type(tiny, variant, tmp_path):
         assert len(done.stdout.strip().splitlines()) >= 4
     done = cli("explain", str(images), "--model", str(tiny[variant]), "--out", str(tmp_path / "explained"))
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("variant", list(TINY_TYPES))
+def test_int8_plan_units_cover_every_matrix_product_but_the_head(tiny, variant):
+    """ExecuTorch's `auto` plan keeps units float by module path: every type's linears and patch
+    convolution belong to exactly one unit (embeddings, a block's attention or MLP), the head to none."""
+    import torch
+
+    from vitgender.checkpoint import open_checkpoint
+    from vitgender.toolchains.executorch_worker import _units
+
+    ckpt = open_checkpoint(tiny[variant])
+    model = ckpt.load_model()
+    units = _units(model)
+    layers = model.config.num_hidden_layers
+    expected = {"embeddings"} | {f"block {k} {part}" for k in range(layers) for part in ("attention", "mlp")}
+    assert set(units) == expected, units
+    heads = ckpt.model.heads(ckpt.hf_class)
+    products = {
+        name
+        for name, layer in model.named_modules()
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) and not name.startswith(heads)
+    }
+    assigned = [name for names in units.values() for name in names]
+    assert sorted(assigned) == sorted(products)

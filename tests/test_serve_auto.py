@@ -46,7 +46,8 @@ def write_report(export: Path, folder: str, runtime: str, **artifacts: dict) -> 
             "precision": a.get("precision", "fp32"),
             "passed": a.get("passed", True),
             "sha256": a.get("sha256", _sha(export, name)),
-            "metrics": {"batch_flips": a.get("batch_flips", 0)},
+            "metrics": {"batch_flips": a.get("batch_flips", 0)}
+            | ({"batch_max_rel_logit_diff": a["batch_diff"]} if "batch_diff" in a else {}),
         }
         for name, a in artifacts.items()
     ]
@@ -76,7 +77,8 @@ def test_the_fastest_faithful_artifact_wins(export):
     [
         {"precision": "fp16", "passed": False},  # failed the gate
         {"precision": "fp16", "batch_flips": 1},  # answers depend on the batch
-        {"precision": "int8-dynamic"},  # activation scales from the whole batch
+        {"precision": "int8-dynamic"},  # dynamic int8 without a measured batch probe
+        {"precision": "int8-dynamic", "batch_diff": 0.02},  # activation scales from the whole batch (ORT)
         {"precision": "fp16", "sha256": "0" * 64},  # validated another file
     ],
 )
@@ -84,6 +86,15 @@ def test_a_faster_artifact_without_the_evidence_is_passed_over(export, fp16):
     write_report(export, "validation", "onnx", **{"onnx": {}, "onnx-fp16": fp16})
     write_bench(export, [("onnx", "onnx", 8, 100.0), ("onnx-fp16", "onnx", 8, 150.0)])
     assert choose(export, 16).name == "onnx"
+
+
+def test_a_dynamic_int8_artifact_measured_batch_invariant_qualifies(export):
+    """XNNPACK's dynamic int8 (LiteRT, ExecuTorch) scales each row: exactly invariant, measured."""
+    write_report(
+        export, "validation", "onnx", **{"onnx": {}, "onnx-fp16": {"precision": "int8-dynamic", "batch_diff": 0}}
+    )
+    write_bench(export, [("onnx", "onnx", 8, 100.0), ("onnx-fp16", "onnx", 8, 150.0)])
+    assert choose(export, 16).name == "onnx-fp16"
 
 
 def test_a_peer_row_wins_only_with_a_report_for_that_runtime(export):

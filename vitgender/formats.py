@@ -94,6 +94,15 @@ _SPECS = (
     ),
     ArtifactSpec("executorch", "executorch", Precision.FP32, "model.pte", "executorch", _EXECUTORCH),
     ArtifactSpec(
+        "executorch-int8-dynamic",
+        "executorch",
+        Precision.INT8_DYNAMIC,
+        "model_int8_dynamic.pte",
+        "executorch",
+        _EXECUTORCH + " + PT2E dynamic int8 (per-row activations, calibrated SmoothQuant)",
+        needs_calibration=True,
+    ),
+    ArtifactSpec(
         "executorch-int8",
         "executorch",
         Precision.INT8,

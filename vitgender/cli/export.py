@@ -9,7 +9,7 @@ import typer
 
 from vitgender.cli.app import app
 from vitgender.cli.common import ALPHA_HELP, MODEL_HELP, AlphaPolicy, only_with
-from vitgender.exporters.options import CALIBRATION_METHODS
+from vitgender.exporters.options import AUTO_PLANNED, CALIBRATION_METHODS
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.formats import formats_help
 
@@ -36,7 +36,8 @@ def export_cmd(
         help="ORT static int8 (" + ", ".join(STATIC_PRESETS) + "): "
         "'safe' quantizes the weight MatMuls and the patch Conv; 'auto' also the attention "
         "MatMuls, then keeps the most sensitive blocks float until --quant-target is met on "
-        "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs).",
+        "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs). "
+        "'auto' also plans executorch-int8-dynamic (ranked and searched by simulating its arithmetic).",
     ),
     quant_target: str = typer.Option(
         "agreement=0.99",
@@ -58,7 +59,8 @@ def export_cmd(
         metavar="ALPHA",
         help="Calibrated int8: migrate activation outliers into the weights (SmoothQuant, folded into the "
         "LayerNorms and value projections, float-exact) with this alpha for every toolchain; 0 turns it off. "
-        "Default: as measured per toolchain (0.5 for onnx-int8-static, off for tflite-int8 and executorch-int8).",
+        "Default: as measured per artifact (0.5 for onnx-int8-static and executorch-int8-dynamic, off for "
+        "tflite-int8 and executorch-int8).",
     ),
     quant_float_head: Optional[bool] = typer.Option(
         None,
@@ -97,17 +99,17 @@ def export_cmd(
     only_with(
         ctx,
         any(spec.needs_calibration for spec in parse_formats(formats)),
-        "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8)",
+        "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8-dynamic, executorch-int8)",
         "calibration",
         "smoothquant",
         "quant_float_head",
         "quant_target",
         "quant_strict",
     )
-    only_with(
-        ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method", "quant_preset"
-    )
-    only_with(ctx, "onnx-int8-static" in names and quant_preset == "auto", "--quant-preset auto", "quant_max_float")
+    only_with(ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method")
+    planned = bool(names & set(AUTO_PLANNED))
+    only_with(ctx, planned, f"an int8 format the auto preset plans ({', '.join(AUTO_PLANNED)})", "quant_preset")
+    only_with(ctx, planned and quant_preset == "auto", "--quant-preset auto", "quant_max_float")
     only_with(ctx, "tflite-int8" in names, "tflite-int8 (full-integer TFLite)", "tflite_int8_io")
 
     options = ExportOptions(

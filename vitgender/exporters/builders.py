@@ -63,15 +63,15 @@ class BuildContext:
     on_step: Callable[[str], None] = lambda message: None  # progress of a long step
     migrated: Int8Source | None = None  # the scale-migrated model, when a requested int8 recipe migrates
 
-    def int8_source(self, runtime: str) -> Int8Source:
-        """What a calibrated int8 artifact of this runtime quantizes (its recipe says whether migrated)."""
-        if self.options.int8_recipe(runtime).smoothquant:
+    def int8_source(self, artifact: str) -> Int8Source:
+        """What a calibrated int8 artifact quantizes (its recipe says whether migrated)."""
+        if self.options.int8_recipe(artifact).smoothquant:
             return self.migrated
         return Int8Source(self.base_onnx, Path(self.checkpoint.directory), None)
 
-    def float_heads(self, runtime: str) -> tuple[str, ...]:
-        """The head modules a calibrated int8 artifact of this runtime keeps float (none when its recipe says so)."""
-        wanted = self.options.int8_recipe(runtime).float_head
+    def float_heads(self, artifact: str) -> tuple[str, ...]:
+        """The head modules a calibrated int8 artifact keeps float (none when its recipe says so)."""
+        wanted = self.options.int8_recipe(artifact).float_head
         return self.export_config.model.heads(self.checkpoint.hf_class) if wanted else ()
 
     def target(self, spec: ArtifactSpec) -> Path:
@@ -147,7 +147,7 @@ def onnx_int8_static(ctx: BuildContext, target: Path) -> dict:
     from vitgender.exporters.quantize import to_int8_static
 
     options = ctx.options
-    source, heads = ctx.int8_source("onnx"), ctx.float_heads("onnx")
+    source, heads = ctx.int8_source("onnx-int8-static"), ctx.float_heads("onnx-int8-static")
     plan = to_int8_static(
         source.onnx,
         target,
@@ -180,7 +180,7 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     tflite = {s.precision: ctx.target(s) for s in specs if s.runtime == "tflite"}
     shape = (ctx.checkpoint.architecture.num_channels, pre.height, pre.width)
     int8 = Precision.INT8 in tflite
-    source, heads = (ctx.int8_source("tflite"), ctx.float_heads("tflite")) if int8 else (None, ())
+    source, heads = (ctx.int8_source("tflite-int8"), ctx.float_heads("tflite-int8")) if int8 else (None, ())
     # The full-integer variant converts the migrated model when its recipe migrates (a conversion of its own).
     separate = source is not None and source.onnx != ctx.base_onnx
     others = {p: t for p, t in tflite.items() if not (separate and p is Precision.INT8)}
@@ -232,6 +232,14 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     }
 
 
+# PT2E quantization per ExecuTorch int8 artifact: static calibrates one scale per activation tensor;
+# dynamic lets XNNPACK quantize each row of a linear's input at run time (weights per channel either way).
+_PT2E_SCHEMES = {
+    Precision.INT8: "PT2E XNNPACKQuantizer, static symmetric int8 activations, per-channel weights",
+    Precision.INT8_DYNAMIC: "PT2E XNNPACKQuantizer, dynamic per-row int8 activations, per-channel weights",
+}
+
+
 def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
     """torch.export -> (PT2E int8, calibrated) -> XNNPACK-lowered .pte, in the ExecuTorch environment.
 
@@ -239,6 +247,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     `vitgender.toolchains.side_env`): the checkpoint is read there from its directory, the
     calibration pixels from a .npy file.
     """
+    from vitgender.exporters.options import AUTO_PLANNED
     from vitgender.toolchains.side_env import run_executorch_job
 
     work = ctx.scratch / ".executorch-work"
@@ -247,31 +256,29 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     for spec in specs:
         began = time.perf_counter()
         job = {
-            "checkpoint": ctx.int8_source("executorch").checkpoint
-            if spec.needs_calibration
-            else Path(ctx.checkpoint.directory),
+            "checkpoint": Path(ctx.checkpoint.directory),
             "hf_class": ctx.checkpoint.hf_class,
             "target": ctx.target(spec),
             "precision": spec.precision.value,
             "shape": [arch.num_channels, pre.height, pre.width],
         }
+        quantization = None
         if spec.needs_calibration:
+            source, heads = ctx.int8_source(spec.name), ctx.float_heads(spec.name)
             work.mkdir(exist_ok=True)
             np.save(work / "calibration.npy", ctx.calibration.pixels)
-            job["calibration"] = work / "calibration.npy"
-            job["float_modules"] = [f"model.{h}" for h in ctx.float_heads("executorch")]  # the worker wraps the model
+            job |= {
+                "checkpoint": source.checkpoint,
+                "calibration": work / "calibration.npy",
+                "float_modules": [f"model.{h}" for h in heads],  # the worker wraps the model
+            }
+            if ctx.options.quant_preset == "auto" and spec.name in AUTO_PLANNED:
+                job["plan"] = {"target": str(ctx.options.target), "max_float": ctx.options.quant_max_float}
+            quantization = {"scheme": _PT2E_SCHEMES[spec.precision], **source.manifest(heads)}
         lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
         built[spec.name] = Built(
             round(time.perf_counter() - began, 2),
-            quantization=(
-                {
-                    "scheme": "PT2E XNNPACKQuantizer, symmetric int8, per-channel weights",
-                    **lowered,
-                    **ctx.int8_source("executorch").manifest(ctx.float_heads("executorch")),
-                }
-                if spec.precision is Precision.INT8
-                else None
-            ),
+            quantization=quantization and {**quantization, **lowered},
         )
     shutil.rmtree(work, ignore_errors=True)
     return built

@@ -12,53 +12,14 @@ every float part. Figures on the calibration images are optimistic (the scales c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-METRICS = ("agreement", "q90")
-DEFAULT_TARGET = "agreement=0.99"
+from vitgender.quant_plan import QuantTarget
+
 SPEED_BATCH = 32
 SINGLE_IMAGES = 16  # images timed one at a time for the batch-1 figure
-
-
-@dataclass(frozen=True)
-class QuantTarget:
-    """`agreement=A`: share of images keeping PyTorch's top-1 label, at least A; `q90=D`: 0.9 quantile of
-    |Δlogit| at most D and no top-1 flip (a bare number means q90, as the `auto` preset took it before)."""
-
-    metric: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> QuantTarget:
-        metric, _, value = str(text).rpartition("=")
-        metric = metric.strip().lower() or "q90"
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
-        if metric not in METRICS or not number > 0 or (metric == "agreement" and number > 1):
-            raise ValueError(f"expected agreement=A (0 < A <= 1) or q90=D (D > 0), got {text!r}")
-        return cls(metric, number)
-
-    def __str__(self) -> str:
-        return f"{self.metric}={self.value:g}"
-
-    def figures(self, reference: np.ndarray, logits: np.ndarray) -> dict:
-        flips = int((logits.argmax(1) != reference.argmax(1)).sum())
-        return {
-            "agreement": round(1 - flips / len(reference), 5),
-            "flips": flips,
-            "images": len(reference),
-            "q90_abs_logit_diff": round(float(np.quantile(np.abs(logits - reference), 0.9)), 5),
-        }
-
-    def met(self, figures: dict) -> bool:
-        if self.metric == "agreement":
-            return figures["agreement"] >= self.value
-        return figures["q90_abs_logit_diff"] <= self.value and figures["flips"] == 0
 
 
 def pytorch_logits(model, pixels: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -223,10 +223,10 @@ def _migrated(
     from vitgender.exporters.onnx_export import export_onnx
     from vitgender.exporters.smoothing import migrate_scales
 
-    alphas = {options.int8_recipe(s.runtime).smoothquant for s in wanted if s.needs_calibration} - {0.0}
+    alphas = {options.int8_recipe(s.name).smoothquant for s in wanted if s.needs_calibration} - {0.0}
     if not alphas:
         return None
-    (alpha,) = alphas  # one value: an explicit --smoothquant applies to every runtime
+    (alpha,) = alphas  # one value: an explicit --smoothquant applies to every artifact
     on_step(f"int8: SmoothQuant scale migration (alpha {alpha}) on the calibration images")
     model = ckpt.load_model()
     migration = migrate_scales(model, export_config.model, calibration.pixels, alpha)

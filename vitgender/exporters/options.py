@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitgender.errors import UsageError
-from vitgender.exporters.int8_check import DEFAULT_TARGET, QuantTarget
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.preprocess import ALPHA_POLICIES
+from vitgender.quant_plan import DEFAULT_TARGET, QuantTarget
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -23,14 +23,22 @@ class Int8Recipe:
     float_head: bool  # the classification head left to float kernels
 
 
-# Per runtime of the calibrated int8 artifacts, kept where it helped on the two trained test models
-# (docs/guides/quantization.md, "Int8 for your own model"): ORT static gains from both; full-integer
-# TFLite and ExecuTorch requantize every GEMM output per tensor, which migration does not help.
+# Per calibrated int8 artifact, kept where it helped on the two trained test models
+# (docs/guides/quantization.md, "Int8 for your own model"): ORT static and ExecuTorch's dynamic int8
+# (activations quantized per row at run time, so a migrated outlier channel costs no other row its
+# resolution) gain from migration; full-integer TFLite and static ExecuTorch requantize every GEMM
+# output per tensor, which migration does not help.
 INT8_RECIPES = {
-    "onnx": Int8Recipe(smoothquant=0.5, float_head=True),
-    "tflite": Int8Recipe(smoothquant=0.0, float_head=True),
-    "executorch": Int8Recipe(smoothquant=0.0, float_head=True),
+    "onnx-int8-static": Int8Recipe(smoothquant=0.5, float_head=True),
+    "tflite-int8": Int8Recipe(smoothquant=0.0, float_head=True),
+    "executorch-int8-dynamic": Int8Recipe(smoothquant=0.5, float_head=True),
+    "executorch-int8": Int8Recipe(smoothquant=0.0, float_head=True),
 }
+
+# The artifacts `--quant-preset auto` plans (quant_plan.fewest_float): ORT static on real quantized
+# graphs, ExecuTorch's dynamic int8 by simulation. Full-integer TFLite and static ExecuTorch requantize
+# every GEMM output per tensor; on race5 even 4 float units left them far below 99% (docs/guides/quantization.md).
+AUTO_PLANNED = ("onnx-int8-static", "executorch-int8-dynamic")
 
 
 @dataclass
@@ -39,21 +47,21 @@ class ExportOptions:
     calibration: Path = field(default=CALIBRATION_DIR)
     calibration_method: str = "minmax"
     quant_preset: str = "safe"
-    # What every calibrated int8 artifact should reach on the calibration images (`int8_check.QuantTarget`);
+    # What every calibrated int8 artifact should reach on the calibration images (`quant_plan.QuantTarget`);
     # `auto` keeps at most `quant_max_float` units float to meet it; `quant_strict`: a miss exits 1.
     quant_target: str = DEFAULT_TARGET
     quant_max_float: int = 4
     quant_strict: bool = False
     tflite_int8_io: bool = False
-    # Calibrated int8 (onnx-int8-static, tflite-int8, executorch-int8): SmoothQuant alpha (0: off) and
-    # whether the classification head stays float; None: each toolchain's measured default (INT8_RECIPES).
+    # Calibrated int8 (the INT8_RECIPES artifacts): SmoothQuant alpha (0: off) and whether the
+    # classification head stays float; None: each artifact's measured default (INT8_RECIPES).
     smoothquant: float | None = None
     float_head: bool | None = None
     alpha: str | None = None  # the alpha policy the sidecars record (None: the checkpoint's, white by default)
 
-    def int8_recipe(self, runtime: str) -> Int8Recipe:
-        """The runtime's measured recipe, with what the user set explicitly applied to every runtime."""
-        default = INT8_RECIPES[runtime]
+    def int8_recipe(self, artifact: str) -> Int8Recipe:
+        """The artifact's measured recipe, with what the user set explicitly applied to every artifact."""
+        default = INT8_RECIPES[artifact]
         return Int8Recipe(
             default.smoothquant if self.smoothquant is None else self.smoothquant,
             default.float_head if self.float_head is None else self.float_head,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitgender.exporters.int8_check import DEFAULT_TARGET, QuantTarget
+from vitgender.quant_plan import DEFAULT_TARGET, QuantTarget, fewest_float
 
 if TYPE_CHECKING:
     import onnx
@@ -236,52 +236,28 @@ def plan_auto(
 ) -> StaticPlan:
     """Quantize as much as possible while the artifact meets `target` on the calibration images.
 
-    If quantizing every unit meets the target, that is the plan. Otherwise sensitivity is
-    measured, not assumed: each unit (a block's attention, a block's MLP, the patch embedding)
-    is quantized alone and its q90 |Δlogit| against the float model on the calibration images is
-    its sensitivity. The most sensitive units are then kept float, fewest first (a binary search
-    over how many, at most `max_float`: beyond a few float units the speed is gone), until the
-    target is met; when even `max_float` does not meet it, the plan keeps that many and says so.
-    Validation must use other images.
+    Sensitivity is measured, not assumed, on real quantized graphs run by onnxruntime: each unit
+    (a block's attention, a block's MLP, the patch embedding) quantized alone, q90 |Δlogit|
+    against the float model; `quant_plan.fewest_float` then keeps the fewest most sensitive units
+    float. Validation must use other images.
     """
     reference = _logits(quantizer.model, input_name, pixels)
-
-    def figures(nodes: list[str]) -> dict:
-        return target.figures(reference, _logits(quantizer.quantize(nodes), input_name, pixels))
-
     units = {u: nodes for u, nodes in quantizable_units(quantizer.model).items() if u not in float_units}
+
+    def nodes_without(kept_float: list[str]) -> list[str]:
+        return [n for unit, nodes in units.items() if unit not in kept_float for n in nodes]
+
+    def figures(kept_float: list[str]) -> dict:
+        return target.figures(reference, _logits(quantizer.quantize(nodes_without(kept_float)), input_name, pixels))
+
+    plan = fewest_float(list(units), figures, target, max_float, progress)
     fit = {"target": str(target), "calibration_images": len(pixels), "units": len(units), "max_float": max_float}
-    everything = [n for nodes in units.values() for n in nodes]
-    progress(f"fit: all {len(units)} units int8")
-    reached = figures(everything)
-    if target.met(reached):  # nothing needs to stay float: skip the sensitivity scan
-        return StaticPlan("auto", everything, fit=fit | {"reached": reached, "met": True})
-    alone = {}
-    for i, (unit, nodes) in enumerate(units.items(), 1):
-        progress(f"sensitivity {i}/{len(units)}: {unit}")
-        alone[unit] = figures(nodes)["q90_abs_logit_diff"]
-    order = sorted(units, key=alone.__getitem__, reverse=True)
-
-    def nodes_without(k: int) -> list[str]:
-        return [n for unit in order[k:] for n in units[unit]]
-
-    tried: dict[int, dict] = {}
-    low, high = 1, min(max_float, len(order))
-    while low < high:
-        k = (low + high) // 2
-        progress(f"fit: {k} of {len(order)} units float")
-        tried[k] = figures(nodes_without(k))
-        if target.met(tried[k]):
-            high = k
-        else:
-            low = k + 1
-    reached = tried.get(low) or figures(nodes_without(low))
     return StaticPlan(
         "auto",
-        nodes_without(low),
-        kept_float=order[:low],
-        sensitivity={u: round(alone[u], 5) for u in order},
-        fit=fit | {"reached": reached, "met": target.met(reached)},
+        nodes_without(plan.kept_float),
+        kept_float=plan.kept_float,
+        sensitivity=plan.sensitivity,
+        fit=fit | {"reached": plan.reached, "met": plan.met},
     )
 
 

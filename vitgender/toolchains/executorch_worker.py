@@ -7,8 +7,8 @@ main environment (`vitgender.toolchains.side_env`).
 Why a standalone module: it runs under the side environment's Python, which has torch,
 executorch, transformers and safetensors but not the rest of vitgender's dependencies (no PIL,
 typer, rich, onnx). So it imports nothing from vitgender but `vitgender.errors`,
-`vitgender.toolchains.processes` (standard library only) and `vitgender.models` (the model type's
-embedding rewrite: torch and transformers only); the package itself reaches it through a
+`vitgender.toolchains.processes` (standard library only), `vitgender.quant_plan` (numpy only)
+and `vitgender.models` (the model type's embedding rewrite and stages: torch and transformers only); the package itself reaches it through a
 PYTHONPATH holding only a link to the package. `tests/test_executorch.py` imports it in the side
 environment to keep it that way.
 
@@ -19,6 +19,7 @@ environment to keep it that way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import sys
@@ -62,6 +63,137 @@ def _inside(node, modules: tuple[str, ...]) -> bool:
     return False
 
 
+def _units(model) -> dict[str, list[str]]:
+    """unit -> the Linear/Conv2d module paths (inside the HF model) it quantizes, named like the stages
+    `validate --localize` and ORT's plan report: embeddings, each block's attention and MLP.
+
+    A module belongs to the innermost stage holding it; a block's modules outside its attention are
+    its MLP (ViT's `intermediate` and `output` both). The head belongs to no unit: it stays float.
+    """
+    import torch
+
+    from vitgender.models import model_config
+
+    config = model.config.to_dict()
+    stages = model_config(model.config.model_type).stages(model.config.num_hidden_layers, config)
+    units: dict[str, list[str]] = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        holding = [(path, stage) for stage, path in stages if name == path or name.startswith(path + ".")]
+        if not holding:
+            continue
+        stage = max(holding, key=lambda held: len(held[0]))[1]
+        if stage.startswith("block ") and not stage.endswith(("attention", "mlp")):
+            stage += " mlp"
+        units.setdefault(stage, []).append(name)
+    return units
+
+
+def _fake_quantize_rows(x, dims: tuple[int, ...]):
+    """What XNNPACK's dynamic int8 does to an input: asymmetric int8 per row, scale from the row's range."""
+    import torch
+
+    low = torch.clamp(x.amin(dim=dims, keepdim=True), max=0)
+    high = torch.clamp(x.amax(dim=dims, keepdim=True), min=0)
+    scale = torch.clamp((high - low) / 255, min=2**-12)
+    zero = torch.round(-128 - low / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale
+
+
+@contextlib.contextmanager
+def _dynamic_int8(model, names: list[str]):
+    """Simulate the dynamic int8 program's arithmetic on `names` in PyTorch: per-channel symmetric int8
+    weights, inputs rounded per row (a linear's token, a convolution's image). Restored on exit."""
+    import torch
+
+    saved, hooks = {}, []
+    try:
+        for name in names:
+            layer = model.get_submodule(name)
+            weight = layer.weight.data
+            saved[name] = weight.clone()
+            scale = torch.clamp(weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / 127, min=2**-12)
+            weight.copy_(torch.clamp(torch.round(weight / scale), -127, 127) * scale)
+            dims = (-1,) if isinstance(layer, torch.nn.Linear) else (1, 2, 3)
+            hooks.append(
+                layer.register_forward_pre_hook(lambda _, args, dims=dims: (_fake_quantize_rows(args[0], dims),))
+            )
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for name, weight in saved.items():
+            model.get_submodule(name).weight.data.copy_(weight)
+
+
+def _plan(module, job: dict) -> dict:
+    """`--quant-preset auto` for the dynamic program: rank and search by simulation, on the calibration images.
+
+    Lowering a program per candidate would take a minute each; the simulated arithmetic is the
+    program's own rounding (per-row inputs, per-channel weights) applied in PyTorch, so each
+    candidate costs one float pass over the calibration images. The export then measures the
+    real program against PyTorch (`int8_check`), which is the figure it reports.
+    """
+    import torch
+
+    from vitgender.quant_plan import QuantTarget, fewest_float
+
+    model = module.model
+    target = QuantTarget.parse(job["plan"]["target"])
+    pixels = torch.from_numpy(np.load(job["calibration"]))
+    units = _units(model)
+
+    def logits() -> np.ndarray:
+        return np.concatenate([module(pixels[i : i + 32]).numpy() for i in range(0, len(pixels), 32)])
+
+    with torch.no_grad():
+        reference = logits()
+
+        def figures(kept_float: list[str]) -> dict:
+            with _dynamic_int8(model, [n for unit, names in units.items() if unit not in kept_float for n in names]):
+                return target.figures(reference, logits())
+
+        plan = fewest_float(list(units), figures, target, job["plan"]["max_float"])
+    job["float_modules"] = [*job["float_modules"], *(f"model.{n}" for unit in plan.kept_float for n in units[unit])]
+    return {
+        "preset": "auto",
+        "kept_float": plan.kept_float,
+        "fit": {
+            "target": str(target),
+            "calibration_images": len(pixels),
+            "units": len(units),
+            "max_float": job["plan"]["max_float"],
+            "simulated": plan.reached,
+            "met_in_simulation": plan.met,
+        },
+        "sensitivity_q90_abs_logit_diff_alone": plan.sensitivity,
+    }
+
+
+def _quantize(module, example: tuple, dynamic: dict, job: dict):
+    """PT2E int8 for XNNPACK, calibrated on the job's pixels: static (one scale per activation tensor)
+    or dynamic (XNNPACK quantizes each row of a linear's input at run time); per-channel weights."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=job["precision"] == "int8-dynamic")
+    quantizer = XNNPACKQuantizer().set_global(config)
+    floats = tuple(job.get("float_modules") or ())
+    if floats:  # set_module_name(name, None) is "not supported yet" (executorch 1.4): filter instead
+        quantizer.set_filter_function(lambda node: not _inside(node, floats))
+    graph = torch.export.export(module, example, dynamic_shapes=dynamic).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    calibration = torch.from_numpy(np.load(job["calibration"]))
+    for start in range(0, len(calibration), 8):
+        prepared(calibration[start : start + 8])
+    return convert_pt2e(prepared)
+
+
 def export(job: dict) -> dict:
     """torch.export with a dynamic batch -> (PT2E int8) -> XNNPACK-lowered ExecuTorch program."""
     import torch
@@ -76,29 +208,15 @@ def export(job: dict) -> dict:
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
     # The model type's embedding rewrite, as for ONNX: positions baked at this size (DINOv2's run-time
     # bicubic interpolation is not an op XNNPACK lowers), prefix tokens as constants.
+    planned = {"plan": _plan(module, job)} if job.get("plan") else {}
     rewrite = model_config(module.model.config.model_type).batch_free_embeddings(module.model, height, width)
     with torch.no_grad(), rewrite:
-        if job["precision"] == "int8":
-            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer,
-                get_symmetric_quantization_config,
-            )
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-            floats = tuple(job.get("float_modules") or ())
-            if floats:  # set_module_name(name, None) is "not supported yet" (executorch 1.4): filter instead
-                quantizer.set_filter_function(lambda node: not _inside(node, floats))
-            graph = torch.export.export(module, example, dynamic_shapes=dynamic).module()
-            prepared = prepare_pt2e(graph, quantizer)
-            calibration = torch.from_numpy(np.load(job["calibration"]))
-            for start in range(0, len(calibration), 8):
-                prepared(calibration[start : start + 8])
-            module = convert_pt2e(prepared)
+        if job["precision"] in ("int8", "int8-dynamic"):
+            module = _quantize(module, example, dynamic, job)
         program = torch.export.export(module, example, dynamic_shapes=dynamic)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
     Path(job["target"]).write_bytes(lowered.buffer)
-    return {"delegates": len(lowered.executorch_program.execution_plan[0].delegates)}
+    return {"delegates": len(lowered.executorch_program.execution_plan[0].delegates), **planned}
 
 
 def _read_exact(stream, size: int) -> bytes:
