@@ -43,6 +43,14 @@ REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
             ["export", "--formats", "onnx", "--calibration", "x"],
             "--calibration: only with an int8 format that calibrates",
         ),
+        (
+            ["export", "--formats", "executorch-int8-dynamic", "--quant-preset", "full"],
+            "--quant-preset: only with onnx-int8-static, or 'auto' with",
+        ),
+        (
+            ["export", "--formats", "tflite-int8", "--quant-preset", "auto"],
+            "--quant-preset: only with onnx-int8-static",
+        ),
         (["export", "--formats", "onnx-int8-static", "--tflite-int8-io"], "--tflite-int8-io: only with tflite-int8"),
         (["verify", ".", "--write", "--allow-pickle"], "--allow-pickle: only with checking"),
     ],

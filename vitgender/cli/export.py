@@ -108,7 +108,13 @@ def export_cmd(
     )
     only_with(ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method")
     planned = bool(names & set(AUTO_PLANNED))
-    only_with(ctx, planned, f"an int8 format the auto preset plans ({', '.join(AUTO_PLANNED)})", "quant_preset")
+    # 'safe' and 'full' are ORT's node sets; for ExecuTorch's dynamic int8 only 'auto' means anything
+    only_with(
+        ctx,
+        "onnx-int8-static" in names or (planned and quant_preset == "auto"),
+        f"onnx-int8-static, or 'auto' with {' or '.join(AUTO_PLANNED)}",
+        "quant_preset",
+    )
     only_with(ctx, planned and quant_preset == "auto", "--quant-preset auto", "quant_max_float")
     only_with(ctx, "tflite-int8" in names, "tflite-int8 (full-integer TFLite)", "tflite_int8_io")
 

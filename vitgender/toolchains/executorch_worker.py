@@ -8,8 +8,8 @@ Why a standalone module: it runs under the side environment's Python, which has 
 executorch, transformers and safetensors but not the rest of vitgender's dependencies (no PIL,
 typer, rich, onnx). So it imports nothing from vitgender but `vitgender.errors`,
 `vitgender.toolchains.processes` (standard library only), `vitgender.quant_plan` (numpy only)
-and `vitgender.models` (the model type's embedding rewrite and stages: torch and transformers only); the package itself reaches it through a
-PYTHONPATH holding only a link to the package. `tests/test_executorch.py` imports it in the side
+and `vitgender.models` (the model type's embedding rewrite and stages: torch and transformers
+only); the package itself reaches it through a PYTHONPATH holding only a link to the package. `tests/test_executorch.py` imports it in the side
 environment to keep it that way.
 
     python -m vitgender.toolchains.executorch_worker JOB.json   # export (checkpoint -> .pte) or inventory,
@@ -104,7 +104,8 @@ def _fake_quantize_rows(x, dims: tuple[int, ...]):
 @contextlib.contextmanager
 def _dynamic_int8(model, names: list[str]):
     """Simulate the dynamic int8 program's arithmetic on `names` in PyTorch: per-channel symmetric int8
-    weights, inputs rounded per row (a linear's token, a convolution's image). Restored on exit."""
+    weights, inputs rounded per row (a linear's token; a convolution's whole image, an approximation the
+    measured program corrects). Restored on exit."""
     import torch
 
     saved, hooks = {}, []
