@@ -8,6 +8,10 @@ every age bucket with its n. The goal it checks (issue #17): overall change with
 race x gender or age cell with n >= 200 moving more than 0.5 pt.
 
     .venv/bin/python benchmarks/quantization_fairness.py --json artifacts/evaluations/quantization_fairness.json
+
+One artifact of another export (a machine's int8 kernels decide its flips, so the JSON names the CPU):
+
+    .venv/bin/python benchmarks/quantization_fairness.py --export EXPORT --artifacts executorch-int8-dynamic --json F
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from vitgender.data import load_labelled, split_samples
 from vitgender.evaluation.metrics import Prediction, accuracy_cell
+from vitgender.machine import machine
 from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
@@ -60,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, default=REPO / "artifacts" / "vitgender-default")
     parser.add_argument("--all", action="store_true", help="every artifact, not only the int8 ones")
+    parser.add_argument("--artifacts", help="comma list of artifact names (default: the int8 ones)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -71,9 +77,12 @@ def main() -> None:
     pixels = pre.normalize(resized)
     ref_logits = torch_runner.run(pixels)
     ref = predictions(ref_logits, torch_runner.info.labels, val)
+    wanted = set(args.artifacts.split(",")) if args.artifacts else None
     rows = []
     for entry in read_manifest(args.export)["artifacts"]:
-        if not (args.all or Precision.parse(entry["precision"]).is_int8):
+        if wanted is not None and entry["name"] not in wanted:
+            continue
+        if wanted is None and not (args.all or Precision.parse(entry["precision"]).is_int8):
             continue
         path = verify_artifact(args.export, entry)
         runner = open_runner(runtime_for(path), path)
@@ -83,6 +92,7 @@ def main() -> None:
         rows.append(summarise(entry["name"], ref, art, agreement))
         print(f"{entry['name']}: done", flush=True)
     report = {
+        "machine": machine(),
         "faces": len(val),
         "torch_accuracy": accuracy_cell(ref)["accuracy"],
         "goal": {"overall_pt": OVERALL_PT, "cell_pt": CELL_PT, "cell_min_n": CELL_N},

@@ -234,3 +234,22 @@ def test_int8_plan_units_cover_every_matrix_product_but_the_head(tiny, variant):
     }
     assigned = [name for names in units.values() for name in names]
     assert sorted(assigned) == sorted(products)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_export_attention_is_hf_eager_attention_as_3d_bmm(masked):
+    """ExecuTorch programs export with `models.attention` (no expand copies outside XNNPACK): same arithmetic."""
+    import torch
+    from transformers.models.vit.modeling_vit import eager_attention_forward
+
+    from vitgender.models.attention import bmm_attention
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, 4, 7, 8, generator=generator) for _ in range(3))
+    mask = torch.rand(1, 4, 1, 1, generator=generator) if masked else None
+    layer = torch.nn.Module().eval()
+    expected = eager_attention_forward(layer, query, key, value, mask, scaling=8**-0.5)
+    got = bmm_attention(layer, query, key, value, mask, scaling=8**-0.5)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)

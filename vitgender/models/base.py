@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from vitgender.models.attention import BMM
+
 
 class ModelType:
     """A plain ViT (`vit`): one [CLS] token, a learned position table, a `classifier` on the [CLS] output."""
@@ -36,6 +38,9 @@ class ModelType:
     # Extra `from_pretrained` arguments. Types that pick their attention class when built (BEiT) load the
     # eager one: switching `config._attn_implementation` later (export, explain) would not reach them.
     load_options: ClassVar[dict] = {}
+    # The attention ExecuTorch programs are exported with: bmm on [batch * heads] (`models.attention`)
+    # where the type's attention goes through transformers' AttentionInterface; "eager" otherwise.
+    export_attention: ClassVar[str] = BMM
 
     # --- loading -------------------------------------------------------------------------------
     def hf_class(self, config: Mapping) -> str:

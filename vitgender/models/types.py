@@ -109,6 +109,7 @@ class Beit(ModelType):
     load_options: ClassVar[dict] = {
         "attn_implementation": "eager"
     }  # SDPA reads a Shape (batch-1 TF) and returns no attentions
+    export_attention: ClassVar[str] = "eager"  # its own attention class: the AttentionInterface is not consulted
 
     def readout(self, config: Mapping, hf_class: str, num_tokens: int, num_patches: int) -> np.ndarray:
         if not config.get("use_mean_pooling", True):

@@ -8,7 +8,7 @@ Why a standalone module: it runs under the side environment's Python, which has 
 executorch, transformers and safetensors but not the rest of vitgender's dependencies (no PIL,
 typer, rich, onnx). So it imports nothing from vitgender but `vitgender.errors`,
 `vitgender.toolchains.processes` (standard library only), `vitgender.quant_plan` (numpy only)
-and `vitgender.models` (the model type's embedding rewrite and stages: torch and transformers
+and `vitgender.models` (the model type's embedding rewrite, stages and export attention: torch and transformers
 only); the package itself reaches it through a PYTHONPATH holding only a link to the package. `tests/test_executorch.py` imports it in the side
 environment to keep it that way.
 
@@ -33,13 +33,20 @@ MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
 
 
 def _logits_module(checkpoint: str, hf_class: str):
-    """The checkpoint in the HF class its model type names (`vitgender.models`, decided in the main process)."""
+    """The checkpoint in the HF class its model type names (`vitgender.models`, decided in the main process),
+    with the attention its type exports with (`ModelType.export_attention`: no expand copies outside XNNPACK)."""
     import torch
     import transformers
 
+    from vitgender.models import attention, model_config
+
+    model_type = json.loads((Path(checkpoint) / "config.json").read_text())["model_type"]
+    implementation = model_config(model_type).export_attention
+    if implementation == attention.BMM:
+        attention.register()
     model = (
         getattr(transformers, hf_class)
-        .from_pretrained(checkpoint, attn_implementation="eager", dtype=torch.float32)
+        .from_pretrained(checkpoint, attn_implementation=implementation, dtype=torch.float32)
         .eval()
     )
 
