@@ -6,7 +6,7 @@ outside XNNPACK, as a portable copy: 48 per ViT-B program, splitting it into 111
 The same arithmetic written as `bmm` on [batch * heads, tokens, dim] leaves no expand: 75 graphs,
 identical logits, and the default model's dynamic int8 program ran 113 -> 163 images/s at batch
 32 on an Intel AMX Xeon (docs/measurements/bench.md). SDPA is no answer: ExecuTorch decomposes it
-back into matmuls plus mask arithmetic run outside XNNPACK (80 images/s).
+back into matmuls plus mask arithmetic run outside XNNPACK (83 images/s).
 
 Registered with transformers' `AttentionInterface`, so it reaches every model type whose attention
 goes through that interface (`ModelType.export_attention`); BEiT builds its own attention class.
