@@ -128,23 +128,32 @@ def test_a_file_that_is_not_a_program_is_a_usage_error(tmp_path):
         open_runner("executorch", fake)
 
 
-def test_auto_plans_the_dynamic_program_and_keeps_its_units_float(pte, tiny_model, tmp_path):
-    """`--quant-preset auto` ranks the dynamic program's units by simulation and keeps the most
-    sensitive float in the real program: fewer int8 weight bytes than the unplanned one."""
+@pytest.mark.parametrize(
+    ("artifact", "file", "method"),
+    [
+        ("executorch-int8-dynamic", "model_int8_dynamic.pte", "simulated"),
+        ("executorch-int8", "model_int8.pte", "PT2E graph run in PyTorch"),
+    ],
+)
+def test_auto_plans_each_int8_program_and_keeps_its_units_float(pte, tiny_model, tmp_path, artifact, file, method):
+    """`--quant-preset auto` ranks each int8 program's units on the calibration images (the dynamic
+    one by simulating its arithmetic, the static one by running its calibrated PT2E graph) and keeps
+    the most sensitive float in the real program: fewer int8 weight bytes than the unplanned one."""
     from vitgender.exporters import ExportOptions
     from vitgender.runtimes import file_inventory
 
     options = ExportOptions(quant_preset="auto", quant_target="q90=0.000001", quant_max_float=2)  # unreachable
-    out = main_export(tiny_model, tmp_path / "auto", "executorch-int8-dynamic", options)
+    out = main_export(tiny_model, tmp_path / "auto", artifact, options)
     entry = read_manifest(out)["artifacts"][0]
     plan = entry["quantization"]["plan"]
     sensitivity = plan["sensitivity_q90_abs_logit_diff_alone"]
     assert set(sensitivity) == {"embeddings", "block 0 attention", "block 0 mlp", "block 1 attention", "block 1 mlp"}
     assert plan["kept_float"] == sorted(sensitivity, key=sensitivity.get, reverse=True)[:2]
-    assert plan["fit"]["met_in_simulation"] is False and plan["fit"]["max_float"] == 2
+    assert plan["fit"]["met"] is False and plan["fit"]["max_float"] == 2
+    assert plan["fit"]["method"].startswith(method)
     assert entry["quantization"]["check"]["met"] is False  # the real program, measured at export, says so too
 
     def int8_share(path: Path) -> float:
         return file_inventory("executorch", path)["weight_share_by_dtype"].get("int8", 0)
 
-    assert int8_share(out / "model_int8_dynamic.pte") < int8_share(pte / "model_int8_dynamic.pte") - 0.05
+    assert int8_share(out / file) < int8_share(pte / file) - 0.05

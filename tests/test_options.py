@@ -48,7 +48,11 @@ REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
             "--quant-preset: only with onnx-int8-static, or 'auto' with",
         ),
         (
-            ["export", "--formats", "tflite-int8", "--quant-preset", "auto"],
+            ["export", "--formats", "tflite-int8", "--quant-preset", "safe"],
+            "--quant-preset: only with onnx-int8-static",
+        ),
+        (
+            ["export", "--formats", "onnx-int8-dynamic", "--quant-preset", "auto"],
             "--quant-preset: only with onnx-int8-static",
         ),
         (["export", "--formats", "onnx-int8-static", "--tflite-int8-io"], "--tflite-int8-io: only with tflite-int8"),

@@ -116,3 +116,28 @@ def test_full_integer_tflite_keeps_layernorm_softmax_gelu_float_and_honours_int8
     quantization = read_manifest(head)["artifacts"][0]["quantization"]
     assert quantization["float_head_nodes"] > 0 and quantization["float_modules"] == ["classifier"]
     assert read_manifest(float_io)["artifacts"][0]["quantization"]["float_head_nodes"] == 0
+
+
+def test_auto_plans_full_integer_tflite_from_the_units_its_layernorms_cut(tiny_model, tmp_path):
+    """`--quant-preset auto` for tflite-int8: each unit (cut at the LayerNorms onnx2tf names) is
+    re-quantized alone and run by LiteRT; the most sensitive stay float in the written model."""
+    pytest.importorskip("tensorflow", reason="TFLite export needs the onnx extra")
+    from vitgender.runtimes import file_inventory
+
+    def auto(target: str, max_float: int) -> tuple[dict, float]:
+        options = ExportOptions(quant_preset="auto", quant_target=target, quant_max_float=max_float)
+        out = main_export(tiny_model, tmp_path / f"{target}-{max_float}", "tflite-int8", options)
+        shares = file_inventory("tflite", out / "model_int8.tflite")["weight_share_by_dtype"]
+        return read_manifest(out)["artifacts"][0]["quantization"], shares.get("int8", 0)
+
+    loose, loose_int8 = auto("agreement=0.01", 2)  # everything int8 meets it: nothing float, nothing scanned
+    assert loose["fit"]["met"], loose["fit"]
+    assert loose["kept_float"] == [] and loose["sensitivity_q90_abs_logit_diff_alone"] == {}
+    assert loose["fit"]["method"].endswith("run by LiteRT") and loose["fit"]["calibration_images"] == 64
+
+    capped, capped_int8 = auto("q90=0.000001", 2)  # unreachable: two units float, and the plan says it missed
+    sensitivity = capped["sensitivity_q90_abs_logit_diff_alone"]
+    assert set(sensitivity) == {"embeddings", "block 0 attention", "block 0 mlp", "block 1 attention", "block 1 mlp"}
+    assert capped["kept_float"] == sorted(sensitivity, key=sensitivity.get, reverse=True)[:2]
+    assert capped["fit"]["met"] is False and capped["check"]["met"] is False  # the export's own check agrees
+    assert capped_int8 < loose_int8 - 0.05  # the float units' weights really are float in the file

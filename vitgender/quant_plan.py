@@ -1,10 +1,12 @@
 """The int8 plan every toolchain shares: a decision-level target and the fewest-float search.
 
 A plan keeps the most sensitive units (a block's attention, a block's MLP, the embeddings) float,
-as few as meet the target on the calibration images. ONNX Runtime measures each candidate on
-real quantized graphs (`vitgender.exporters.quantize.plan_auto`); ExecuTorch ranks and searches
-by simulation in its own environment (`vitgender.toolchains.executorch_worker`). Both use this
-module, which needs numpy only so the ExecuTorch environment can import it.
+as few as meet the target on the calibration images. Each toolchain measures a candidate its own
+way: ONNX Runtime on real quantized graphs (`vitgender.exporters.quantize.plan_auto`), full-integer
+TFLite re-quantized by the converter's debugger and run by LiteRT (`vitgender.exporters.tensorflow`),
+ExecuTorch's static program as its calibrated PT2E graph and its dynamic one by simulation, in its
+own environment (`vitgender.toolchains.executorch_worker`). All use this module, which needs numpy
+only so the ExecuTorch environment can import it.
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ def export_cmd(
         "'safe' quantizes the weight MatMuls and the patch Conv; 'auto' also the attention "
         "MatMuls, then keeps the most sensitive blocks float until --quant-target is met on "
         "the calibration images; 'full' quantizes every op ORT can (collapses on ViTs). "
-        "'auto' also plans executorch-int8-dynamic (ranked and searched by simulating its arithmetic).",
+        "'auto' also plans the other calibrated int8 artifacts: tflite-int8 (each candidate re-quantized and run "
+        "by LiteRT), executorch-int8 (its PT2E graph run in PyTorch), executorch-int8-dynamic (its arithmetic "
+        "simulated).",
     ),
     quant_target: str = typer.Option(
         "agreement=0.99",
@@ -108,7 +110,7 @@ def export_cmd(
     )
     only_with(ctx, "onnx-int8-static" in names, "onnx-int8-static (ORT static int8)", "calibration_method")
     planned = bool(names & set(AUTO_PLANNED))
-    # 'safe' and 'full' are ORT's node sets; for ExecuTorch's dynamic int8 only 'auto' means anything
+    # 'safe' and 'full' are ORT's node sets; for the other calibrated int8 artifacts only 'auto' means anything
     only_with(
         ctx,
         "onnx-int8-static" in names or (planned and quant_preset == "auto"),

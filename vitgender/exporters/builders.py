@@ -170,6 +170,27 @@ def onnx_baked_preprocessing(ctx: BuildContext, target: Path) -> None:
     bake_preprocessing(ctx.base_onnx, target, ctx.checkpoint.preprocess, ctx.export_config.input_name)
 
 
+def _auto_plan(ctx: BuildContext, artifact: str) -> dict | None:
+    """What a toolchain's worker needs to plan `artifact` under `--quant-preset auto`, or None.
+
+    The units are named as everywhere else (embeddings, then each block's attention and MLP, in
+    graph order); the reference is PyTorch's logits on the calibration images, the decision the
+    plan's target is stated against.
+    """
+    from vitgender.exporters import int8_check
+    from vitgender.exporters.options import AUTO_PLANNED
+
+    if ctx.options.quant_preset != "auto" or artifact not in AUTO_PLANNED:
+        return None
+    layers = ctx.checkpoint.architecture.num_hidden_layers
+    return {
+        "target": str(ctx.options.target),
+        "max_float": ctx.options.quant_max_float,
+        "units": ["embeddings", *(f"block {i} {part}" for i in range(layers) for part in ("attention", "mlp"))],
+        "reference": int8_check.pytorch_logits(ctx.checkpoint.load_model(), ctx.calibration.pixels),
+    }
+
+
 def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
     """onnx2tf once -> SavedModel; the TFLite converter -> each requested .tflite variant."""
     from vitgender.exporters import tensorflow as tfx
@@ -184,6 +205,7 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     # The full-integer variant converts the migrated model when its recipe migrates (a conversion of its own).
     separate = source is not None and source.onnx != ctx.base_onnx
     others = {p: t for p, t in tflite.items() if not (separate and p is Precision.INT8)}
+    plan = _auto_plan(ctx, "tflite-int8") if int8 else None
     converted: dict = {"seconds": {}, "quantization": {}, "dynamic_batch": True}
     if others or not separate or any(s.runtime == "savedmodel" for s in specs):
         converted = tfx.convert(
@@ -196,6 +218,7 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             representative=ctx.calibration.pixels.transpose(0, 2, 3, 1) if int8 and not separate else None,
             int8_io=ctx.options.tflite_int8_io,
             float_head=bool(heads),
+            plan=None if separate else plan,
         )
     if separate:
         shutil.rmtree(work, ignore_errors=True)
@@ -209,6 +232,7 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             representative=ctx.calibration.pixels.transpose(0, 2, 3, 1),
             int8_io=ctx.options.tflite_int8_io,
             float_head=bool(heads),
+            plan=plan,
         )
         converted["seconds"][Precision.INT8.value] = (
             migrated["seconds"][Precision.INT8.value] + migrated["seconds"]["savedmodel"]

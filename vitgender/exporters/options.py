@@ -35,10 +35,10 @@ INT8_RECIPES = {
     "executorch-int8": Int8Recipe(smoothquant=0.0, float_head=True),
 }
 
-# The artifacts `--quant-preset auto` plans (quant_plan.fewest_float): ORT static on real quantized
-# graphs, ExecuTorch's dynamic int8 by simulation. Full-integer TFLite and static ExecuTorch requantize
-# every GEMM output per tensor; on race5 even 4 float units left them far below 99% (docs/guides/quantization.md).
-AUTO_PLANNED = ("onnx-int8-static", "executorch-int8-dynamic")
+# The artifacts `--quant-preset auto` plans (quant_plan.fewest_float), every calibrated int8 one: ORT
+# static on real quantized graphs, full-integer TFLite re-quantized per candidate and run by LiteRT,
+# static ExecuTorch as its PT2E graph run in PyTorch, ExecuTorch's dynamic int8 by simulation.
+AUTO_PLANNED = ("onnx-int8-static", "tflite-int8", "executorch-int8", "executorch-int8-dynamic")
 
 
 @dataclass

@@ -109,8 +109,61 @@ def _head_nodes(interpreter, layer_norm: list[str]) -> list[str]:
     return [tensors[t]["name"] for op in ops[last + 1 :] for t in op["outputs"] if t >= 0]
 
 
-def _int8_with_float_islands(converter, representative, float_head: bool) -> tuple[bytes, dict]:
-    """Full-integer GEMMs and residuals, float LayerNorm/Softmax/GELU (see INT8_FLOAT_OPS), and the head float."""
+def _layer_norms(interpreter) -> list[list[str]]:
+    """Each LayerNorm's output tensor names, in execution order (onnx2tf names its ops after the Keras layer)."""
+    tensors = interpreter.get_tensor_details()
+    norms: dict[str, list[str]] = {}
+    for op in interpreter._get_ops_details():  # execution order; LiteRT's only op listing
+        for t in op["outputs"]:
+            name = tensors[t]["name"] if t >= 0 else ""
+            scope = next((part for part in name.split("/") if part.startswith(LAYER_NORM_NODE[1:])), None)
+            if scope:
+                norms.setdefault(scope, []).append(name)
+    return list(norms.values())
+
+
+def _units(interpreter, unit_names: list[str]) -> dict[str, list[str]] | None:
+    """unit -> output tensor names of its ops, cut at the LayerNorms of a pre-norm ViT.
+
+    Every claimed model type opens each block's attention and MLP with a LayerNorm and ends with
+    one (the final norm, or BEiT's pooler norm), so the ops before the first LayerNorm are the
+    embeddings and those between consecutive LayerNorms are the units in `unit_names`' order. None
+    when the LayerNorm count does not fit (a graph this rule does not describe).
+    """
+    tensors = interpreter.get_tensor_details()
+    norms = _layer_norms(interpreter)
+    if len(norms) != len(unit_names):
+        return None
+    starts = {names[0]: i for i, names in enumerate(norms)}
+    units: dict[str, list[str]] = {name: [] for name in unit_names}
+    unit = 0
+    for op in interpreter._get_ops_details():
+        outputs = [tensors[t]["name"] for t in op["outputs"] if t >= 0]
+        if any(name in starts for name in outputs):
+            unit = starts[next(name for name in outputs if name in starts)] + 1
+        if unit < len(unit_names) and not any(LAYER_NORM_NODE in name for name in outputs):
+            units[unit_names[unit]].extend(outputs)
+    return units
+
+
+def _tflite_logits(content: bytes, pixels: np.ndarray) -> np.ndarray:
+    """Float-input TFLite logits, one image per call (the batch the converter's model is sure to take)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=os.cpu_count())
+    interpreter.allocate_tensors()
+    run = interpreter.get_signature_runner()
+    name = next(iter(interpreter.get_signature_list()["serving_default"]["inputs"]))
+    return np.concatenate([next(iter(run(**{name: pixels[i : i + 1]}).values())) for i in range(len(pixels))])
+
+
+def _int8_with_float_islands(converter, representative, float_head: bool, plan_job: dict | None) -> tuple[bytes, dict]:
+    """Full-integer GEMMs and residuals, float LayerNorm/Softmax/GELU (see INT8_FLOAT_OPS), and the head float.
+
+    With `plan_job` (`--quant-preset auto`), the fewest most sensitive units are also kept float
+    (`quant_plan.fewest_float`), each candidate re-quantized from the one calibration the debugger
+    ran and measured by LiteRT on the calibration images against PyTorch's logits.
+    """
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -123,7 +176,6 @@ def _int8_with_float_islands(converter, representative, float_head: bool) -> tup
     layer_norm = [t["name"] for t in calibrated.get_tensor_details() if LAYER_NORM_NODE in t["name"]]
     float_ops = list(INT8_FLOAT_OPS) + ([] if layer_norm else list(LAYER_NORM_OPS))
     head = _head_nodes(calibrated, layer_norm) if float_head else []
-    debugger.options = options(denylisted_ops=float_ops, denylisted_nodes=layer_norm + head)
     plan = {
         "float_ops": float_ops,
         "float_layer_norm_nodes": len(layer_norm),
@@ -131,7 +183,44 @@ def _int8_with_float_islands(converter, representative, float_head: bool) -> tup
         "why": "no XNNPACK int8 kernels for LayerNorm, Softmax and GELU (as int8 they run on reference kernels); "
         "residual adds and attention matmuls float for accuracy",
     }
-    return debugger.get_nondebug_quantized_model(), plan
+
+    def quantized(extra: list[str]) -> bytes:
+        debugger.options = options(denylisted_ops=float_ops, denylisted_nodes=layer_norm + head + extra)
+        return debugger.get_nondebug_quantized_model()
+
+    if plan_job is None:
+        return quantized([]), plan
+    from vitgender.quant_plan import QuantTarget, fewest_float
+
+    target = QuantTarget.parse(plan_job["target"])
+    units = _units(calibrated, plan_job["units"])
+    if units is None:
+        return quantized([]), plan | {
+            "preset": "auto",
+            "kept_float": [],
+            "unplanned": "LayerNorms do not cut this graph into its units",
+        }
+    pixels, reference = np.load(plan_job["pixels"]), np.load(plan_job["reference"])
+
+    def nodes(kept_float: list[str]) -> list[str]:
+        return [name for unit in kept_float for name in units[unit]]
+
+    def figures(kept_float: list[str]) -> dict:
+        return target.figures(reference, _tflite_logits(quantized(nodes(kept_float)), pixels))
+
+    chosen = fewest_float(list(units), figures, target, plan_job["max_float"])
+    fit = {
+        "target": str(target),
+        "calibration_images": len(pixels),
+        "units": len(units),
+        "max_float": plan_job["max_float"],
+        "method": "each candidate re-quantized from one calibration and run by LiteRT",
+        "reached": chosen.reached,
+        "met": chosen.met,
+    }
+    planned = {"preset": "auto", "kept_float": chosen.kept_float, "fit": fit}
+    planned["sensitivity_q90_abs_logit_diff_alone"] = chosen.sensitivity
+    return quantized(nodes(chosen.kept_float)), plan | planned
 
 
 def _to_tflite(
@@ -141,6 +230,7 @@ def _to_tflite(
     representative: np.ndarray | None,
     int8_io: bool,
     float_head: bool,
+    plan_job: dict | None = None,
 ) -> dict | None:
     """Write one TFLite variant; returns what quantization decided, for the manifest."""
     import tensorflow as tf
@@ -164,7 +254,7 @@ def _to_tflite(
 
         converter.representative_dataset = samples
         # int8 I/O needs the graph to end in int8: the head stays int8 then
-        content, plan = _int8_with_float_islands(converter, samples, float_head and not int8_io)
+        content, plan = _int8_with_float_islands(converter, samples, float_head and not int8_io, plan_job)
         if int8_io:  # the debugger's conversion ignores inference_input_type: apply it as the converter would
             from tensorflow.lite.python.util import modify_model_io_type
 
@@ -186,7 +276,13 @@ def _worker(job: dict) -> dict:
     for precision, target in job["tflite"].items():
         began = time.perf_counter()
         plans[precision] = _to_tflite(
-            Path(job["savedmodel"]), Path(target), precision, representative, job["int8_io"], job["float_head"]
+            Path(job["savedmodel"]),
+            Path(target),
+            precision,
+            representative,
+            job["int8_io"],
+            job["float_head"],
+            job.get("plan"),
         )
         results[precision] = round(time.perf_counter() - began, 2)
     return {"seconds": results, "quantization": plans}
@@ -203,8 +299,12 @@ def convert(
     representative: np.ndarray | None,
     int8_io: bool = False,
     float_head: bool = True,
+    plan: dict | None = None,
 ) -> dict[str, dict]:
     """SavedModel + a TFLite file per requested precision.
+
+    `plan` (`--quant-preset auto` for the full-integer variant): {"target", "max_float", "units" (names in
+    graph order), "reference" (PyTorch's logits on `representative`)}.
 
     Returns {"seconds": {"savedmodel" or precision: s}, "quantization": {precision: plan or None},
     "dynamic_batch": bool}.
@@ -226,6 +326,9 @@ def convert(
     if representative is not None:
         np.save(workdir / "representative.npy", representative.astype(np.float32))
         job["representative"] = workdir / "representative.npy"
+    if plan is not None and representative is not None:
+        np.save(workdir / "reference.npy", plan["reference"])
+        job["plan"] = {**plan, "reference": workdir / "reference.npy", "pixels": workdir / "representative.npy"}
     env = child_env(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", CUDA_VISIBLE_DEVICES=""
     )

@@ -135,13 +135,22 @@ def _dynamic_int8(model, names: list[str]):
             model.get_submodule(name).weight.data.copy_(weight)
 
 
-def _plan(module, job: dict) -> dict:
-    """`--quant-preset auto` for the dynamic program: rank and search by simulation, on the calibration images.
+# How `--quant-preset auto` measures a candidate plan, per ExecuTorch int8 program (see `_plan`).
+_FIT_METHODS = {
+    "int8-dynamic": "simulated in PyTorch: per-row int8 inputs, per-channel int8 weights",
+    "int8": "PT2E graph run in PyTorch: the program's calibrated scales, quantize/dequantize as XNNPACK will",
+}
 
-    Lowering a program per candidate would take a minute each; the simulated arithmetic is the
-    program's own rounding (per-row inputs, per-channel weights) applied in PyTorch, so each
-    candidate costs one float pass over the calibration images. The export then measures the
-    real program against PyTorch (`int8_check`), which is the figure it reports.
+
+def _plan(module, job: dict, example: tuple, dynamic: dict) -> dict:
+    """`--quant-preset auto` for an ExecuTorch int8 program: rank and search on the calibration images.
+
+    Lowering a program per candidate would take a minute each. The dynamic program's arithmetic is
+    simulated (its own rounding, per-row inputs and per-channel weights, applied in PyTorch), so a
+    candidate costs one float pass. The static program's scales depend on calibration, so each
+    candidate is quantized for real (PT2E prepare, calibrate, convert) and its quantize/dequantize
+    graph run in PyTorch. Either way the export then measures the lowered program against PyTorch
+    (`int8_check`), which is the figure it reports.
     """
     import torch
 
@@ -152,18 +161,27 @@ def _plan(module, job: dict) -> dict:
     pixels = torch.from_numpy(np.load(job["calibration"]))
     units = _units(model)
 
-    def logits() -> np.ndarray:
-        return np.concatenate([module(pixels[i : i + 32]).numpy() for i in range(0, len(pixels), 32)])
+    def logits(program) -> np.ndarray:
+        return np.concatenate([program(pixels[i : i + 32]).numpy() for i in range(0, len(pixels), 32)])
+
+    def int8_names(kept_float: list[str]) -> list[str]:
+        return [n for unit, names in units.items() if unit not in kept_float for n in names]
+
+    def float_names(kept_float: list[str]) -> list[str]:
+        return [*job["float_modules"], *(f"model.{n}" for unit in kept_float for n in units[unit])]
 
     with torch.no_grad():
-        reference = logits()
+        reference = logits(module)
 
         def figures(kept_float: list[str]) -> dict:
-            with _dynamic_int8(model, [n for unit, names in units.items() if unit not in kept_float for n in names]):
-                return target.figures(reference, logits())
+            if job["precision"] == "int8-dynamic":
+                with _dynamic_int8(model, int8_names(kept_float)):
+                    return target.figures(reference, logits(module))
+            candidate = _quantize(module, example, dynamic, job | {"float_modules": float_names(kept_float)})
+            return target.figures(reference, logits(candidate))
 
         plan = fewest_float(list(units), figures, target, job["plan"]["max_float"])
-    job["float_modules"] = [*job["float_modules"], *(f"model.{n}" for unit in plan.kept_float for n in units[unit])]
+    job["float_modules"] = float_names(plan.kept_float)
     return {
         "preset": "auto",
         "kept_float": plan.kept_float,
@@ -172,8 +190,9 @@ def _plan(module, job: dict) -> dict:
             "calibration_images": len(pixels),
             "units": len(units),
             "max_float": job["plan"]["max_float"],
-            "simulated": plan.reached,
-            "met_in_simulation": plan.met,
+            "method": _FIT_METHODS[job["precision"]],
+            "reached": plan.reached,
+            "met": plan.met,
         },
         "sensitivity_q90_abs_logit_diff_alone": plan.sensitivity,
     }
@@ -216,9 +235,9 @@ def export(job: dict) -> dict:
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
     # The model type's embedding rewrite, as for ONNX: positions baked at this size (DINOv2's run-time
     # bicubic interpolation is not an op XNNPACK lowers), prefix tokens as constants.
-    planned = {"plan": _plan(module, job)} if job.get("plan") else {}
     rewrite = model_config(module.model.config.model_type).batch_free_embeddings(module.model, height, width)
     with torch.no_grad(), rewrite:
+        planned = {"plan": _plan(module, job, example, dynamic)} if job.get("plan") else {}
         if job["precision"] in ("int8", "int8-dynamic"):
             module = _quantize(module, example, dynamic, job)
         program = torch.export.export(module, example, dynamic_shapes=dynamic)
