@@ -259,7 +259,7 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
 # PT2E quantization per ExecuTorch int8 artifact: static calibrates one scale per activation tensor;
 # dynamic lets XNNPACK quantize each row of a linear's input at run time (weights per channel either way).
 _PT2E_SCHEMES = {
-    Precision.INT8: "PT2E XNNPACKQuantizer, static symmetric int8 activations, per-channel weights",
+    Precision.INT8: "PT2E XNNPACKQuantizer, static symmetric int8 GEMM inputs (residual adds float), per-channel weights",
     Precision.INT8_DYNAMIC: "PT2E XNNPACKQuantizer, dynamic per-row int8 activations, per-channel weights",
 }
 
