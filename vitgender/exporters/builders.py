@@ -182,11 +182,11 @@ def _auto_plan(ctx: BuildContext, artifact: str) -> dict | None:
 
     if ctx.options.quant_preset != "auto" or artifact not in AUTO_PLANNED:
         return None
-    layers = ctx.checkpoint.architecture.num_hidden_layers
+    stages = ctx.checkpoint.model.stages(ctx.checkpoint.architecture.num_hidden_layers, ctx.checkpoint.config)
     return {
         "target": str(ctx.options.target),
         "max_float": ctx.options.quant_max_float,
-        "units": ["embeddings", *(f"block {i} {part}" for i in range(layers) for part in ("attention", "mlp"))],
+        "units": [name for name, _ in stages if name == "embeddings" or name.endswith((" attention", " mlp"))],
         "reference": int8_check.pytorch_logits(ctx.checkpoint.load_model(), ctx.calibration.pixels),
     }
 

@@ -252,6 +252,7 @@ def plan_auto(
 
     plan = fewest_float(list(units), figures, target, max_float, progress)
     fit = {"target": str(target), "calibration_images": len(pixels), "units": len(units), "max_float": max_float}
+    fit["method"] = "each candidate quantized by onnxruntime and run on the calibration images"
     return StaticPlan(
         "auto",
         nodes_without(plan.kept_float),
