@@ -236,6 +236,25 @@ def test_int8_plan_units_cover_every_matrix_product_but_the_head(tiny, variant):
     assert sorted(assigned) == sorted(products)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [v for v in TINY_TYPES if v != "vit"])  # vit: tests/test_quantize.py
+def test_tflite_int8_plan_cuts_every_type_at_its_layernorms(tiny, variant, tmp_path):
+    """Full-integer TFLite's `auto` plan finds its units in the converted graph by onnx2tf's LayerNorm
+    names, not by module path: each type's embeddings (distillation token, registers, BEiT's relative
+    positions) must still leave exactly embeddings + one attention and one MLP per block."""
+    pytest.importorskip("tensorflow", reason="TFLite export needs the onnx extra")
+    from vitgender.exporters import ExportOptions, main_export
+    from vitgender.manifest import read_manifest
+
+    options = ExportOptions(quant_preset="auto", quant_target="q90=0.000001", quant_max_float=1)
+    out = main_export(tiny[variant], tmp_path / "out", "tflite-int8", options)
+    plan = read_manifest(out)["artifacts"][0]["quantization"]
+    assert "unplanned" not in plan, plan
+    sensitivity = plan["sensitivity_q90_abs_logit_diff_alone"]
+    assert set(sensitivity) == {"embeddings"} | {f"block {k} {p}" for k in (0, 1) for p in ("attention", "mlp")}
+    assert plan["kept_float"] == [max(sensitivity, key=sensitivity.get)] and plan["fit"]["met"] is False
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_export_attention_is_hf_eager_attention_as_3d_bmm(masked):
     """ExecuTorch programs export with `models.attention` (no expand copies outside XNNPACK): same arithmetic."""
