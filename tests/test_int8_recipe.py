@@ -87,6 +87,32 @@ def test_the_old_recipe_is_one_option_away(tiny_model, tmp_path, monkeypatch, ca
     assert quantization["always_float"] == []
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_takes_any_number_of_images_and_prints_nothing(
+    method, tiny_model, tmp_path, monkeypatch, capsys
+):
+    """ORT's histogram calibrators failed on a short last batch (19 = 2 x 8 + 3) and print their progress."""
+    import onnx
+    from onnx import numpy_helper
+
+    calibration = _faces(tmp_path / "mine", 19)
+    args = ["export", str(tiny_model), "--formats", "onnx-int8-static", "--calibration", str(calibration)]
+    code, out, err = run_main(monkeypatch, capsys, *args, "-o", str(tmp_path / method), "--calibration-method", method)
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"wrote {tmp_path / method / 'manifest.json'}" and "tensor" not in out
+    entry = read_manifest(tmp_path / method)["artifacts"][0]
+    assert entry["calibration"]["method"] == method and entry["calibration"]["count"] == 19
+    code, _, err = run_main(monkeypatch, capsys, *args, "-o", str(tmp_path / "minmax"))
+    assert code == 0, err
+    scales = {}
+    for name in (method, "minmax"):  # the method changes the activation scales, not only the manifest
+        graph = onnx.load(str(tmp_path / name / entry["path"])).graph
+        scales[name] = sorted(
+            float(numpy_helper.to_array(t)) for t in graph.initializer if t.name.endswith("_scale") and not t.dims
+        )
+    assert len(scales[method]) == len(scales["minmax"]) > 0 and scales[method] != scales["minmax"]
+
+
 def test_a_calibration_folder_that_cannot_calibrate_is_refused_before_any_conversion(
     tiny_model, tmp_path, monkeypatch, capsys
 ):
@@ -116,6 +142,22 @@ def test_a_user_model_calibrated_on_the_bundled_faces_gets_one_warning(tiny_mode
     from vitgender.exporters.options import ExportOptions
 
     assert calibration_warning(open_checkpoint(None), ExportOptions()) is None
+
+
+def test_a_large_calibration_folder_is_sampled_across_its_class_folders(tmp_path):
+    """Cut after the first names, a folder of class subfolders would calibrate on its first classes alone."""
+    from vitgender.exporters.main_export import calibration_images
+
+    for label in ("a", "b", "c", "d"):
+        (tmp_path / label).mkdir()
+        for k in range(30):
+            (tmp_path / label / f"{k:02d}.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    chosen, found = calibration_images(tmp_path, limit=20)
+    assert found == 120 and len(chosen) == len(set(chosen)) == 20
+    assert {p.parent.name: sum(q.parent == p.parent for q in chosen) for p in chosen} == dict.fromkeys("abcd", 5)
+    assert chosen[0].name == "00.jpg" and chosen[-1] == tmp_path / "d" / "29.jpg"
+    assert calibration_images(tmp_path, limit=200) == (sorted(tmp_path.rglob("*.jpg")), 120)
 
 
 @pytest.mark.slow

@@ -32,13 +32,25 @@ class ExportError(ToolchainError):
     """A conversion step failed on a valid checkpoint (exit 3: the tool chain, not the input)."""
 
 
-def calibration_images(folder: Path, limit: int = 256) -> list[Path]:
+# The most images one export calibrates on: ORT's calibrator holds every calibrated activation of
+# every image in memory, and on race5 50 images calibrated as well as 256 (docs/guides/quantization.md).
+CALIBRATION_LIMIT = 256
+
+
+def calibration_images(folder: Path, limit: int = CALIBRATION_LIMIT) -> tuple[list[Path], int]:
+    """At most `limit` of the folder's images, and how many it has.
+
+    A larger folder is sampled evenly over the name order, not cut after the first `limit`: cut,
+    a folder of class subfolders would calibrate on the first classes alone.
+    """
     if not folder.is_dir():
         raise UsageError(str(folder), "calibration folder does not exist")
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UsageError(str(folder), "calibration folder contains no images")
-    return images
+    if len(images) > limit:
+        return [images[round(k * (len(images) - 1) / (limit - 1))] for k in range(limit)], len(images)
+    return images, len(images)
 
 
 MIN_CALIBRATION_IMAGES = 16  # fewer cannot set per-tensor scales or judge an agreement target
@@ -48,7 +60,8 @@ def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibra
     """Decode and preprocess the calibration images, refusing a folder that cannot calibrate (exit 2)."""
     pre = Preprocessor(ckpt.preprocess)
     decoded, failures = [], []
-    for path in calibration_images(options.calibration):
+    chosen, found = calibration_images(options.calibration)
+    for path in chosen:
         try:
             decoded.append((path, pre.decode(path)))
         except VitgenderError as exc:
@@ -69,6 +82,7 @@ def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibra
     provenance = {
         "images": [p.name for p in images],
         "count": len(images),
+        "found": found,  # more than CALIBRATION_LIMIT: `images` were sampled evenly over the name order
         "skipped_undecodable": len(failures),
         "folder": str(options.calibration),
         "method": options.calibration_method,
@@ -176,6 +190,11 @@ def main_export(
         calibration = _calibration(options, ckpt)
         if warning := calibration_warning(ckpt, options):
             on_warning(warning)
+        if (found := calibration.provenance["found"]) > CALIBRATION_LIMIT:
+            on_warning(
+                f"calibrating on {CALIBRATION_LIMIT} of the {found} images in {options.calibration}, "
+                "sampled evenly over their names (the most an export uses)"
+            )
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name
     existing = merge.existing_export(out, ckpt.directory, ckpt.sha256, overwrite)

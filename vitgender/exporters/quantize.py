@@ -13,7 +13,9 @@ that meet a target (`plan_auto`); `full` quantizes every op ORT can, which colla
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
 import tempfile
 from collections.abc import Callable, Iterator
@@ -64,18 +66,17 @@ def to_int8_dynamic(source: Path, target: Path) -> Path:
     return target
 
 
-class _Batches:
-    """ORT CalibrationDataReader over preprocessed calibration images."""
+class _Batch:
+    """ORT CalibrationDataReader over one batch of preprocessed calibration images."""
 
-    def __init__(self, input_name: str, pixels: np.ndarray, batch_size: int = 8) -> None:
-        self._iter: Iterator[dict] = (
-            {input_name: pixels[i : i + batch_size]} for i in range(0, len(pixels), batch_size)
-        )
+    def __init__(self, input_name: str, pixels: np.ndarray) -> None:
+        self._feeds: Iterator[dict] = iter([{input_name: pixels}])
 
     def get_next(self) -> dict | None:
-        return next(self._iter, None)
+        return next(self._feeds, None)
 
 
+_CALIBRATION_BATCH = 8
 _QUANTIZABLE = ("MatMul", "Gemm", "Conv")  # the ops with int8 kernels on ORT's CPU provider
 _BLOCK = re.compile(r"\.layer\.(\d+)\.(attention|intermediate|output)\b")
 
@@ -159,8 +160,13 @@ class StaticQuantizer:
                 "percentile": CalibrationMethod.Percentile,
             }[method],
         )
-        calibrator.collect_data(_Batches(input_name, pixels))
-        self._ranges = calibrator.compute_data()
+        # One batch per call: ORT's histogram calibrators (entropy, percentile) keep every calibrated
+        # activation of a call in memory (12.7 GB for 256 images in one call) and cannot stack a
+        # shorter last batch; each call merges into the ranges or histograms of the calls before.
+        with contextlib.redirect_stdout(io.StringIO()):  # their progress chatter is print()ed to stdout
+            for start in range(0, len(pixels), _CALIBRATION_BATCH):
+                calibrator.collect_data(_Batch(input_name, pixels[start : start + _CALIBRATION_BATCH]))
+            self._ranges = calibrator.compute_data()
         del calibrator
 
     def quantize(self, nodes: list[str] | None) -> onnx.ModelProto:
