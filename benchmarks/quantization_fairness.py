@@ -31,6 +31,7 @@ from vitgender.preprocess import Preprocessor, decode_image
 from vitgender.runtimes import open_runner, runtime_for
 from vitgender.validators.compare import group_deltas
 from vitgender.validators.metrics import paired_accuracy
+from vitgender.validators.parity import run_chunked
 
 REPO = Path(__file__).resolve().parent.parent
 UTKFACE = REPO.parent / "shared" / "data" / "utkface"
@@ -75,7 +76,7 @@ def main() -> None:
     pre = Preprocessor(torch_runner.info.preprocess)
     resized = np.stack([pre.resize(decode_image(s.path)) for s in val])
     pixels = pre.normalize(resized)
-    ref_logits = torch_runner.run(pixels)
+    ref_logits = run_chunked(torch_runner, pixels)
     ref = predictions(ref_logits, torch_runner.info.labels, val)
     wanted = set(args.artifacts.split(",")) if args.artifacts else None
     rows = []
@@ -86,7 +87,7 @@ def main() -> None:
             continue
         path = verify_artifact(args.export, entry)
         runner = open_runner(runtime_for(path), path)
-        logits = runner.run(resized if runner.info.raw_input else pixels)
+        logits = run_chunked(runner, resized if runner.info.raw_input else pixels)
         art = predictions(logits, runner.info.labels, val)
         agreement = float(np.mean([a.predicted == r.predicted for a, r in zip(art, ref, strict=False)]))
         rows.append(summarise(entry["name"], ref, art, agreement))

@@ -23,6 +23,7 @@ from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig, Preprocessor
 from vitgender.runtimes import can_localize, open_runner, runtime_for
+from vitgender.runtimes.base import Runner
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.batching import batch_variation
 from vitgender.validators.checks import Check, ValidationResult
@@ -40,6 +41,11 @@ LOCALIZE_IMAGES = 8  # activations of every block for a few images are enough to
 RUN_CHUNK = 64
 # A baseline regression is a decision change this unlikely under "nothing changed" (one-sided).
 REGRESSION_ALPHA = 0.01
+
+
+def run_chunked(runner: Runner, inputs: np.ndarray) -> np.ndarray:
+    """Logits of every input, RUN_CHUNK images per runner call."""
+    return np.concatenate([runner.run(inputs[i : i + RUN_CHUNK]) for i in range(0, len(inputs), RUN_CHUNK)])
 
 
 def reference_sets() -> list[str]:
@@ -201,7 +207,7 @@ def run_all(
         try:
             pixels = inputs_for(runner)
             began = time.perf_counter()
-            logits = np.concatenate([runner.run(pixels[i : i + RUN_CHUNK]) for i in range(0, len(pixels), RUN_CHUNK)])
+            logits = run_chunked(runner, pixels)
             latency = (time.perf_counter() - began) * 1000 / len(pixels)
             return RunResult(
                 name,
