@@ -32,8 +32,9 @@ class ExportError(ToolchainError):
     """A conversion step failed on a valid checkpoint (exit 3: the tool chain, not the input)."""
 
 
-# The most images one export calibrates on: ORT's calibrator holds every calibrated activation of
-# every image in memory, and on race5 50 images calibrated as well as 256 (docs/guides/quantization.md).
+# The most images one export calibrates on: the int8 check and the `auto` plan run every candidate
+# artifact on every calibration image, and on race5 50 images calibrated as well as 256
+# (docs/guides/quantization.md).
 CALIBRATION_LIMIT = 256
 
 
