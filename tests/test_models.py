@@ -255,6 +255,32 @@ def test_tflite_int8_plan_cuts_every_type_at_its_layernorms(tiny, variant, tmp_p
     assert plan["kept_float"] == [max(sensitivity, key=sensitivity.get)] and plan["fit"]["met"] is False
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [v for v in TINY_TYPES if v != "vit"])  # vit: tests/test_inductor.py
+def test_pt2_int8_builds_and_runs_on_every_type(tiny, variant, tmp_path):
+    """The PT2E program for Inductor goes through torch.export and the x86 quantizer with each type's
+    embedding rewrite (distillation token, registers, BEiT's relative positions), and compiles here."""
+    from vitgender.runtimes import file_inventory, inductor_runner, open_runner
+    from vitgender.toolchains.side_env import executorch_python
+
+    executorch_python()  # CI has the side environment: a missing one fails here with its reason
+    if inductor_runner._compiler() is None:
+        pytest.skip("no C++ compiler: torch.compile cannot run here")
+    from vitgender.exporters import main_export
+    from vitgender.manifest import read_manifest
+
+    out = main_export(tiny[variant], tmp_path / "out", "pt2-int8")
+    (entry,) = read_manifest(out)["artifacts"]
+    assert entry["quantization"]["check"]["reached"]["images"] == 64  # measured at export, through the runner
+    assert file_inventory("inductor", out / "model_int8.pt2")["weight_share_by_dtype"]["int8"] >= 0.5
+    size = json.loads((out / "model_int8.pt2.json").read_text())["input"]["shape"][2:]
+    pixels = np.random.default_rng(0).uniform(-1, 1, (3, 3, *size)).astype(np.float32)
+    with open_runner("inductor", out / "model_int8.pt2") as runner:
+        logits = runner.run(pixels)
+    labels = json.loads((out / "model_int8.pt2.json").read_text())["labels"]
+    assert logits.shape == (3, len(labels)) and np.isfinite(logits).all()
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_export_attention_is_hf_eager_attention_as_3d_bmm(masked):
     """ExecuTorch programs export with `models.attention` (no expand copies outside XNNPACK): same arithmetic."""

@@ -325,7 +325,7 @@ def test_default_model_ci_gate_and_the_readme_ci_snippet(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((out / "validation" / "report.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
-    assert len(by_name) == 16 and all(any(c["name"] == "baseline" for c in a["checks"]) for a in report["artifacts"])
+    assert len(by_name) == 17 and all(any(c["name"] == "baseline" for c in a["checks"]) for a in report["artifacts"])
     assert by_name["onnx-int8-dynamic"]["metrics"]["top1_agreement"] >= 0.99
     assert by_name["tflite-int8-dynamic"]["metrics"]["top1_agreement"] >= 0.99
 

@@ -20,6 +20,7 @@ EXTRA_FOR_RUNTIME = {
     "tflite": "`tflite`",
     "savedmodel": "`tflite`",
     "executorch": "`onnx` + the ExecuTorch side environment",
+    "inductor": "`onnx` + the ExecuTorch side environment to build; a C++ compiler to run",
 }
 
 

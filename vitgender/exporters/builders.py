@@ -261,11 +261,13 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
 _PT2E_SCHEMES = {
     Precision.INT8: "PT2E XNNPACKQuantizer, static symmetric int8 GEMM inputs (residual adds float), per-channel weights",
     Precision.INT8_DYNAMIC: "PT2E XNNPACKQuantizer, dynamic per-row int8 activations, per-channel weights",
+    "inductor": "PT2E X86InductorQuantizer, static uint8 activations per tensor (GEMM outputs float), per-channel weights",
 }
 
 
 def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Built]:
-    """torch.export -> (PT2E int8, calibrated) -> XNNPACK-lowered .pte, in the ExecuTorch environment.
+    """torch.export -> (PT2E int8, calibrated) -> XNNPACK-lowered .pte, in the ExecuTorch environment;
+    for the `inductor` runtime (`pt2-int8`) the PT2E graph for x86 Inductor, saved as a .pt2 program.
 
     Runs a `vitgender.toolchains.executorch_worker` job under `.venv-executorch` (see
     `vitgender.toolchains.side_env`): the checkpoint is read there from its directory, the
@@ -285,6 +287,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             "target": ctx.target(spec),
             "precision": spec.precision.value,
             "shape": [arch.num_channels, pre.height, pre.width],
+            "program": "pt2" if spec.runtime == "inductor" else "pte",
         }
         quantization = None
         if spec.needs_calibration:
@@ -298,8 +301,10 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             }
             if ctx.options.quant_preset == "auto" and spec.name in AUTO_PLANNED:
                 job["plan"] = {"target": str(ctx.options.target), "max_float": ctx.options.quant_max_float}
-            quantization = {"scheme": _PT2E_SCHEMES[spec.precision], **source.manifest(heads)}
-        lowered = run_executorch_job("export", job, what=f"{spec.name}: ExecuTorch export", workdir=work)
+            scheme = _PT2E_SCHEMES["inductor" if spec.runtime == "inductor" else spec.precision]
+            quantization = {"scheme": scheme, **source.manifest(heads)}
+        what = f"{spec.name}: {'PT2E' if spec.runtime == 'inductor' else 'ExecuTorch'} export"
+        lowered = run_executorch_job("export", job, what=what, workdir=work)
         built[spec.name] = Built(
             round(time.perf_counter() - began, 2),
             quantization=quantization and {**quantization, **lowered},
@@ -307,6 +312,10 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     shutil.rmtree(work, ignore_errors=True)
     return built
 
+
+# The same worker job (PT2E in the ExecuTorch environment), saved as a .pt2 program instead of lowered:
+# its own name, so its export step is its own line.
+pt2_int8 = executorch
 
 # The web (transformers.js) layout's builders, by the names the format registry gives them.
 web_copy_base_onnx = web(copy_base_onnx)

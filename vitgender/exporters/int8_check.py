@@ -35,8 +35,10 @@ def pytorch_logits(model, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def _timed(run, pixels: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Logits at batch SPEED_BATCH, and images/s at that batch and at batch 1 (after one warm-up call each)."""
-    run(pixels[:SPEED_BATCH])
+    """Logits at batch SPEED_BATCH, and images/s at that batch and at batch 1 (after one warm-up call for
+    each batch size the timed passes use: a runner that compiles per size, `inductor`, compiles then)."""
+    for size in {min(SPEED_BATCH, len(pixels)), len(pixels) % SPEED_BATCH} - {0}:
+        run(pixels[:size])
     began = time.perf_counter()
     logits = np.concatenate([run(pixels[i : i + SPEED_BATCH]) for i in range(0, len(pixels), SPEED_BATCH)])
     batched = len(pixels) / (time.perf_counter() - began)

@@ -100,6 +100,16 @@ def _sidecar_metadata(source: str | Path | None) -> tuple[tuple[str, ...], Prepr
     return sidecar.labels, sidecar.preprocess
 
 
+def sidecar_info(runtime: str, artifact: Path) -> RunnerInfo:
+    """What a runner of `runtime` on `artifact` reports, all of it read from the artifact's sidecar."""
+    from vitgender.runtimes.sidecar import read_sidecar
+
+    sidecar = read_sidecar(artifact)
+    return RunnerInfo(
+        runtime, sidecar.labels, sidecar.preprocess, str(artifact), sidecar.precision, architecture=sidecar.architecture
+    )
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A registered runtime: how to recognise its files, how to open a Runner on one, what it can do.
@@ -327,6 +337,15 @@ register_runtime(
         lambda p: p.suffix == ".pte",
         ".pte programs, ExecuTorch XNNPACK",
         inventory=_reader("vitgender.runtimes.executorch_runner", "inventory"),
+    )
+)
+register_runtime(
+    Runtime(
+        "inductor",
+        _opener("vitgender.runtimes.inductor_runner", "InductorRunner"),
+        lambda p: p.suffix == ".pt2",
+        ".pt2 programs (PT2E int8), compiled by torch.compile for this CPU",
+        inventory=_reader("vitgender.runtimes.inductor_runner", "inventory"),
     )
 )
 register_runtime(

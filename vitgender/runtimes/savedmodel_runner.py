@@ -14,9 +14,8 @@ import numpy as np
 
 from vitgender.errors import UsageError
 from vitgender.native import quiet_native_stderr
-from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.base import RunnerInfo, sidecar_info
 from vitgender.runtimes.lifecycle import Closing
-from vitgender.runtimes.sidecar import read_sidecar
 from vitgender.runtimes.weights import weight_inventory
 
 
@@ -39,15 +38,7 @@ class SavedModelRunner(Closing):
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         loaded = tf.saved_model.load(str(path))
-        sidecar = read_sidecar(path)
-        info = RunnerInfo(
-            "savedmodel",
-            sidecar.labels,
-            sidecar.preprocess,
-            str(path),
-            sidecar.precision,
-            architecture=sidecar.architecture,
-        )
+        info = sidecar_info("savedmodel", path)
         runner = cls(loaded.signatures["serving_default"], info)
         runner._loaded = loaded  # keep the trackable alive as long as the signature
         return runner

@@ -204,6 +204,8 @@ def create_app(
 
                 options = {"threads": settings.threads} if settings.threads else {}
                 runner = opener(settings.runtime, settings.model, tta=settings.tta, alpha=settings.alpha, **options)
+            if hasattr(runner, "warm_up"):  # a runner that compiles per batch size (pt2-int8) does it before ready
+                runner.warm_up(settings.max_batch_size)
             state.preprocessor = Preprocessor(runner.info.preprocess)
             state.runner = runner
         except VitgenderError as exc:

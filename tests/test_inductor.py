@@ -1,0 +1,132 @@
+"""pt2-int8: a PT2E int8 program (.pt2) built in the ExecuTorch environment, compiled on load by Inductor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="exporters need the onnx extra: pip install .[onnx]")
+
+from vitgender.errors import ToolchainError, UsageError  # noqa: E402
+from vitgender.exporters import main_export  # noqa: E402
+from vitgender.manifest import read_manifest  # noqa: E402
+from vitgender.runtimes import (  # noqa: E402
+    file_inventory,
+    inductor_runner,
+    open_runner,
+    runtime_for,
+)
+from vitgender.toolchains.side_env import executorch_python  # noqa: E402
+
+CLI = [sys.executable, "-m", "vitgender.cli"]
+
+
+@pytest.fixture(scope="module")
+def pt2(tiny_model, tmp_path_factory) -> Path:
+    try:
+        executorch_python()
+    except ToolchainError as exc:
+        pytest.skip(f"no ExecuTorch environment, where torchao's PT2E quantizer lives ({exc})")
+    if inductor_runner._compiler() is None:
+        pytest.skip("no C++ compiler: torch.compile cannot run here")
+    return main_export(tiny_model, tmp_path_factory.mktemp("pt2") / "pt2", "pt2-int8")
+
+
+def test_pt2_int8_is_an_int8_program_with_the_static_recipe(pt2):
+    entry = {e["name"]: e for e in read_manifest(pt2)["artifacts"]}["pt2-int8"]
+    assert entry["path"] == "model_int8.pt2" and entry["runtime"] == "inductor" and entry["precision"] == "int8"
+    quantization = entry["quantization"]
+    assert "X86InductorQuantizer" in quantization["scheme"]
+    assert quantization["scale_migration"]["alpha"] == 0.5  # ORT static's recipe: same arithmetic
+    assert quantization["float_modules"] == ["classifier"]
+    assert (
+        quantization["check"]["reached"]["images"] == 64
+    )  # measured against PyTorch at export, like every calibrated int8
+    assert runtime_for(pt2 / "model_int8.pt2") == "inductor"
+    inventory = file_inventory("inductor", pt2 / "model_int8.pt2")
+    # int8 weights only: the float weights convert_pt2e leaves behind are not saved
+    assert inventory["weight_share_by_dtype"]["int8"] >= 0.6, inventory["weight_bytes_by_dtype"]
+    assert inventory["quantization_ops"]["quantized_decomposed.quantize_per_tensor.default"] >= 1
+
+
+def test_runner_answers_any_batch_size_the_same_as_alone(pt2, tiny_model):
+    """Batches are padded to a few compiled sizes and split above 32: an image's answer must not depend
+    on which (the padding rows never mix with it)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-1, 1, (40, 3, 32, 32)).astype(np.float32)
+    with open_runner("inductor", pt2 / "model_int8.pt2") as runner, open_runner("torch", tiny_model) as torch_runner:
+        together = runner.run(pixels)
+        alone = np.concatenate([runner.run(pixels[i : i + 1]) for i in range(5)])
+        reference = torch_runner.run(pixels)
+    assert together.shape == (40, 2) and np.isfinite(together).all()
+    np.testing.assert_allclose(together[:5], alone, atol=1e-4)
+    # int8 arithmetic: close to PyTorch, not equal (a broken program would be off by whole logits)
+    assert np.abs(together - reference).max() < 0.5
+    assert np.abs(together - reference).max() > 0
+
+
+def test_warm_up_compiles_every_size_a_batch_can_take_before_any_request(pt2):
+    from torch._dynamo.utils import counters
+
+    with open_runner("inductor", pt2 / "model_int8.pt2") as runner:
+        before = counters["stats"]["unique_graphs"]
+        runner.warm_up(3)  # batches of 1-3 images use the compiled sizes 1, 2 and 4
+        warmed = counters["stats"]["unique_graphs"]
+        for batch in (1, 2, 3):
+            runner.run(np.zeros((batch, 3, 32, 32), np.float32))
+        assert warmed - before == 3 and counters["stats"]["unique_graphs"] == warmed
+
+
+def test_validate_gates_pt2_with_a_quantization_proof(pt2):
+    result = subprocess.run([*CLI, "validate", str(pt2)], capture_output=True, text=True, timeout=900)
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-2000:]
+    report = json.loads((pt2 / "validation" / "report.json").read_text())
+    (artifact,) = report["artifacts"]
+    assert {c["name"]: c["passed"] for c in artifact["checks"]}["quantization_proof"]
+
+
+def test_a_file_that_is_not_a_program_is_refused_in_one_line(tmp_path):
+    fake = tmp_path / "model.pt2"
+    fake.write_text("not a zip")
+    with pytest.raises(UsageError, match="not a torch.export program"):
+        open_runner("inductor", fake)
+    done = subprocess.run([*CLI, "classify", str(tmp_path), "--model", str(fake)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_no_cpp_compiler_is_a_toolchain_error(pt2, monkeypatch):
+    monkeypatch.setattr(inductor_runner, "_compiler", lambda: None)
+    with pytest.raises(ToolchainError, match="C\\+\\+ compiler"):
+        open_runner("inductor", pt2 / "model_int8.pt2")
+
+
+def test_serve_compiles_before_it_says_ready(pt2):
+    """Every batch size the batcher can form is compiled while /health/ready says not ready; then requests
+    compile nothing."""
+    pytest.importorskip("fastapi", reason="the server needs the serve extra")
+    import base64
+
+    from fastapi.testclient import TestClient
+    from torch._dynamo.utils import counters
+
+    from vitgender.serving.app import ServeSettings, create_app
+
+    before = counters["stats"]["unique_graphs"]
+    face = next((Path(__file__).parent.parent / "vitgender" / "reference" / "utkface-val-50").glob("*.jpg"))
+    settings = ServeSettings(model=str(pt2 / "model_int8.pt2"), runtime="inductor", max_batch_size=3)
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 300
+        while (ready := client.get("/health/ready")).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.status_code == 200, ready.text
+        warmed = counters["stats"]["unique_graphs"]
+        served = client.post("/", json={"inputs": base64.b64encode(face.read_bytes()).decode()}).json()
+    assert warmed - before == 3  # sizes 1, 2 and 4 (3 images padded to 4)
+    assert counters["stats"]["unique_graphs"] == warmed
+    assert {p["label"] for p in served} == {"female", "male"}
