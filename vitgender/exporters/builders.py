@@ -281,13 +281,14 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
     built = {}
     for spec in specs:
         began = time.perf_counter()
+        pt2 = spec.runtime == "inductor"  # saved as a .pt2 program for Inductor, not lowered to a .pte
         job = {
             "checkpoint": Path(ctx.checkpoint.directory),
             "hf_class": ctx.checkpoint.hf_class,
             "target": ctx.target(spec),
             "precision": spec.precision.value,
             "shape": [arch.num_channels, pre.height, pre.width],
-            "program": "pt2" if spec.runtime == "inductor" else "pte",
+            "program": "pt2" if pt2 else "pte",
         }
         quantization = None
         if spec.needs_calibration:
@@ -301,9 +302,9 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             }
             if ctx.options.quant_preset == "auto" and spec.name in AUTO_PLANNED:
                 job["plan"] = {"target": str(ctx.options.target), "max_float": ctx.options.quant_max_float}
-            scheme = _PT2E_SCHEMES["inductor" if spec.runtime == "inductor" else spec.precision]
+            scheme = _PT2E_SCHEMES["inductor" if pt2 else spec.precision]
             quantization = {"scheme": scheme, **source.manifest(heads)}
-        what = f"{spec.name}: {'PT2E' if spec.runtime == 'inductor' else 'ExecuTorch'} export"
+        what = f"{spec.name}: {'PT2E' if pt2 else 'ExecuTorch'} export"
         lowered = run_executorch_job("export", job, what=what, workdir=work)
         built[spec.name] = Built(
             round(time.perf_counter() - began, 2),
