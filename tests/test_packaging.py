@@ -120,11 +120,17 @@ def test_lock_satisfies_every_declared_range():
 
 
 def test_running_environment_is_the_locked_set():
-    """The environment the suite runs in holds the locked versions (what scripts/setup.sh installs)."""
+    """The environment the suite runs in holds the locked versions (what scripts/setup.sh installs).
+
+    Each name's first distribution on sys.path is the one Python imports. Later ones are shadowed:
+    importing setuptools (Inductor's C++ builder does) appends setuptools/_vendor, whose vendored
+    packaging, wheel and platformdirs are older than the lock and must not count as drift."""
     from importlib.metadata import distributions
 
     locked = _lock()
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    installed: dict[str, str] = {}
+    for dist in distributions():
+        installed.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
     drift = {
         name: (installed[name], version)
         for name, version in locked.items()
