@@ -122,15 +122,16 @@ def test_lock_satisfies_every_declared_range():
 def test_running_environment_is_the_locked_set():
     """The environment the suite runs in holds the locked versions (what scripts/setup.sh installs).
 
-    Each name's first distribution on sys.path is the one Python imports. Later ones are shadowed:
-    importing setuptools (Inductor's C++ builder does) appends setuptools/_vendor, whose vendored
-    packaging, wheel and platformdirs are older than the lock and must not count as drift."""
+    Read from the environment's own site-packages only: packages put vendored copies on sys.path at
+    run time (setuptools appends setuptools/_vendor with an older packaging, wheel and platformdirs;
+    Ray prepends ray/thirdparty_files with its own psutil), and those are not what pip installed."""
+    import sysconfig
     from importlib.metadata import distributions
 
     locked = _lock()
-    installed: dict[str, str] = {}
-    for dist in distributions():
-        installed.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
+    site = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions(path=site)}
+    assert "numpy" in installed, f"no distributions read from {site}"
     drift = {
         name: (installed[name], version)
         for name, version in locked.items()
