@@ -1,4 +1,5 @@
-"""pt2-int8: a PT2E int8 program (.pt2) built in the ExecuTorch environment, compiled on load by Inductor."""
+"""pt2-int8 and pt2-int8-dynamic: PT2E int8 programs (.pt2) built in the ExecuTorch environment, compiled on
+load by Inductor."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def pt2(tiny_model, tmp_path_factory) -> Path:
         pytest.skip(f"no ExecuTorch environment, where torchao's PT2E quantizer lives ({exc})")
     if inductor_runner._compiler() is None:
         pytest.skip("no C++ compiler: torch.compile cannot run here")
-    return main_export(tiny_model, tmp_path_factory.mktemp("pt2") / "pt2", "pt2-int8")
+    return main_export(tiny_model, tmp_path_factory.mktemp("pt2") / "pt2", "pt2-int8,pt2-int8-dynamic")
 
 
 def test_pt2_int8_is_an_int8_program_with_the_static_recipe(pt2):
@@ -53,6 +54,23 @@ def test_pt2_int8_is_an_int8_program_with_the_static_recipe(pt2):
     # int8 weights only: the float weights convert_pt2e leaves behind are not saved
     assert inventory["weight_share_by_dtype"]["int8"] >= 0.6, inventory["weight_bytes_by_dtype"]
     assert inventory["quantization_ops"]["quantized_decomposed.quantize_per_tensor.default"] >= 1
+
+
+def test_pt2_int8_dynamic_measures_ranges_per_call_and_says_its_answers_depend_on_the_batch(pt2, tiny_model):
+    entry = {e["name"]: e for e in read_manifest(pt2)["artifacts"]}["pt2-int8-dynamic"]
+    assert entry["path"] == "model_int8_dynamic.pt2" and entry["precision"] == "int8-dynamic"
+    assert "dynamic" in entry["quantization"]["scheme"] and entry["quantization"]["scale_migration"]["alpha"] == 0.5
+    ops = file_inventory("inductor", pt2 / "model_int8_dynamic.pt2")["quantization_ops"]
+    assert ops["quantized_decomposed.choose_qparams.tensor"] >= 1  # the range is computed in the graph
+    pixels = np.random.default_rng(1).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
+    with (
+        open_runner("inductor", pt2 / "model_int8_dynamic.pt2") as runner,
+        open_runner("torch", tiny_model) as torch_runner,
+    ):
+        # one range per call over the whole batch tensor, as onnxruntime's dynamic int8: serve warns
+        assert runner.info.batch_invariant is False
+        logits, reference = runner.run(pixels), torch_runner.run(pixels)
+    assert np.abs(logits - reference).max() < 0.5 and np.abs(logits - reference).max() > 0
 
 
 def test_runner_answers_any_batch_size_the_same_as_alone(pt2, tiny_model):
@@ -87,8 +105,9 @@ def test_validate_gates_pt2_with_a_quantization_proof(pt2):
     result = subprocess.run([*CLI, "validate", str(pt2)], capture_output=True, text=True, timeout=900)
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((pt2 / "validation" / "report.json").read_text())
-    (artifact,) = report["artifacts"]
-    assert {c["name"]: c["passed"] for c in artifact["checks"]}["quantization_proof"]
+    assert {a["name"] for a in report["artifacts"]} == {"pt2-int8", "pt2-int8-dynamic"}
+    for artifact in report["artifacts"]:
+        assert {c["name"]: c["passed"] for c in artifact["checks"]}["quantization_proof"], artifact["name"]
 
 
 def test_a_file_that_is_not_a_program_is_refused_in_one_line(tmp_path):

@@ -120,6 +120,15 @@ _SPECS = (
         "torch.export + PT2E X86InductorQuantizer (static int8), compiled on load by torch.compile (Inductor, oneDNN)",
         needs_calibration=True,
     ),
+    ArtifactSpec(
+        "pt2-int8-dynamic",
+        "inductor",
+        Precision.INT8_DYNAMIC,
+        "model_int8_dynamic.pt2",
+        "pt2_int8",
+        "torch.export + PT2E X86InductorQuantizer (dynamic int8, calibrated SmoothQuant), compiled on load by Inductor",
+        needs_calibration=True,
+    ),
     # transformers.js / optimum layout: web/{config,preprocessor_config}.json + web/onnx/*.onnx
     ArtifactSpec(
         "web-onnx", "onnx", Precision.FP32, "web/onnx/model.onnx", "web_copy_base_onnx", "torch.onnx.export (dynamo)"

@@ -100,13 +100,22 @@ def _sidecar_metadata(source: str | Path | None) -> tuple[tuple[str, ...], Prepr
     return sidecar.labels, sidecar.preprocess
 
 
-def sidecar_info(runtime: str, artifact: Path) -> RunnerInfo:
-    """What a runner of `runtime` on `artifact` reports, all of it read from the artifact's sidecar."""
+def sidecar_info(runtime: str, artifact: Path, *, raw_input: bool = False) -> RunnerInfo:
+    """What a runner of `runtime` on `artifact` reports, all of it read from the artifact's sidecar.
+    Dynamic int8 that measures one activation range per call over the whole batch tensor (onnxruntime's
+    and Inductor's) is not batch-invariant; runtimes that quantize each row alone override it."""
     from vitgender.runtimes.sidecar import read_sidecar
 
     sidecar = read_sidecar(artifact)
     return RunnerInfo(
-        runtime, sidecar.labels, sidecar.preprocess, str(artifact), sidecar.precision, architecture=sidecar.architecture
+        runtime,
+        sidecar.labels,
+        sidecar.preprocess,
+        str(artifact),
+        sidecar.precision,
+        raw_input=raw_input,
+        architecture=sidecar.architecture,
+        batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC,
     )
 
 

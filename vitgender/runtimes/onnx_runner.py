@@ -17,10 +17,8 @@ import numpy as np
 
 from vitgender.errors import UsageError
 from vitgender.models import ViTArchitecture, model_config
-from vitgender.precision import Precision
-from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.base import RunnerInfo, sidecar_info
 from vitgender.runtimes.lifecycle import Closing
-from vitgender.runtimes.sidecar import read_sidecar
 from vitgender.runtimes.weights import weight_inventory
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -66,7 +64,7 @@ class OnnxRunner(Closing):
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise UsageError(str(path), f"onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        return cls(session, onnx_runner_info("onnx", path, raw_input=session.get_inputs()[0].type == "tensor(uint8)"))
+        return cls(session, sidecar_info("onnx", path, raw_input=session.get_inputs()[0].type == "tensor(uint8)"))
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
         """pixel_values, or uint8 NHWC images for a raw-input (baked preprocessing) model."""
@@ -124,21 +122,6 @@ class OnnxRunner(Closing):
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(list(tensors.values()), {self._input: inputs.astype(self._dtype, copy=False)})
         return {name: np.asarray(value, dtype=np.float32) for name, value in zip(tensors, values, strict=False)}
-
-
-def onnx_runner_info(runtime: str, path: Path, *, raw_input: bool) -> RunnerInfo:
-    """What every engine on an exported .onnx file reports: its sidecar, as `runtime` opens it."""
-    sidecar = read_sidecar(path)
-    return RunnerInfo(
-        runtime,
-        sidecar.labels,
-        sidecar.preprocess,
-        str(path),
-        sidecar.precision,
-        raw_input=raw_input,
-        architecture=sidecar.architecture,
-        batch_invariant=sidecar.precision is not Precision.INT8_DYNAMIC,
-    )
 
 
 def _scopes(node) -> list[str]:

@@ -18,9 +18,8 @@ import numpy as np
 
 from vitgender.errors import UsageError
 from vitgender.precision import Precision
-from vitgender.runtimes.base import RunnerInfo
+from vitgender.runtimes.base import RunnerInfo, sidecar_info
 from vitgender.runtimes.lifecycle import Closing
-from vitgender.runtimes.onnx_runner import onnx_runner_info
 
 PRECISIONS = ("f32", "bf16")
 
@@ -84,9 +83,7 @@ class OpenVinoRunner(Closing):
             compiled = ov.Core().compile_model(str(path), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
             raise UsageError(str(path), f"OpenVINO cannot load it ({str(exc).splitlines()[0][:200]})") from None
-        info = onnx_runner_info(
-            "openvino", path, raw_input=compiled.input(0).get_element_type().get_type_name() == "u8"
-        )
+        info = sidecar_info("openvino", path, raw_input=compiled.input(0).get_element_type().get_type_name() == "u8")
         if precision == "bf16" and not info.precision.is_int8:  # int8 GEMMs stay int8 under the hint
             info = replace(info, arithmetic=Precision.BF16)
         return cls(compiled, info, config)
