@@ -261,12 +261,12 @@ def tensorflow(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
 _PT2E_SCHEMES = {
     Precision.INT8: "PT2E XNNPACKQuantizer, static symmetric int8 GEMM inputs (residual adds float), per-channel weights",
     Precision.INT8_DYNAMIC: "PT2E XNNPACKQuantizer, dynamic per-row int8 activations, per-channel weights",
-    (
-        "inductor",
-        Precision.INT8,
-    ): "PT2E X86InductorQuantizer, static uint8 activations per tensor (GEMM outputs float), " "per-channel weights",
-    ("inductor", Precision.INT8_DYNAMIC): "PT2E X86InductorQuantizer, dynamic uint8 activations per tensor (range "
-    "measured per call), per-channel weights",
+}
+# The `inductor` runtime's programs (X86InductorQuantizer): uint8 activations per tensor, GEMM outputs float.
+_INDUCTOR_SCHEMES = {
+    Precision.INT8: "PT2E X86InductorQuantizer, static uint8 activations per tensor, per-channel weights",
+    Precision.INT8_DYNAMIC: "PT2E X86InductorQuantizer, dynamic uint8 activations per tensor (range measured "
+    "per call over the batch), per-channel weights",
 }
 
 
@@ -307,7 +307,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             }
             if ctx.options.quant_preset == "auto" and spec.name in AUTO_PLANNED:
                 job["plan"] = {"target": str(ctx.options.target), "max_float": ctx.options.quant_max_float}
-            scheme = _PT2E_SCHEMES[("inductor", spec.precision) if pt2 else spec.precision]
+            scheme = (_INDUCTOR_SCHEMES if pt2 else _PT2E_SCHEMES)[spec.precision]
             quantization = {"scheme": scheme, **source.manifest(heads)}
         what = f"{spec.name}: {'PT2E' if pt2 else 'ExecuTorch'} export"
         lowered = run_executorch_job("export", job, what=what, workdir=work)
