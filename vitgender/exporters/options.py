@@ -33,8 +33,8 @@ INT8_RECIPES = {
     "tflite-int8": Int8Recipe(smoothquant=0.0, float_head=True),
     "executorch-int8-dynamic": Int8Recipe(smoothquant=0.5, float_head=True),
     "executorch-int8": Int8Recipe(smoothquant=0.0, float_head=True),
-    # Per-tensor uint8 inputs with float GEMM outputs, as ORT static: the same recipe; its dynamic twin
-    # (each input's range measured per call) keeps it too.
+    # Per-tensor uint8 inputs with float GEMM outputs, as ORT static: the same recipe. Its dynamic twin
+    # (each input's range measured per call) was measured only with this recipe, not without migration.
     "pt2-int8": Int8Recipe(smoothquant=0.5, float_head=True),
     "pt2-int8-dynamic": Int8Recipe(smoothquant=0.5, float_head=True),
 }

@@ -1,11 +1,12 @@
 """PT2E int8 programs (.pt2) compiled for this CPU by torch.compile (Inductor, oneDNN).
 
-A `pt2-int8` artifact holds no code for any CPU: a torch.export graph of quantize/dequantize ops
+A `pt2-int8` (or `pt2-int8-dynamic`) artifact holds no code for any CPU: a torch.export graph of quantize/dequantize ops
 and int8 weights. Inductor compiles it on the machine that runs it, fusing each quantized linear
 with its neighbours into oneDNN int8 matrix products (AMX or VNNI, whichever the CPU has), with
 frozen, pre-packed weights. Compiling takes 10-30 s per batch size, so batches are padded to the
-next of a few sizes (1, 2, 4, 8, 16, 32) and larger ones split: at most six compilations, each
-image's answer independent of the padding (rows never mix). Needs a C++ compiler on the machine,
+next of a few sizes (1, 2, 4, 8, 16, 32) and larger ones split: at most six compilations. In a static
+program an image's answer is independent of the padding (rows never mix); a dynamic one measures its
+ranges over the whole padded batch, so its answers depend on the batch (its info says so). Needs a C++ compiler on the machine,
 as torch.compile does on CPU.
 """
 
