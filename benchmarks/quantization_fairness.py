@@ -12,6 +12,11 @@ race x gender or age cell with n >= 200 moving more than 0.5 pt.
 One artifact of another export (a machine's int8 kernels decide its flips, so the JSON names the CPU):
 
     .venv/bin/python benchmarks/quantization_fairness.py --export EXPORT --artifacts executorch-int8-dynamic --json F
+
+An artifact in a runtime setting (its row is named ARTIFACT@SPEC):
+
+    .venv/bin/python benchmarks/quantization_fairness.py --export EXPORT --artifacts pt2-int8 \
+        --runtime inductor:precision=bf16 --json F
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def main() -> None:
     parser.add_argument("--export", type=Path, default=REPO / "artifacts" / "vitgender-default")
     parser.add_argument("--all", action="store_true", help="every artifact, not only the int8 ones")
     parser.add_argument("--artifacts", help="comma list of artifact names (default: the int8 ones)")
+    parser.add_argument("--runtime", help="a runtime spec for the artifacts it opens (inductor:precision=bf16)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -86,11 +92,13 @@ def main() -> None:
         if wanted is None and not (args.all or Precision.parse(entry["precision"]).is_int8):
             continue
         path = verify_artifact(args.export, entry)
-        runner = open_runner(runtime_for(path), path)
+        spec = runtime_for(path, args.runtime)
+        runner = open_runner(spec, path)
         logits = run_chunked(runner, resized if runner.info.raw_input else pixels)
         art = predictions(logits, runner.info.labels, val)
         agreement = float(np.mean([a.predicted == r.predicted for a, r in zip(art, ref, strict=False)]))
-        rows.append(summarise(entry["name"], ref, art, agreement))
+        name = entry["name"] if spec == runtime_for(path) else f"{entry['name']}@{spec}"
+        rows.append(summarise(name, ref, art, agreement))
         print(f"{entry['name']}: done", flush=True)
     report = {
         "machine": machine(),

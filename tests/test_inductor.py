@@ -14,14 +14,18 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="exporters need the onnx extra: pip install .[onnx]")
 
+from vitgender.bench import candidates  # noqa: E402
 from vitgender.errors import ToolchainError, UsageError  # noqa: E402
 from vitgender.exporters import main_export  # noqa: E402
+from vitgender.machine import has_bf16_arithmetic  # noqa: E402
 from vitgender.manifest import read_manifest  # noqa: E402
+from vitgender.precision import Precision  # noqa: E402
 from vitgender.runtimes import (  # noqa: E402
     file_inventory,
     inductor_runner,
     open_runner,
     runtime_for,
+    setting_runtimes,
 )
 from vitgender.toolchains.side_env import executorch_python  # noqa: E402
 
@@ -150,3 +154,46 @@ def test_serve_compiles_before_it_says_ready(pt2):
     assert warmed - before == 3  # sizes 1, 2 and 4 (3 images padded to 4)
     assert counters["stats"]["unique_graphs"] == warmed
     assert {p["label"] for p in served} == {"female", "male"}
+
+
+@pytest.mark.skipif(not has_bf16_arithmetic(), reason="this CPU has no avx512_bf16 / amx_bf16")
+def test_bf16_setting_runs_the_float_parts_in_bf16_and_stays_an_int8_artifact(pt2, tiny_model):
+    """`inductor:precision=bf16` (int8-mixed-bf16): the linears stay int8, so the info (and the gate's
+    budget) is the int8 artifact's; the float parts in bf16 change the answers by bf16 rounding only."""
+    pixels = np.random.default_rng(2).uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32)
+    with (
+        open_runner("inductor:precision=bf16", pt2 / "model_int8.pt2") as bf16,
+        open_runner("inductor", pt2 / "model_int8.pt2") as f32,
+        open_runner("torch", tiny_model) as torch_runner,
+    ):
+        assert bf16.info.precision is Precision.INT8 and bf16.info.computes_in is Precision.INT8
+        logits, plain, reference = bf16.run(pixels), f32.run(pixels), torch_runner.run(pixels)
+    assert logits.dtype == np.float32 and np.isfinite(logits).all()
+    assert not np.array_equal(logits, plain)  # really compiled in bf16, not the f32 program again
+    assert np.abs(logits - reference).max() < 0.5
+    assert setting_runtimes(pt2 / "model_int8.pt2", Precision.INT8) == ["inductor:precision=bf16"]
+    names = [c["name"] for c in candidates(tiny_model, pt2, peers=False)]
+    assert "pt2-int8@inductor:precision=bf16" in names and "pt2-int8-dynamic@inductor:precision=bf16" in names
+
+
+def test_bf16_setting_is_refused_in_one_line_where_the_cpu_has_no_bf16(pt2, tiny_model, monkeypatch):
+    import vitgender.machine
+
+    fake = {"cpu": "fake", "cores": 1, "isa": ["avx2", "fma", "avx512f", "avx512_vnni"], "mhz": None}
+    monkeypatch.setattr(vitgender.machine, "machine", lambda: fake)
+    with pytest.raises(UsageError, match="no bf16 arithmetic"):
+        open_runner("inductor:precision=bf16", pt2 / "model_int8.pt2")
+    with pytest.raises(UsageError, match="takes precision=f32 or bf16"):
+        open_runner("inductor:precision=fp16", pt2 / "model_int8.pt2")
+    assert setting_runtimes(pt2 / "model_int8.pt2", Precision.INT8) == []  # bench offers no bf16 row here
+    assert all("@" not in c["name"] for c in candidates(tiny_model, pt2, peers=False))
+
+
+def test_bench_breakdown_sees_onednn_kernels_and_the_compiled_loops(pt2):
+    from vitgender.runtimes.profiling import kind_shares
+
+    pixels = np.random.default_rng(3).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    with open_runner("inductor", pt2 / "model_int8.pt2") as runner:
+        shares = kind_shares(runner.op_times(pixels, 2))
+    assert shares["matrix products"] > 0 and shares["compiled loops"] > 0, shares
+    assert sum(shares.values()) == pytest.approx(1.0)

@@ -16,6 +16,9 @@ from vitgender.runtimes.profiling import KINDS, breakdown, kind_shares, op_kind
         ("aten::addmm", "matrix products"),  # PyTorch
         ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention (fused)"),
         ("aten::linear", "other"),  # a wrapper: its self time is not a GEMM's
+        ("onednn::qlinear_pointwise", "matrix products"),  # Inductor's int8 linears
+        ("## Call CompiledFxGraph fabc123 ##", "compiled loops"),  # Inductor's generated code
+        ("TorchDynamo Cache Lookup", "other"),
         ("Erf", "GELU"),
         ("MVN", "LayerNorm"),
         ("SkipLayerNormalization", "LayerNorm"),

@@ -170,11 +170,12 @@ def _worker(job: dict) -> dict:
 
 
 def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None, peers: bool = True) -> list[dict]:
-    """PyTorch, the HF pipeline and every artifact; with `tta`, each runner again wrapped in it
+    """PyTorch, the HF pipeline and every artifact, again in each other setting its runtime offers on
+    this CPU (`NAME@inductor:precision=bf16`); with `tta`, each runner again wrapped in it
     (named `NAME+flip`), so the cost of test-time averaging is a ratio measured in the same run.
 
     With `peers`, each artifact again on every installed peer engine that reads its file, in the
-    settings that engine's `Runtime.peer_settings` names for its precision (OpenVINO: fp32 and int8
+    settings that engine's `Runtime.bench_settings` names for its precision (OpenVINO: fp32 and int8
     files, fp32 also with the bf16 hint where the CPU has bf16 arithmetic), named
     `NAME@RUNTIME[:SETTINGS]` and marked `peer`: another engine on the same file, not another artifact."""
     found = [
@@ -183,12 +184,16 @@ def candidates(model_dir: Path, artifacts: Path | None, tta: str | None = None, 
     ]
     if artifacts is not None:
         from vitgender.manifest import read_manifest, verify_artifact
-        from vitgender.runtimes import peer_runtimes, runtime_for
+        from vitgender.runtimes import peer_runtimes, runtime_for, setting_runtimes
 
         for entry in read_manifest(artifacts)["artifacts"]:
             path = verify_artifact(artifacts, entry)
             file = {"path": path.absolute(), "sha256": entry.get("sha256")}
             found.append({"name": entry["name"], "runtime": runtime_for(path), **file})
+            found += [
+                {"name": f"{entry['name']}@{spec}", "runtime": spec, **file}
+                for spec in setting_runtimes(path, Precision(entry["precision"]))
+            ]
             if peers:
                 found += [
                     {"name": f"{entry['name']}@{spec}", "runtime": spec, **file, "peer": True}

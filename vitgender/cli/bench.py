@@ -50,8 +50,9 @@ def bench(
         help="Also measure every runner with this test-time " "augmentation (flip), as extra NAME+flip rows.",
     ),
 ) -> None:
-    """Throughput, latency, memory, size and top-1 agreement of PyTorch, the HF pipeline and every artifact,
-    as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
+    """Throughput, latency, memory, size and top-1 agreement of PyTorch, the HF pipeline and every artifact
+    (a .pt2 artifact also with its float parts in bf16 where the CPU has bf16 arithmetic, as
+    NAME@inductor:precision=bf16), as ratios to PyTorch and as shares of this machine's measured GEMM roofs."""
     from vitgender.bench import run_benchmark
     from vitgender.machine import available_cores
     from vitgender.reporting.bench import breakdown_table, header, plot_svg, table

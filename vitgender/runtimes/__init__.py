@@ -23,6 +23,7 @@ from vitgender.runtimes.base import (
     runtime_for,
     runtime_help,
     runtime_names,
+    setting_runtimes,
 )
 from vitgender.runtimes.lifecycle import Closing
 
@@ -44,4 +45,5 @@ __all__ = [
     "runtime_for",
     "runtime_help",
     "runtime_names",
+    "setting_runtimes",
 ]

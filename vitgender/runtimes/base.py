@@ -138,9 +138,10 @@ class Runtime:
     # (labels, preprocessing) of a file without opening a runner on it: the sidecar beside an artifact
     metadata: Callable[[str | Path | None], tuple[tuple[str, ...], PreprocessConfig]] = _sidecar_metadata
     by_file_type: bool = True  # `runtime_for` picks it for the files it recognises (False: a peer, named only)
-    # A peer's settings worth benchmarking on a file of this precision (`bench`'s peer rows): runtime
-    # specs such as "openvino:precision=bf16"; empty where it is not installed or not useful.
-    peer_settings: Callable[[Precision], list[str]] | None = None
+    # Settings worth benchmarking on a file of this precision, as runtime specs such as
+    # "openvino:precision=bf16": a peer's rows (`by_file_type=False`), or extra rows of a runtime on its
+    # own files ("inductor:precision=bf16"); empty where not installed or not useful on this CPU.
+    bench_settings: Callable[[Precision], list[str]] | None = None
 
 
 _REGISTRY: dict[str, Runtime] = {}
@@ -244,14 +245,44 @@ def _checkpoint_metadata(
     return checkpoint.labels, checkpoint.preprocess
 
 
-def peer_runtimes(path: str | Path, precision: Precision) -> list[str]:
-    """Runtime specs of the peer engines (`by_file_type=False`) that read `path`, for `bench`'s peer rows."""
+def _bench_specs(path: str | Path, precision: Precision, *, peers: bool) -> list[str]:
     return [
         spec
         for runtime in _REGISTRY.values()
-        if not runtime.by_file_type and runtime.peer_settings is not None and runtime.recognises(Path(path))
-        for spec in runtime.peer_settings(precision)
+        if runtime.by_file_type is not peers and runtime.bench_settings is not None and runtime.recognises(Path(path))
+        for spec in runtime.bench_settings(precision)
     ]
+
+
+def peer_runtimes(path: str | Path, precision: Precision) -> list[str]:
+    """Runtime specs of the peer engines (`by_file_type=False`) that read `path`, for `bench`'s peer rows."""
+    return _bench_specs(path, precision, peers=True)
+
+
+def setting_runtimes(path: str | Path, precision: Precision) -> list[str]:
+    """Runtime specs of `path`'s own runtime in other settings (Inductor's bf16 float parts), for
+    `bench` rows of the artifact itself: the same file and engine, not a peer."""
+    return _bench_specs(path, precision, peers=False)
+
+
+FLOAT_PRECISIONS = ("f32", "bf16")
+
+
+def check_float_precision(runtime: str, precision: str) -> str:
+    """A runtime's `precision` setting (what its float parts compute in); bf16 only where the CPU
+    computes it natively, since elsewhere it is emulated and slower than f32."""
+    from vitgender.machine import BF16_FLAGS, has_bf16_arithmetic
+
+    if precision not in FLOAT_PRECISIONS:
+        raise UsageError(
+            f"precision={precision}", f"the {runtime} runtime takes precision={' or '.join(FLOAT_PRECISIONS)}"
+        )
+    if precision == "bf16" and not has_bf16_arithmetic():
+        raise UsageError(
+            "precision=bf16",
+            f"this CPU has no bf16 arithmetic (none of {', '.join(BF16_FLAGS)} in its flags); use precision=f32",
+        )
+    return precision
 
 
 def can_localize(runner: Runner) -> bool:
@@ -317,7 +348,7 @@ register_runtime(
         options=frozenset({"threads", "precision"}),
         inventory=_reader("vitgender.runtimes.onnx_runner", "inventory"),
         by_file_type=False,  # a peer on ONNX Runtime's files: chosen with --runtime, never by file type
-        peer_settings=lambda precision: _lazy("vitgender.runtimes.openvino_runner", "peer_settings")()(precision),
+        bench_settings=lambda precision: _lazy("vitgender.runtimes.openvino_runner", "peer_settings")()(precision),
     )
 )
 register_runtime(
@@ -354,7 +385,9 @@ register_runtime(
         _opener("vitgender.runtimes.inductor_runner", "InductorRunner"),
         lambda p: p.suffix == ".pt2",
         ".pt2 programs (PT2E int8), compiled by torch.compile for this CPU",
+        options=frozenset({"threads", "precision"}),
         inventory=_reader("vitgender.runtimes.inductor_runner", "inventory"),
+        bench_settings=lambda precision: _lazy("vitgender.runtimes.inductor_runner", "bench_settings")()(precision),
     )
 )
 register_runtime(

@@ -8,6 +8,12 @@ next of a few sizes (1, 2, 4, 8, 16, 32) and larger ones split: at most six comp
 program an image's answer is independent of the padding (rows never mix); a dynamic one measures its
 ranges over the whole padded batch, so its answers depend on the batch (its info says so). Needs a C++ compiler on the machine,
 as torch.compile does on CPU.
+
+One setting, `precision`: `f32` (default) runs the program's float parts (LayerNorm, softmax, GELU,
+attention's activation x activation products, a float head) in float32; `bf16` compiles it under
+bfloat16 autocast, PyTorch's "int8-mixed-bf16" recipe for X86InductorQuantizer, where they run in
+bfloat16 between the int8 linears (on AMX-BF16 / AVX512-BF16 CPUs only; refused elsewhere). The
+linears stay int8, so the gate judges it as the int8 artifact it is, with the same budget.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.errors import ToolchainError, UsageError
-from vitgender.runtimes.base import RunnerInfo, sidecar_info
+from vitgender.precision import Precision
+from vitgender.runtimes.base import RunnerInfo, check_float_precision, sidecar_info
 from vitgender.runtimes.lifecycle import Closing
 from vitgender.runtimes.weights import weight_inventory
 
@@ -49,15 +56,26 @@ def _load(path: Path):
         raise UsageError(str(path), f"not a torch.export program vitgender can load ({type(exc).__name__})") from None
 
 
+def bench_settings(precision: Precision) -> list[str]:
+    """`bench`'s extra row on an int8 program: its float parts in bf16, where the CPU computes bf16."""
+    from vitgender.machine import has_bf16_arithmetic
+
+    return ["inductor:precision=bf16"] if precision.is_int8 and has_bf16_arithmetic() else []
+
+
 class InductorRunner(Closing):
-    def __init__(self, program, info: RunnerInfo) -> None:
+    def __init__(self, program, info: RunnerInfo, bf16: bool = False) -> None:
         import torch
 
         self._compiled = torch.compile(program.module(), dynamic=False)
+        self._bf16 = bf16
         self.info = info
 
     @classmethod
-    def open(cls, source: str | os.PathLike | None, *, threads: int | None = None) -> InductorRunner:
+    def open(
+        cls, source: str | os.PathLike | None, *, threads: int | None = None, precision: str = "f32"
+    ) -> InductorRunner:
+        precision = check_float_precision("inductor", precision)
         path = Path(source) if source is not None else None
         if path is None or not path.is_file():
             raise UsageError(str(source), "no such .pt2 file")
@@ -72,7 +90,7 @@ class InductorRunner(Closing):
         if threads:
             torch.set_num_threads(threads)
         info = sidecar_info("inductor", path)
-        return cls(_load(path), info)
+        return cls(_load(path), info, bf16=precision == "bf16")
 
     def warm_up(self, max_batch: int) -> None:
         """Compile every batch size a batch of up to `max_batch` images uses, now: `serve` calls this
@@ -92,7 +110,9 @@ class InductorRunner(Closing):
             # Frozen weights are what lets Inductor pre-pack them into oneDNN's int8 kernels; set where
             # it compiles (lazily, per batch size), not for the whole process (torch.compile's
             # options= does not reach this pass).
-            with torch.no_grad(), torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
+            # Autocast is part of what Inductor traces: the bf16 setting compiles bf16 float parts.
+            bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16)
+            with torch.no_grad(), bf16, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
                 # Inductor's oneDNN lowering copies zero points with torch.tensor(tensor): noise to a user
                 warnings.filterwarnings("ignore", message="To copy construct from a tensor")
                 logits = self._compiled(torch.from_numpy(padded))
@@ -107,6 +127,13 @@ class InductorRunner(Closing):
         pixels = np.asarray(pixel_values, np.float32)
         top = BUCKETS[-1]
         return np.concatenate([self._run_bucket(pixels[i : i + top]) for i in range(0, max(len(pixels), 1), top)])
+
+    def op_times(self, inputs: np.ndarray, runs: int) -> list[tuple[str, float]]:
+        """(op, self CPU seconds) from torch.profiler: the oneDNN kernels, and the compiled graph's
+        own generated loops as one entry (`profiling.torch_op_times`)."""
+        from vitgender.runtimes.profiling import torch_op_times
+
+        return torch_op_times(self.run, inputs, runs)
 
     def close(self) -> None:
         """Nothing held outside this process: the compiled code goes with the runner."""

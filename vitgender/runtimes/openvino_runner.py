@@ -18,24 +18,8 @@ import numpy as np
 
 from vitgender.errors import UsageError
 from vitgender.precision import Precision
-from vitgender.runtimes.base import RunnerInfo, sidecar_info
+from vitgender.runtimes.base import RunnerInfo, check_float_precision, sidecar_info
 from vitgender.runtimes.lifecycle import Closing
-
-PRECISIONS = ("f32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    """`precision` as OpenVINO's hint names it; bf16 only where the CPU computes it natively."""
-    from vitgender.machine import BF16_FLAGS, has_bf16_arithmetic
-
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision={precision}", f"the openvino runtime takes precision={' or '.join(PRECISIONS)}")
-    if precision == "bf16" and not has_bf16_arithmetic():
-        raise UsageError(
-            "precision=bf16",
-            f"this CPU has no bf16 arithmetic (none of {', '.join(BF16_FLAGS)} in its flags); use precision=f32",
-        )
-    return precision
 
 
 def peer_settings(precision: Precision) -> list[str]:
@@ -69,7 +53,7 @@ class OpenVinoRunner(Closing):
         path = Path(source)
         if not path.is_file():
             raise UsageError(str(path), "no such ONNX file")
-        precision = check_precision(precision)
+        precision = check_float_precision("openvino", precision)
         try:
             import openvino as ov
         except ImportError:

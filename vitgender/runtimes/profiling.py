@@ -1,7 +1,7 @@
 """Where a runner's time goes, per kind of operation, from each engine's own profiler.
 
 `vitgender bench` asks every runner that has an `op_times(inputs, runs)` method (ONNX Runtime,
-OpenVINO, PyTorch) for the time its engine spent in each op type, and groups the engine-specific
+OpenVINO, PyTorch eager and Inductor) for the time its engine spent in each op type, and groups the engine-specific
 names into a few kinds shared by all engines (matrix products, GELU, LayerNorm, ...). The
 shares of those kinds, times the bench's own timed milliseconds per image, say how much of an
 image's time the matrix products take against what they would take at the machine's measured
@@ -10,12 +10,16 @@ here: their rows get only the roof split (matrix products at the roof vs everyth
 
 A kind is what the engine ran, not what the model says: OpenVINO fuses GELU and the bias add into
 its FullyConnected nodes, so there they count as matrix products, and ONNX Runtime's decomposed
-GELU counts its Erf as GELU and its Div/Mul/Add as elementwise.
+GELU counts its Erf as GELU and its Div/Mul/Add as elementwise. Inductor fuses LayerNorm, softmax,
+(de)quantization and the residual adds into loops it generates, which the profiler sees as one
+call: they count as "compiled loops", its oneDNN kernels as matrix products.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+import numpy as np
 
 # Kinds, in the order reports list them. "matrix products" covers every GEMM-like kernel (linear
 # layers, attention scores and weighted sums, the patch-embedding convolution) in any precision.
@@ -28,6 +32,7 @@ KINDS = (
     "quantize/dequantize",
     "data movement",
     "elementwise",
+    "compiled loops",
     "other",
 )
 
@@ -116,11 +121,32 @@ _ATEN = {
 }
 
 
+# oneDNN kernels that Inductor's lowerings call (int8 linears and convolution, the packed float head)
+_ONEDNN = ("onednn::qlinear_pointwise", "onednn::qconv_pointwise", "mkldnn::_linear_pointwise")
+_COMPILED = "## Call CompiledFxGraph"  # torch.profiler's event for an Inductor graph's own (generated) code
+
+
 def op_kind(op_type: str) -> str:
     """The shared kind of an engine's op type (`MatMulIntegerToFloat`, `FullyConnected`, `aten::addmm`)."""
+    if op_type.startswith(_ONEDNN):
+        return "matrix products"
+    if op_type.startswith(_COMPILED):
+        return "compiled loops"
     if op_type.startswith("aten::"):
         return _ATEN.get(op_type.removeprefix("aten::"), "other")
     return _BY_NAME.get(op_type, "other")
+
+
+def torch_op_times(run: Callable[[np.ndarray], object], inputs: np.ndarray, runs: int) -> list[tuple[str, float]]:
+    """(op, self CPU seconds) over `runs` calls of `run(inputs)` after one warm-up, from torch.profiler:
+    self time, so a wrapper (aten::linear, a compiled region) never counts its kernels twice."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run(inputs)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            run(inputs)
+    return [(event.key, event.self_cpu_time_total / 1e6) for event in prof.key_averages()]
 
 
 def kind_shares(op_times: Iterable[tuple[str, float]]) -> dict[str, float]:

@@ -35,15 +35,10 @@ class TorchRunner(Closing):
         return logits.float().numpy()
 
     def op_times(self, inputs: np.ndarray, runs: int) -> list[tuple[str, float]]:
-        """(aten op, self CPU seconds) over `runs` runs of `inputs` after one warm-up, from
-        torch.profiler: self time, so a wrapper (aten::linear) never counts its kernel twice."""
-        from torch.profiler import ProfilerActivity, profile
+        """(aten op, self CPU seconds) from torch.profiler (`profiling.torch_op_times`)."""
+        from vitgender.runtimes.profiling import torch_op_times
 
-        self.run(inputs)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(runs):
-                self.run(inputs)
-        return [(event.key, event.self_cpu_time_total / 1e6) for event in prof.key_averages()]
+        return torch_op_times(self.run, inputs, runs)
 
     def stage_activations(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Every stage its model type names (`vitgender.models`), captured with forward hooks, then the logits."""
