@@ -11,8 +11,9 @@ here: their rows get only the roof split (matrix products at the roof vs everyth
 A kind is what the engine ran, not what the model says: OpenVINO fuses GELU and the bias add into
 its FullyConnected nodes, so there they count as matrix products, and ONNX Runtime's decomposed
 GELU counts its Erf as GELU and its Div/Mul/Add as elementwise. Inductor fuses LayerNorm, softmax,
-(de)quantization and the residual adds into loops it generates, which the profiler sees as one
-call: they count as "compiled loops", its oneDNN kernels as matrix products.
+(de)quantization and the adds it did not fold into a linear into loops it generates, which the
+profiler sees as one call per graph: they count as "compiled loops", its oneDNN kernels as matrix
+products.
 """
 
 from __future__ import annotations
