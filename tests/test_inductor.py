@@ -197,3 +197,48 @@ def test_bench_breakdown_sees_onednn_kernels_and_the_compiled_loops(pt2):
         shares = kind_shares(runner.op_times(pixels, 2))
     assert shares["matrix products"] > 0 and shares["compiled loops"] > 0, shares
     assert sum(shares.values()) == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def pt2_int8_attention(pt2, tiny_model) -> Path:
+    from vitgender.exporters import ExportOptions
+
+    return main_export(tiny_model, pt2.parent / "attention", "pt2-int8", ExportOptions(int8_attention=True))
+
+
+def test_int8_attention_runs_as_one_fused_kernel_per_block_close_to_pytorch(pt2_int8_attention, pt2, tiny_model):
+    """`export --int8-attention`: the attention's products are quantized in the program, and where torchao
+    is installed Inductor runs each block's attention as its int8 kernel (runtimes/int8_attention.py)."""
+    from torch._dynamo.utils import counters
+
+    from vitgender.runtimes import int8_attention
+
+    entry = read_manifest(pt2_int8_attention)["artifacts"][0]
+    assert entry["quantization"]["attention"].startswith("int8")
+    assert read_manifest(pt2)["artifacts"][0]["quantization"]["attention"] == "float"  # the default
+    ops = file_inventory("inductor", pt2_int8_attention / "model_int8.pt2")["quantization_ops"]
+    plain = file_inventory("inductor", pt2 / "model_int8.pt2")["quantization_ops"]
+    quantize = "quantized_decomposed.quantize_per_tensor.default"
+    blocks = json.loads((tiny_model / "config.json").read_text())["num_hidden_layers"]
+    assert ops[quantize] - plain[quantize] == 4 * blocks  # q, k, v and the probabilities of every block
+    pixels = np.random.default_rng(4).uniform(-1, 1, (5, 3, 32, 32)).astype(np.float32)
+    counters.clear()
+    with (
+        open_runner("inductor", pt2_int8_attention / "model_int8.pt2") as runner,
+        open_runner("torch", tiny_model) as torch_runner,
+    ):
+        logits, reference = runner.run(pixels), torch_runner.run(pixels)
+        alone = runner.run(pixels[:1])
+    if int8_attention.available():
+        assert counters["inductor"]["qsdpa_fuse_attention"] == 2 * blocks  # two compiled sizes (8 and 1)
+    assert np.abs(logits - reference).max() < 0.5 and np.abs(logits - reference).max() > 0
+    np.testing.assert_allclose(logits[:1], alone, atol=1e-4)  # still batch-invariant: static ranges
+
+
+def test_int8_attention_is_refused_without_pt2_int8(tmp_path):
+    done = subprocess.run(
+        [*CLI, "export", "--formats", "onnx", "--int8-attention", "-o", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "--int8-attention: only with pt2-int8" in done.stderr, done.stderr

@@ -287,7 +287,7 @@ def test_export_attention_is_hf_eager_attention_as_3d_bmm(masked):
     import torch
     from transformers.models.vit.modeling_vit import eager_attention_forward
 
-    from vitgender.models.attention import bmm_attention
+    from vitgender.models.attention import bmm_attention, matmul_attention
 
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(3, 4, 7, 8, generator=generator) for _ in range(3))
@@ -298,3 +298,7 @@ def test_export_attention_is_hf_eager_attention_as_3d_bmm(masked):
     for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b)
+    # pt2-int8's --int8-attention form: the same output, no probabilities (they would stop torchao's fusion)
+    output, probabilities = matmul_attention(layer, query, key, value, mask, scaling=8**-0.5)
+    torch.testing.assert_close(output, expected[0])
+    assert probabilities is None

@@ -70,6 +70,13 @@ def export_cmd(
         help="Calibrated int8: keep the classification head float (it reads the final LayerNorm's outliers). "
         "Default: float for every toolchain.",
     ),
+    int8_attention: bool = typer.Option(
+        False,
+        "--int8-attention",
+        help="pt2-int8: quantize the attention's products too (q, k, v, probabilities), which the inductor "
+        "runtime runs as torchao's fused int8 attention kernel (vitgender[inductor]): about 1.2x faster on "
+        "an Intel AMX CPU, about 0.1 pt less agreement with PyTorch on the default model.",
+    ),
     opset: int = typer.Option(
         20, metavar="N", min=17, help="ONNX opset (20+ keeps GELU a single op, which the TFLite path needs)."
     ),
@@ -119,6 +126,7 @@ def export_cmd(
     )
     only_with(ctx, planned and quant_preset == "auto", "--quant-preset auto", "quant_max_float")
     only_with(ctx, "tflite-int8" in names, "tflite-int8 (full-integer TFLite)", "tflite_int8_io")
+    only_with(ctx, "pt2-int8" in names, "pt2-int8 (static int8 for Inductor)", "int8_attention")
 
     options = ExportOptions(
         opset=opset,
@@ -131,6 +139,7 @@ def export_cmd(
         smoothquant=smoothquant,
         float_head=quant_float_head,
         alpha=alpha,
+        int8_attention=int8_attention,
     )
     if calibration is not None:
         options.calibration = calibration

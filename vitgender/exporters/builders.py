@@ -294,6 +294,7 @@ def executorch(ctx: BuildContext, specs: Sequence[ArtifactSpec]) -> dict[str, Bu
             "precision": spec.precision.value,
             "shape": [arch.num_channels, pre.height, pre.width],
             "program": "pt2" if pt2 else "pte",
+            "int8_attention": ctx.options.int8_attention,  # the worker applies it to static pt2 programs only
         }
         quantization = None
         if spec.needs_calibration:

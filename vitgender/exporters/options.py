@@ -62,6 +62,9 @@ class ExportOptions:
     smoothquant: float | None = None
     float_head: bool | None = None
     alpha: str | None = None  # the alpha policy the sidecars record (None: the checkpoint's, white by default)
+    # pt2-int8: quantize the attention's products too, for torchao's fused int8 attention kernel
+    # (runtimes/int8_attention.py). Off by default: faster, and less faithful (docs/guides/quantization.md).
+    int8_attention: bool = False
 
     def int8_recipe(self, artifact: str) -> Int8Recipe:
         """The artifact's measured recipe, with what the user set explicitly applied to every artifact."""

@@ -10,11 +10,17 @@ back into matmuls plus mask arithmetic run outside XNNPACK (83 images/s).
 
 Registered with transformers' `AttentionInterface`, so it reaches every model type whose attention
 goes through that interface (`ModelType.export_attention`); BEiT builds its own attention class.
+
+`pt2-int8` programs (compiled by Inductor, not lowered to XNNPACK) take a second form, `MATMUL`:
+four-dimensional `matmul`s and no attention probabilities returned, the shape torchao's int8
+attention fusion matches (`vitgender.runtimes.int8_attention`). Returning the probabilities gives
+the softmax a second user, which stops the pattern.
 """
 
 from __future__ import annotations
 
 BMM = "vitgender_bmm"
+MATMUL = "vitgender_matmul"
 
 
 def bmm_attention(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
@@ -34,9 +40,20 @@ def bmm_attention(module, query, key, value, attention_mask, scaling: float, dro
     return output.transpose(1, 2).contiguous(), weights.reshape(batch, heads, tokens, keys)
 
 
-def register() -> str:
-    """Make `attn_implementation=BMM` loadable (idempotent) and return its name."""
+def matmul_attention(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
+    """transformers' `eager_attention_forward` without its second output (see the module docstring)."""
+    import torch
+
+    weights = torch.nn.functional.softmax(torch.matmul(query, key.transpose(-1, -2)) * scaling, dim=-1)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    if attention_mask is not None:  # HF's head mask
+        weights = weights * attention_mask
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Make `attn_implementation=BMM` and `=MATMUL` loadable (idempotent)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(BMM, bmm_attention)
-    return BMM
+    AttentionInterface.register(MATMUL, matmul_attention)

@@ -28,6 +28,7 @@ import numpy as np
 
 from vitgender.errors import ToolchainError, UsageError
 from vitgender.precision import Precision
+from vitgender.runtimes import int8_attention
 from vitgender.runtimes.base import RunnerInfo, check_float_precision, sidecar_info
 from vitgender.runtimes.lifecycle import Closing
 from vitgender.runtimes.weights import weight_inventory
@@ -112,7 +113,9 @@ class InductorRunner(Closing):
             # options= does not reach this pass).
             # Autocast is part of what Inductor traces: the bf16 setting compiles bf16 float parts.
             bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16)
-            with torch.no_grad(), bf16, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
+            # int8_attention: torchao's int8 attention kernel for a static program's quantized attention.
+            frozen = torch._inductor.config.patch(freezing=True)
+            with torch.no_grad(), bf16, frozen, int8_attention.compiling(), warnings.catch_warnings():
                 # Inductor's oneDNN lowering copies zero points with torch.tensor(tensor): noise to a user
                 warnings.filterwarnings("ignore", message="To copy construct from a tensor")
                 logits = self._compiled(torch.from_numpy(padded))

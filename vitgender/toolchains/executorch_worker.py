@@ -33,9 +33,11 @@ from vitgender.toolchains.processes import die_with_parent, job_main
 MAX_BATCH = 32  # the dynamic batch dimension of exported programs: 1..MAX_BATCH
 
 
-def _logits_module(checkpoint: str, hf_class: str):
+def _logits_module(checkpoint: str, hf_class: str, int8_attention: bool = False):
     """The checkpoint in the HF class its model type names (`vitgender.models`, decided in the main process),
-    with the attention its type exports with (`ModelType.export_attention`: no expand copies outside XNNPACK)."""
+    with the attention its type exports with (`ModelType.export_attention`: no expand copies outside XNNPACK;
+    with `int8_attention`, where that attention goes through transformers' interface, the shape Inductor's
+    int8 attention fuses)."""
     import torch
     import transformers
 
@@ -45,6 +47,7 @@ def _logits_module(checkpoint: str, hf_class: str):
     implementation = model_config(model_type).export_attention
     if implementation == attention.BMM:
         attention.register()
+        implementation = attention.MATMUL if int8_attention else attention.BMM
     model = (
         getattr(transformers, hf_class)
         .from_pretrained(checkpoint, attn_implementation=implementation, dtype=torch.float32)
@@ -241,16 +244,24 @@ def _quantize_for_inductor(module, example: tuple, dynamic: dict, job: dict):
     GEMMs' outputs float, as onnxruntime's int8 does; the job's float modules left alone.
     Static (`int8`): activation ranges from the quantizer's default histogram observer. Min-max (ORT's
     default) was measured on the 3,980 validation faces at 99.60% agreement but -0.20 pt accuracy
-    (McNemar p 0.04), the histogram at 99.42% and -0.13 pt (p 0.20).
+    (McNemar p 0.04), the histogram at 99.42% and -0.13 pt (p 0.20). Where the attention has the
+    `MATMUL` shape, its products are quantized too (q, k, v and the probabilities, per tensor), which
+    torchao's fusion runs as one int8 attention kernel (`vitgender.runtimes.int8_attention`).
     Dynamic (`int8-dynamic`): each linear's input range is measured per call over the batch: 99.82%
-    agreement and -0.03 pt on the same faces."""
+    agreement and -0.03 pt on the same faces; its attention stays float (the fusion is static only).
+    Returns the quantized graph and whether its attention is int8."""
     import torch
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from vitgender.models.attention import MATMUL
+
     is_dynamic = job["precision"] == "int8-dynamic"
     config = x86.get_default_x86_inductor_quantization_config(is_dynamic=is_dynamic)
     quantizer = x86.X86InductorQuantizer().set_global(config)
+    int8_attention = not is_dynamic and module.model.config._attn_implementation == MATMUL
+    if int8_attention:
+        quantizer.set_function_type_qconfig(torch.matmul, config)
     for name in job.get("float_modules") or ():
         quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(torch.export.export(module, example, dynamic_shapes=dynamic).module(), quantizer)
@@ -259,7 +270,7 @@ def _quantize_for_inductor(module, example: tuple, dynamic: dict, job: dict):
     calibration = torch.from_numpy(np.load(job["calibration"]))
     for start in range(0, 1 if is_dynamic else len(calibration), 8):
         prepared(calibration[start : start + 8])
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared), int8_attention
 
 
 def _save_pt2(module, example: tuple, dynamic: dict, target: str) -> dict:
@@ -287,7 +298,8 @@ def export(job: dict) -> dict:
 
     from vitgender.models import model_config  # torch + transformers only: fine in this environment
 
-    module = _logits_module(job["checkpoint"], job["hf_class"])
+    int8_attention = job.get("int8_attention", False) and job.get("program") == "pt2" and job["precision"] == "int8"
+    module = _logits_module(job["checkpoint"], job["hf_class"], int8_attention)
     channels, height, width = job["shape"]
     example = (torch.zeros(2, channels, height, width),)
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
@@ -296,7 +308,9 @@ def export(job: dict) -> dict:
     rewrite = model_config(module.model.config.model_type).batch_free_embeddings(module.model, height, width)
     with torch.no_grad(), rewrite:
         if job.get("program") == "pt2":
-            return _save_pt2(_quantize_for_inductor(module, example, dynamic, job), example, dynamic, job["target"])
+            quantized, int8_attention = _quantize_for_inductor(module, example, dynamic, job)
+            attention = "int8 (q, k, v and probabilities per tensor)" if int8_attention else "float"
+            return {**_save_pt2(quantized, example, dynamic, job["target"]), "attention": attention}
         planned = {"plan": _plan(module, job, example, dynamic)} if job.get("plan") else {}
         if job["precision"] in ("int8", "int8-dynamic"):
             module = _quantize(module, example, dynamic, job)
