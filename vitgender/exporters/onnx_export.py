@@ -46,10 +46,7 @@ def export_onnx(model: torch.nn.Module, config: ExportConfig, height: int, width
     model.config._attn_implementation = "eager"  # plain MatMul/Softmax: what ORT's fusions and onnx2tf expect
     example = torch.zeros(2, model.config.num_channels, height, width)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    # "torchvision is not installed"; torchao (the inductor extra), which the exporter imports, reports its
-    # CUDA-only libraries missing and torch's pytree a deprecation in it: noise to a user
-    for noisy in ("torch.onnx", "torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
     with warnings.catch_warnings(), torch.inference_mode(), config.model.batch_free_embeddings(model, height, width):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -20,24 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import Iterator
 
 
 @functools.cache
 def _fusion_pass():
-    """torchao's pattern pass with the int8 attention lowerings registered once; None without torchao."""
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:  # torchao's import reports its CUDA-only libraries missing, and torch a deprecation
-        logger.setLevel(logging.ERROR)
+    """torchao's pattern pass with the int8 attention lowerings registered once; None without torchao
+    (its import noise is silenced in `vitgender/__init__.py`)."""
     try:
         from torchao.prototype.inductor.fx_passes.qsdpa_fusion import _qsdpa_init, custom_pass
     except ImportError:
         return None
-    finally:
-        for logger, level in zip(quiet, levels, strict=True):
-            logger.setLevel(level)
     import torch._inductor.config as inductor_config
 
     with inductor_config.patch(post_grad_custom_pre_pass=custom_pass):
