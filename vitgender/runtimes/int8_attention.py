@@ -12,8 +12,10 @@ hides the pattern (0 of 12 blocks fuse with it, 12 of 12 without). The guard onl
 for inputs holding inf or NaN, which a ViT classifier's attention scores (no mask, finite weights)
 never do, so it is switched off while a program compiles, never for the rest of the process.
 
-torchao is optional (`pip install vitgender[inductor]`): without it, or for a program whose attention
-is float, `compiling()` changes nothing and the quantized products run unfused, with the same results.
+torchao is optional (`pip install vitgender[inductor]`): without it `compiling()` patches nothing and
+a program's quantized attention runs unfused (no speed-up). With it, a program whose attention is
+float compiles under the same context, where the pattern matches nothing and the guard's removal
+changes no finite result.
 """
 
 from __future__ import annotations
