@@ -160,6 +160,22 @@ def test_a_large_calibration_folder_is_sampled_across_its_class_folders(tmp_path
     assert calibration_images(tmp_path, limit=200) == (sorted(tmp_path.rglob("*.jpg")), 120)
 
 
+def test_calibration_limit_samples_a_larger_folder_and_says_so(tiny_model, tmp_path, monkeypatch, capsys):
+    calibration = _faces(tmp_path / "mine", 19)
+    args = ["export", str(tiny_model), "--formats", "onnx-int8-static", "--calibration", str(calibration)]
+    code, _, err = run_main(monkeypatch, capsys, *args, "-o", str(tmp_path / "out"), "--calibration-limit", "16")
+    assert code == 0, err
+    provenance = read_manifest(tmp_path / "out")["artifacts"][0]["calibration"]
+    assert provenance["count"] == len(provenance["images"]) == 16 and provenance["found"] == 19
+    assert [line for line in err.splitlines() if "warning:" in line] == [
+        f"vitgender: warning: calibrating on 16 of the 19 images in {calibration}, "
+        "sampled evenly over their names (--calibration-limit)"
+    ]
+    code, _, err = run_main(monkeypatch, capsys, *args, "-o", str(tmp_path / "few"), "--calibration-limit", "8")
+    assert code == 2 and "--calibration-limit 8" in err and "at least 16" in err
+    assert not (tmp_path / "few").exists()
+
+
 @pytest.mark.slow
 def test_an_explicit_alpha_migrates_for_every_toolchain(tiny_model, tmp_path):
     """TFLite converts the migrated model separately; ExecuTorch reads the migrated checkpoint."""

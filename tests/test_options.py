@@ -44,6 +44,10 @@ REFERENCE_IMAGE = "vitgender/reference/utkface-val-50"
             "--calibration: only with an int8 format that calibrates",
         ),
         (
+            ["export", "--formats", "onnx", "--calibration-limit", "1024"],
+            "--calibration-limit: only with an int8 format that calibrates",
+        ),
+        (
             ["export", "--formats", "executorch-int8-dynamic", "--quant-preset", "full"],
             "--quant-preset: only with onnx-int8-static, or 'auto' with",
         ),

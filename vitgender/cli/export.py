@@ -9,7 +9,7 @@ import typer
 
 from vitgender.cli.app import app
 from vitgender.cli.common import ALPHA_HELP, MODEL_HELP, AlphaPolicy, only_with
-from vitgender.exporters.options import AUTO_PLANNED, CALIBRATION_METHODS
+from vitgender.exporters.options import AUTO_PLANNED, CALIBRATION_LIMIT, CALIBRATION_METHODS
 from vitgender.exporters.quantize import STATIC_PRESETS
 from vitgender.formats import formats_help
 
@@ -26,6 +26,12 @@ def export_cmd(
         None,
         metavar="DIR",
         help="Image folder for int8 calibration (default: the bundled " "64 UTKFace training-split faces).",
+    ),
+    calibration_limit: int = typer.Option(
+        CALIBRATION_LIMIT,
+        metavar="N",
+        help="Calibrate on at most N images (at least 16); a larger folder is sampled evenly over its names. "
+        "More images make the export's int8 check and 'auto' plan slower.",
     ),
     calibration_method: str = typer.Option(
         "minmax", metavar="METHOD", help=f"ORT static int8 calibration: {', '.join(CALIBRATION_METHODS)}."
@@ -110,6 +116,7 @@ def export_cmd(
         any(spec.needs_calibration for spec in parse_formats(formats)),
         "an int8 format that calibrates (onnx-int8-static, tflite-int8, executorch-int8-dynamic, executorch-int8)",
         "calibration",
+        "calibration_limit",
         "smoothquant",
         "quant_float_head",
         "quant_target",
@@ -131,6 +138,7 @@ def export_cmd(
     options = ExportOptions(
         opset=opset,
         calibration_method=calibration_method,
+        calibration_limit=calibration_limit,
         quant_preset=quant_preset,
         quant_target=quant_target,
         quant_max_float=quant_max_float,

@@ -19,7 +19,7 @@ from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.exporters import builders, merge
 from vitgender.exporters.builders import BuildContext, Built, Calibration, Int8Source
 from vitgender.exporters.config import config_for
-from vitgender.exporters.options import CALIBRATION_DIR, ExportOptions
+from vitgender.exporters.options import CALIBRATION_DIR, CALIBRATION_LIMIT, MIN_CALIBRATION_IMAGES, ExportOptions
 from vitgender.formats import FORMATS, ArtifactSpec, InputLayout, parse_formats
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.manifest import describe, write_manifest
@@ -30,12 +30,6 @@ from vitgender.runtimes.sidecar import Sidecar, write_sidecar
 
 class ExportError(ToolchainError):
     """A conversion step failed on a valid checkpoint (exit 3: the tool chain, not the input)."""
-
-
-# The most images one export calibrates on: the int8 check and the `auto` plan run every candidate
-# artifact on every calibration image, and on race5 50 images calibrated as well as 256
-# (docs/guides/quantization.md).
-CALIBRATION_LIMIT = 256
 
 
 def calibration_images(folder: Path, limit: int = CALIBRATION_LIMIT) -> tuple[list[Path], int]:
@@ -54,14 +48,11 @@ def calibration_images(folder: Path, limit: int = CALIBRATION_LIMIT) -> tuple[li
     return images, len(images)
 
 
-MIN_CALIBRATION_IMAGES = 16  # fewer cannot set per-tensor scales or judge an agreement target
-
-
 def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibration:
     """Decode and preprocess the calibration images, refusing a folder that cannot calibrate (exit 2)."""
     pre = Preprocessor(ckpt.preprocess)
     decoded, failures = [], []
-    chosen, found = calibration_images(options.calibration)
+    chosen, found = calibration_images(options.calibration, options.calibration_limit)
     for path in chosen:
         try:
             decoded.append((path, pre.decode(path)))
@@ -83,7 +74,7 @@ def _calibration(options: ExportOptions, ckpt: checkpoint.Checkpoint) -> Calibra
     provenance = {
         "images": [p.name for p in images],
         "count": len(images),
-        "found": found,  # more than CALIBRATION_LIMIT: `images` were sampled evenly over the name order
+        "found": found,  # more than options.calibration_limit: `images` were sampled evenly over the name order
         "skipped_undecodable": len(failures),
         "folder": str(options.calibration),
         "method": options.calibration_method,
@@ -191,10 +182,10 @@ def main_export(
         calibration = _calibration(options, ckpt)
         if warning := calibration_warning(ckpt, options):
             on_warning(warning)
-        if (found := calibration.provenance["found"]) > CALIBRATION_LIMIT:
+        if (found := calibration.provenance["found"]) > options.calibration_limit:
             on_warning(
-                f"calibrating on {CALIBRATION_LIMIT} of the {found} images in {options.calibration}, "
-                "sampled evenly over their names (the most an export uses)"
+                f"calibrating on {options.calibration_limit} of the {found} images in {options.calibration}, "
+                "sampled evenly over their names (--calibration-limit)"
             )
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name

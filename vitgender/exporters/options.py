@@ -15,6 +15,11 @@ from vitgender.quant_plan import DEFAULT_TARGET, QuantTarget
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration" / "utkface-train-64"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# The most images one export calibrates on by default: the int8 check and the `auto` plan run every
+# candidate artifact on every calibration image, and on race5 50 images calibrated as well as 256
+# (docs/guides/quantization.md); 1,024 did not make pt2-int8's int8 attention more faithful.
+CALIBRATION_LIMIT = 256
+MIN_CALIBRATION_IMAGES = 16  # fewer cannot set per-tensor scales or judge an agreement target
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class ExportOptions:
     opset: int = 20
     calibration: Path = field(default=CALIBRATION_DIR)
     calibration_method: str = "minmax"
+    calibration_limit: int = CALIBRATION_LIMIT  # a larger folder is sampled evenly down to this many
     quant_preset: str = "safe"
     # What every calibrated int8 artifact should reach on the calibration images (`quant_plan.QuantTarget`);
     # `auto` keeps at most `quant_max_float` units float to meet it; `quant_strict`: a miss exits 1.
@@ -89,6 +95,11 @@ class ExportOptions:
             QuantTarget.parse(self.quant_target)
         except ValueError as exc:
             raise UsageError(f"--quant-target {self.quant_target}", str(exc)) from None
+        if self.calibration_limit < MIN_CALIBRATION_IMAGES:
+            raise UsageError(
+                f"--calibration-limit {self.calibration_limit}",
+                f"must be at least {MIN_CALIBRATION_IMAGES} (fewer cannot set per-tensor scales)",
+            )
         if self.quant_max_float < 0:
             raise UsageError(f"--quant-max-float {self.quant_max_float}", "must be 0 or more")
         if self.smoothquant is not None and not 0 <= self.smoothquant <= 1:
