@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.data import load_labelled, split_samples
+from vitgender.errors import UsageError
 from vitgender.evaluation.metrics import Prediction, accuracy_cell
 from vitgender.machine import machine
 from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import Preprocessor, decode_image
-from vitgender.runtimes import open_runner, runtime_for
+from vitgender.runtimes import check_runtime_spec, open_runner, runtime_for
 from vitgender.validators.compare import group_deltas
 from vitgender.validators.metrics import paired_accuracy
 from vitgender.validators.parity import run_chunked
@@ -75,6 +76,11 @@ def main() -> None:
     parser.add_argument("--runtime", help="a runtime spec for the artifacts it opens (inductor:precision=bf16)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.runtime:
+        try:  # before the reference pass, not after it
+            check_runtime_spec(args.runtime)
+        except UsageError as exc:
+            parser.error(str(exc))
 
     samples, _ = load_labelled(UTKFACE)
     val = split_samples(samples)["val"]

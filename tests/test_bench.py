@@ -71,6 +71,12 @@ def test_bench_reports_every_candidate(tiny_model, tmp_path):
     # the ViT-shaped GEMM is the tiny model's own MLP at the largest batch: batch x tokens, hidden, intermediate
     assert roofs["measured"]["vit_mlp"]["shape"] == [2 * 17, 32, 64]
     assert {"torch", "onnxruntime"} <= set(roofs["measured"]["square"]["int8"])
+    # measured on worst-case operands, and what the flags predict: x86 without VNNI or AMX sums u8 x s8
+    # pairs into saturating 16-bit lanes, and the header says so
+    isa = set(report["machine"]["isa"])
+    without_vnni = "avx2" in isa and not isa & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    assert roofs["int8_saturates"] is without_vnni
+    assert ("saturates on this CPU" in result.stdout) is without_vnni
     names = {r["name"] for r in report["results"]}
     peers = set()
     if find_spec("openvino") is not None:  # the same files on the peer engine, fp32 also with the bf16 hint

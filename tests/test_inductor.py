@@ -28,6 +28,7 @@ from vitgender.runtimes import (  # noqa: E402
     setting_runtimes,
 )
 from vitgender.toolchains.side_env import executorch_python  # noqa: E402
+from vitgender.validators.parity import run_all  # noqa: E402
 
 CLI = [sys.executable, "-m", "vitgender.cli"]
 
@@ -187,6 +188,13 @@ def test_bf16_setting_is_refused_in_one_line_where_the_cpu_has_no_bf16(pt2, tiny
         open_runner("inductor:precision=fp16", pt2 / "model_int8.pt2")
     assert setting_runtimes(pt2 / "model_int8.pt2", Precision.INT8) == []  # bench offers no bf16 row here
     assert all("@" not in c["name"] for c in candidates(tiny_model, pt2, peers=False))
+    # validate refuses it before the reference pass over the images, not after
+    seen: list[str] = []
+    with pytest.raises(UsageError, match="no bf16 arithmetic"):
+        run_all(pt2, model=str(tiny_model), runtime="inductor:precision=bf16", on_artifact=seen.append)
+    with pytest.raises(UsageError, match="does not take speed"):
+        run_all(pt2, model=str(tiny_model), runtime="inductor:speed=max", on_artifact=seen.append)
+    assert seen == []
 
 
 def test_bench_breakdown_sees_onednn_kernels_and_the_compiled_loops(pt2):

@@ -69,7 +69,9 @@ def test_export_states_what_each_int8_artifact_reached_and_exits_1_only_when_str
     out = tmp_path / "b"
     code, _, err = run_main(monkeypatch, capsys, *args, "-o", str(out), "--quant-target", "q90=1e-9", "--quant-strict")
     assert code == 1 and (out / "model_int8_static.onnx").is_file()
-    code, _, err = run_main(monkeypatch, capsys, *args, "-o", str(tmp_path / "c"), "--quant-target", "q90=100")
+    # a reachable target is met; agreement, not q90, which also asks for no flip at all: a random tiny model's
+    # margins are so small that a CPU whose int8 kernels round differently (AVX2 without VNNI) flips one
+    code, _, err = run_main(monkeypatch, capsys, *args, "-o", str(tmp_path / "c"), "--quant-target", "agreement=0.5")
     assert code == 0 and ": met;" in err
 
 

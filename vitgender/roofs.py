@@ -31,13 +31,22 @@ def _rate(fn: Callable[[], object], ops: float, seconds: float) -> float:
     return best
 
 
-def _ort_session(m: int, k: int, n: int, integer: bool, threads: int, signed_activations: bool = False):
+def _ort_session(
+    m: int,
+    k: int,
+    n: int,
+    integer: bool,
+    threads: int,
+    signed_activations: bool = False,
+    weight: np.ndarray | None = None,
+):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     if integer:
-        weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w")
+        values = rng.integers(-127, 128, (k, n), dtype=np.int8) if weight is None else weight
+        weight = numpy_helper.from_array(values, "w")
         x_type = TensorProto.INT8 if signed_activations else TensorProto.UINT8
         node, y_type = helper.make_node("MatMulInteger", ["x", "w"], ["y"]), TensorProto.INT32
     else:
@@ -98,6 +107,16 @@ def gemm_rates(
     return {arith: {lib: round(v, 1) for lib, v in libs.items()} for arith, libs in out.items()}
 
 
+def ort_int8_saturates(threads: int = 1) -> bool:
+    """Whether onnxruntime's uint8 x int8 GEMM loses the exact sums on this CPU: x86 without VNNI
+    multiplies pairs into saturating 16-bit sums (`vpmaddubsw`), so 255 x 127 + 255 x 127 clips to
+    32,767, and a quantized artifact can answer differently here than on a VNNI or AMX machine.
+    Measured on worst-case operands, not inferred from the flags."""
+    k = 64
+    session = _ort_session(1, k, 1, True, threads, weight=np.full((k, 1), 127, dtype=np.int8))
+    return int(session.run(None, {"x": np.full((1, k), 255, dtype=np.uint8)})[0][0, 0]) != k * 255 * 127
+
+
 def measure_roofs(hidden: int, intermediate: int, tokens: int, batch: int, threads: int, seconds: float = 1.0) -> dict:
     """Roofs per arithmetic (best over shapes and libraries) with every measurement behind them.
 
@@ -116,4 +135,4 @@ def measure_roofs(hidden: int, intermediate: int, tokens: int, batch: int, threa
         candidates = [(rate, shape, lib) for shape, m in measured.items() for lib, rate in m.get(arith, {}).items()]
         rate, shape, lib = max(candidates)
         roofs[arith] = {"gops": rate, "shape": shape, "library": lib}
-    return {"roofs": roofs, "measured": measured, "threads": threads}
+    return {"roofs": roofs, "measured": measured, "threads": threads, "int8_saturates": ort_int8_saturates(threads)}

@@ -14,6 +14,11 @@ def header(report: dict) -> str:
     signed = report["roofs"]["measured"]["vit_mlp"].get("int8_s8s8", {}).get("onnxruntime")
     if signed:  # why quantized artifacts take uint8 activations
         measured += f" (onnxruntime int8 x int8: {signed:.0f} GOP/s)"
+    if report["roofs"].get("int8_saturates"):
+        measured += (
+            "\nonnxruntime's uint8 x int8 GEMM saturates on this CPU (no VNNI: 16-bit pair sums), "
+            "so its int8 artifacts can answer differently here: validate them on this CPU"
+        )
     return (
         f"machine: {m['cpu']}, {m['cores']} cores, ISA flags: {' '.join(m['isa']) or 'none detected'}; "
         f"threads {report['threads']}\nmeasured roofs: {measured}\n"

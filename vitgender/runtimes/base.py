@@ -171,6 +171,27 @@ def parse_runtime(spec: str) -> tuple[str, dict[str, str | int]]:
     return name, settings
 
 
+def _refuse_options(runtime: Runtime, options: dict, *, subject: str) -> None:
+    refused = sorted(k for k, v in options.items() if k not in runtime.options and v not in (None, False))
+    if refused:
+        raise UsageError(
+            subject,
+            f"the {runtime.name} runtime does not take {', '.join(refused)} "
+            f"(it takes: {', '.join(sorted(runtime.options)) or 'no options'})",
+        )
+
+
+def check_runtime_spec(spec: str) -> None:
+    """Refuse a `--runtime NAME:SETTINGS` that cannot open here before any slow work runs (the
+    reference pass over thousands of images): an unknown runtime, a setting it does not take, a
+    precision this CPU does not compute. Opening the runner checks the same again."""
+    name, settings = parse_runtime(spec)
+    runtime = get_runtime(name)
+    _refuse_options(runtime, settings, subject=spec)
+    if "precision" in settings:
+        check_float_precision(name, str(settings["precision"]))
+
+
 def get_runtime(name: str) -> Runtime:
     name = parse_runtime(name)[0]
     if name not in _REGISTRY:
@@ -200,13 +221,7 @@ def open_runner(
     runtime, settings = parse_runtime(runtime)
     options = {**options, **settings}
     spec = get_runtime(runtime)
-    refused = sorted(k for k, v in options.items() if k not in spec.options and v not in (None, False))
-    if refused:
-        raise UsageError(
-            str(source),
-            f"the {runtime} runtime does not take {', '.join(refused)} "
-            f"(it takes: {', '.join(sorted(spec.options)) or 'no options'})",
-        )
+    _refuse_options(spec, options, subject=str(source))
     taken = {k: v for k, v in options.items() if k in spec.options}
     if "threads" in spec.options and not taken.get("threads"):
         taken["threads"] = default_threads()

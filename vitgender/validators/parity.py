@@ -22,7 +22,7 @@ from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.manifest import read_manifest, verify_artifact
 from vitgender.precision import Precision
 from vitgender.preprocess import PreprocessConfig, Preprocessor
-from vitgender.runtimes import can_localize, open_runner, runtime_for
+from vitgender.runtimes import can_localize, check_runtime_spec, open_runner, runtime_for
 from vitgender.runtimes.base import Runner
 from vitgender.validators import budgets as budgets_mod
 from vitgender.validators.batching import batch_variation
@@ -151,6 +151,8 @@ def run_all(
     artifacts it recognises instead of their own runtime; a run it lowers to another arithmetic
     (bf16) is judged by that precision's budget.
     """
+    if runtime is not None:
+        check_runtime_spec(runtime)
     manifest = read_manifest(artifact_dir)
     entries = [e for e in manifest["artifacts"] if not only or e["name"] in only]
     if only and len(entries) != len(set(only)):
