@@ -187,6 +187,15 @@ def main_export(
                 f"calibrating on {options.calibration_limit} of the {found} images in {options.calibration}, "
                 "sampled evenly over their names (--calibration-limit)"
             )
+    if options.int8_attention:
+        from vitgender.runtimes import int8_attention
+
+        if not int8_attention.available():
+            on_warning(
+                "--int8-attention: torchao's fused int8 attention kernel is not available here (torchao not "
+                "installed, or no kernel for this CPU in its build): the program's quantized attention runs "
+                "unfused on this machine, without the speed-up"
+            )
     name = "vitgender-default" if model is None else Path(str(model).rstrip("/")).name.replace("@", "-")
     out = Path(out) if out is not None else Path("artifacts") / name
     existing = merge.existing_export(out, ckpt.directory, ckpt.sha256, overwrite)

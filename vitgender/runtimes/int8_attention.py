@@ -12,8 +12,9 @@ hides the pattern (0 of 12 blocks fuse with it, 12 of 12 without). The guard onl
 for inputs holding inf or NaN, which a ViT classifier's attention scores (no mask, finite weights)
 never do, so it is switched off while a program compiles, never for the rest of the process.
 
-torchao is optional (`pip install vitgender[inductor]`): without it `compiling()` patches nothing and
-a program's quantized attention runs unfused (no speed-up). With it, a program whose attention is
+torchao is optional (`pip install vitgender[inductor]`): without it, or on a CPU its build has no int8
+attention kernel for, `compiling()` patches nothing and a program's quantized attention runs unfused
+(no speed-up). With it, a program whose attention is
 float compiles under the same context, where the pattern matches nothing and the guard's removal
 changes no finite result.
 """
@@ -28,12 +29,18 @@ from collections.abc import Iterator
 @functools.cache
 def _fusion_pass():
     """torchao's pattern pass with the int8 attention lowerings registered once; None without torchao
-    (its import noise is silenced in `vitgender/__init__.py`)."""
+    (its import noise is silenced in `vitgender/__init__.py`) or where its build has no CPU kernel for
+    this machine (seen on an AVX2-only AMD EPYC: the op is declared, and the compiled program failed
+    with "Could not run 'torchao::qscaled_dot_product' ... from the 'CPU' backend")."""
     try:
         from torchao.prototype.inductor.fx_passes.qsdpa_fusion import _qsdpa_init, custom_pass
     except ImportError:
         return None
+    import torch
     import torch._inductor.config as inductor_config
+
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("torchao::qscaled_dot_product", "CPU"):
+        return None
 
     with inductor_config.patch(post_grad_custom_pre_pass=custom_pass):
         _qsdpa_init()  # registers into the pass that config names
