@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,10 @@ from vitgender.runtimes.weights import weight_inventory
 
 
 class TfliteRunner(Closing):
-    def __init__(self, interpreter, info: RunnerInfo) -> None:
+    def __init__(self, interpreter, info: RunnerInfo, reopen: Callable[[], object] | None = None) -> None:
         self.interpreter = interpreter
         self.info = info
+        self._reopen = reopen  # a fresh interpreter on the same file, at the file's own input shape
         interpreter.allocate_tensors()
         self._input = interpreter.get_input_details()[0]
         self._output = interpreter.get_output_details()[0]
@@ -35,8 +38,23 @@ class TfliteRunner(Closing):
 
     def _invoke(self, nhwc: np.ndarray) -> np.ndarray:
         if nhwc.shape[0] != self.interpreter.get_input_details()[0]["shape"][0]:
-            self.interpreter.resize_tensor_input(self._input["index"], list(nhwc.shape))
-            self.interpreter.allocate_tensors()
+            try:
+                self.interpreter.resize_tensor_input(self._input["index"], list(nhwc.shape))
+                self.interpreter.allocate_tensors()
+            except RuntimeError as exc:
+                # Seen on an AVX2-only AMD EPYC with full-integer int8: "XNNPack delegate failed to reshape
+                # runtime". The file's own shape still runs there, so run image by image from now on.
+                if self._reopen is None or nhwc.shape[0] == 1:
+                    raise
+                warnings.warn(
+                    f"LiteRT cannot run {Path(self.info.source).name} at batch {nhwc.shape[0]} on this CPU "
+                    f"({str(exc).splitlines()[0][:120]}); running it image by image",
+                    stacklevel=2,
+                )
+                self.interpreter = self._reopen()
+                self.interpreter.allocate_tensors()
+                self.dynamic_batch = False
+                return np.concatenate([self._invoke(image[None]) for image in nhwc])
         self.interpreter.set_tensor(self._input["index"], self._quantize(nhwc))
         self.interpreter.invoke()
         return self._dequantize(self.interpreter.get_tensor(self._output["index"]))
@@ -51,13 +69,18 @@ class TfliteRunner(Closing):
         path = Path(source) if source is not None else None
         if path is None or not path.is_file():
             raise UsageError(str(source), "no such .tflite file")
-        try:
+
+        def interpreter_on_file():
             with quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-                interpreter = Interpreter(
+                return Interpreter(
                     model_path=str(path),
                     num_threads=threads or default_threads(),
                     experimental_preserve_all_tensors=keep_intermediates,
                 )
+
+        try:
+            interpreter = interpreter_on_file()
+            with quiet_native_stderr():
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(path), f"LiteRT cannot load it ({str(exc).splitlines()[0][:200]})") from None
@@ -72,6 +95,7 @@ class TfliteRunner(Closing):
                 sidecar.precision,
                 architecture=sidecar.architecture,
             ),
+            reopen=interpreter_on_file,
         )
 
     def _quantize(self, x: np.ndarray) -> np.ndarray:
