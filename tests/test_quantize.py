@@ -65,8 +65,10 @@ def test_auto_keeps_the_most_sensitive_units_float_until_the_target_is_met(tiny_
         )
         return read_manifest(out)["artifacts"][0]["quantization"]
 
-    loose = auto("q90=100")  # everything int8 meets it: no sensitivity scan needed
-    assert loose["kept_float"] == [] and loose["fit"]["reached"]["q90_abs_logit_diff"] <= 100.0
+    # everything int8 meets it: no sensitivity scan needed (agreement, not q90, which also asks for no flip:
+    # on an AVX2-only CPU onnxruntime's saturating int8 kernels flip a random tiny model's closest decision)
+    loose = auto("agreement=0.5")
+    assert loose["kept_float"] == [] and loose["fit"]["reached"]["agreement"] >= 0.5
     # per block q, k, v, scores, context, out, fc1, fc2; the conv; the head stays float
     assert loose["quantized_nodes"] == 2 * 8 + 1 and loose["always_float"] == ["classifier"]
 
