@@ -93,6 +93,21 @@ def make_tiny_vit(directory: Path, *, labels: tuple[str, ...] = ("female", "male
     return make_tiny("vit", directory, labels=labels, **options)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_ray_cluster_at_a_time(request):
+    """Modules marked `ray` start and stop Ray clusters of their own; pytest-xdist's workers (addopts) take
+    them one at a time, so two never share the machine's cores or race on Ray's session files."""
+    if request.node.get_closest_marker("ray") is None:
+        yield
+        return
+    import tempfile
+
+    from filelock import FileLock
+
+    with FileLock(Path(tempfile.gettempdir()) / "vitgender-tests-ray.lock"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_vit(tmp_path_factory.mktemp("tiny") / "tiny-vit")

@@ -55,6 +55,17 @@ def test_onnx_has_dynamic_batch_and_matches_torch(exported, tiny_model):
         assert np.abs(open_runner(runtime, exported / name).run(pixels) - reference).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["onnx-int8-dynamic", "onnx-int8-static", "web-onnx-quantized"])
+def test_onnxruntime_int8_weights_use_seven_bits_so_no_x86_kernel_saturates(exported, name):
+    """|w| <= 64: 255 x 64 x 2 fits the 16-bit pair sums of x86 CPUs without VNNI (255 x 127 x 2 does not)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(exported / FORMATS[name].filename))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64  # the 7-bit range, all of it
+
+
 @pytest.mark.parametrize(
     "name",
     ["saved_model", "model_float32.tflite", "model_float16.tflite", "model_int8_dynamic.tflite", "model_int8.tflite"],

@@ -22,6 +22,8 @@ from PIL import Image
 pytest.importorskip("ray.data", reason="classify --ray needs the ray extra: pip install .[ray]")
 pytest.importorskip("psutil")
 
+pytestmark = pytest.mark.ray
+
 from conftest import TINY_TYPES  # noqa: E402
 
 from benchmarks.local_ray_cluster import LocalCluster  # noqa: E402

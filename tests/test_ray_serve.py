@@ -17,6 +17,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Serve needs the ray extra: pip install .[ray]")
 from ray import serve  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 from vitgender.serving.ray_app import RayServeOptions, build_app  # noqa: E402
 
 EXAMPLE = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpg"))[0]
