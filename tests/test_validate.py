@@ -132,6 +132,25 @@ def test_tampered_file_is_exit_2_before_inference(work):
     assert not (work / "validation").exists()
 
 
+def test_an_artifact_its_runtime_cannot_run_is_exit_3_in_one_line(work, monkeypatch, capsys):
+    """A converter bug that shows only at run time (a SavedModel that ran at batch 1 only, seen on an AVX2-only
+    EPYC) ends validate with one line naming the artifact and the runtime's first line, exit 3."""
+    from conftest import run_main
+
+    from vitgender.runtimes.tflite_runner import TfliteRunner
+
+    def fails(self, pixel_values):
+        raise RuntimeError("In[0] and In[1] must have compatible batch dimensions\n[[node MatMul]]")
+
+    monkeypatch.setattr(TfliteRunner, "run", fails)
+    code, _, err = run_main(monkeypatch, capsys, "validate", str(work), "--only", "tflite")
+    assert code == 3 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "vitgender: tflite (tflite): the runtime failed on the validation images: "
+        "In[0] and In[1] must have compatible batch dimensions"
+    )
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -310,7 +329,8 @@ def test_default_model_ci_gate_and_the_readme_ci_snippet(tmp_path):
     with `./model` left out as the README allows (the embedded default model)."""
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+        # 30 min each: export + validate took 16 min here on a 2-core AVX2-only EPYC shared with another test
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=1800, cwd=tmp_path)
 
     export = run("export", "--out", "build/artifacts", "--formats", "all")
     assert export.returncode == 0, export.stderr[-2000:]

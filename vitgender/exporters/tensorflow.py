@@ -44,6 +44,11 @@ from vitgender.toolchains.processes import child_env, job_main, run_job
 # only feeds onnx2tf's own int8 calibration, which never runs here (onnx2tf is stopped once the
 # SavedModel exists), so a seeded random sample of the right shape serves.
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+# onnx2tf settles each Transpose's layout by trial runs of the graph. With a free batch it tried batch 1,
+# where the batch axis moved anywhere gives the same numbers: on an AVX2-only AMD EPYC it put the batch
+# last in the attention's key transpose, and the default model's SavedModel and TFLite files then ran at
+# batch 1 only. Trial runs at batch 2 leave one layout that matches.
+DUMMY_BATCH = 2
 
 
 class _SavedModelWritten(Exception):
@@ -57,8 +62,9 @@ def batch_free(onnx_path: Path) -> bool:
     return not any(node.op_type == "Shape" for node in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
 
-def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list[int] | None) -> None:
-    """`shape` fixes the input shape (a graph onnx2tf cannot convert with a free batch); None keeps it."""
+def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list[int] | None, hint: list[int]) -> None:
+    """`shape` fixes the input shape (a graph onnx2tf cannot convert with a free batch); None keeps it, and
+    onnx2tf's trial runs then use `DUMMY_BATCH` images of size `hint` (C, H, W)."""
     import onnx2tf
     import tensorflow as tf
 
@@ -72,6 +78,7 @@ def _run_onnx2tf(onnx_path: Path, savedmodel: Path, input_name: str, shape: list
             input_onnx_file_path=str(onnx_path),
             output_folder_path=str(savedmodel),
             overwrite_input_shape=[f"{input_name}:{','.join(map(str, shape))}"] if shape else None,
+            shape_hints=None if shape else [f"{input_name}:{DUMMY_BATCH},{','.join(map(str, hint))}"],
             output_signaturedefs=True,
             copy_onnx_input_output_names_to_tflite=True,
             non_verbose=True,
@@ -269,7 +276,7 @@ def _worker(job: dict) -> dict:
     """The child process (`run_job` framing; it runs in the work folder, where onnx2tf looks for its sample)."""
     results = {}
     began = time.perf_counter()
-    _run_onnx2tf(Path(job["onnx"]), Path(job["savedmodel"]), job["input_name"], job["shape"])
+    _run_onnx2tf(Path(job["onnx"]), Path(job["savedmodel"]), job["input_name"], job["shape"], job["hint"])
     results["savedmodel"] = round(time.perf_counter() - began, 2)
     representative = np.load(job["representative"]) if job.get("representative") else None
     plans = {}
@@ -319,6 +326,7 @@ def convert(
         "savedmodel": savedmodel,
         "input_name": input_name,
         "shape": None if dynamic_batch else [1, *shape],
+        "hint": list(shape),
         "tflite": tflite,
         "int8_io": int8_io,
         "float_head": float_head,

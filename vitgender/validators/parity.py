@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vitgender.data import Sample, open_labelled
-from vitgender.errors import UsageError
+from vitgender.errors import ToolchainError, UsageError, VitgenderError
 from vitgender.evaluation.metrics import accuracy_cell
 from vitgender.inputs import IMAGE_SUFFIXES
 from vitgender.manifest import read_manifest, verify_artifact
@@ -225,6 +225,11 @@ def run_all(
                 stages=runner.stage_activations(pixels[:LOCALIZE_IMAGES]) if stages and can_localize(runner) else None,
                 inventory=inventory(path, entry["runtime"]) if entry is not None else None,
             )
+        except VitgenderError:
+            raise
+        except Exception as exc:  # each runtime raises its own types; a gate must not end in a traceback
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ToolchainError(f"{name} ({spec})", f"the runtime failed on the validation images: {message}") from exc
         finally:
             close = getattr(runner, "close", None)
             if close is not None:
