@@ -53,8 +53,8 @@ def _preprocessed(source: Path, target: Path) -> Path:
 
 # onnxruntime's int8 weights use 7 bits (|w| <= 64, `reduce_range`): on x86 without VNNI its uint8 x int8
 # kernels add pairs of products in saturating 16 bits (`vpmaddubsw`), and 255 x 127 x 2 overflows where
-# 255 x 64 x 2 cannot, so the same file computes exactly on every x86 CPU, with the same kernels (and
-# speed) on VNNI and AMX ones. Measured in docs/guides/quantization.md ("On x86 CPUs without VNNI").
+# 255 x 64 x 2 cannot, so the same file computes exactly on every x86 CPU, and VNNI and AMX ones run the
+# same kernels. Measured, with its cost, in docs/guides/quantization.md ("On x86 CPUs without VNNI").
 REDUCE_RANGE = True
 
 

@@ -46,8 +46,8 @@ from vitgender.toolchains.processes import child_env, job_main, run_job
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 # onnx2tf settles each Transpose's layout by trial runs of the graph. With a free batch it tried batch 1,
 # where the batch axis moved anywhere gives the same numbers: on an AVX2-only AMD EPYC it put the batch
-# last in the attention's key transpose, and the default model's SavedModel and TFLite files then ran at
-# batch 1 only. Trial runs at batch 2 leave one layout that matches.
+# last in the attention's key transpose, and the default model's SavedModel then ran at batch 1 only.
+# Trial runs at batch 2 leave one layout that matches.
 DUMMY_BATCH = 2
 
 
